@@ -1,0 +1,25 @@
+"""fastnn: neural networks from first principles, on fast pluggable backends.
+
+>>> import fastnn
+>>> net = fastnn.Sequential(fastnn.Dense(784, 30), fastnn.Sigmoid(),
+...                         fastnn.Dense(30, 10), fastnn.Sigmoid(), backend="numba", seed=0)
+>>> net.fit(X, y, epochs=30, batch_size=10, loss="mse", lr=3.0)
+"""
+from .backend import (ACTIVATIONS, Backend, BackendUnavailable, available_backends, get_backend,
+                      register_backend, set_backend, use_backend)
+from .gradcheck import gradcheck
+from .history import History
+from .io import ModelFileError, load
+from .layers import Dense, Identity, ReLU, Sigmoid, Softmax, Tanh
+from .losses import BinaryCrossEntropy, CrossEntropy, Loss, MSE, get_loss
+from .model import Sequential, TrainingDiverged
+from .optim import SGD, Adam
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS", "Adam", "Backend", "BackendUnavailable", "BinaryCrossEntropy", "CrossEntropy",
+    "Dense", "History", "Identity", "Loss", "MSE", "ModelFileError", "ReLU", "SGD", "Sequential",
+    "Sigmoid", "Softmax", "Tanh", "TrainingDiverged", "available_backends", "gradcheck",
+    "get_backend", "get_loss", "load", "register_backend", "set_backend", "use_backend",
+]

@@ -1,0 +1,342 @@
+"""The backend contract, its reference implementation, and backend selection.
+
+A backend is an object carrying ``xp`` (an array-API namespace) and a small
+vocabulary of ops. :class:`Backend` *is* that vocabulary, implemented once on
+``self.xp`` with functions of the Python array API standard only; it is the
+specification every other backend is tested against. A faster backend
+subclasses it and overrides only the ops it makes faster.
+
+Shapes: batches are rows. ``X (B, nI) @ W (nI, nO) -> Z (B, nO)``.
+
+Selection::
+
+    fastnn.get_backend("numba")          # an instance, created on first use
+    fastnn.set_backend("numba")          # the default for this context
+    with fastnn.use_backend("cupy"):     # a scoped default
+        ...
+    fastnn.available_backends()          # {"numpy": (True, ""), "cupy": (False, "why")}
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import importlib.util
+import os
+from importlib import metadata
+
+import numpy as np
+
+#: The closed set of activation names; kernels may map them to small integer codes.
+ACTIVATIONS = ("identity", "sigmoid", "relu", "tanh")
+
+
+class BackendUnavailable(RuntimeError):
+    """A known backend cannot be used here (package missing, no GPU, ...)."""
+
+
+def _check_act(act):
+    if act not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
+
+
+class Backend:
+    """The op contract and the reference implementation, on ``self.xp``."""
+
+    name = "numpy"
+    #: Check the loss for NaN/inf after every batch (cheap on the host; a sync on a GPU).
+    check_every_batch = True
+
+    def __init__(self, xp=None):
+        if xp is None:
+            import array_api_compat.numpy as xp
+        self.xp = xp
+
+    def __repr__(self):
+        return f"<fastnn backend {self.name!r}>"
+
+    # ---- data movement -------------------------------------------------
+    def dtype(self, name):
+        """The namespace's dtype object for ``"float32"`` / ``"float64"``."""
+        return getattr(self.xp, str(name))
+
+    def asarray(self, a, dtype=None):
+        """``a`` (array-like, host or device) as this backend's array, C-ordered."""
+        if dtype is not None and isinstance(dtype, str):
+            dtype = self.dtype(dtype)
+        return self.xp.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a):
+        """``a`` as a host NumPy array (a copy for device arrays)."""
+        try:
+            return np.asarray(a)
+        except (TypeError, ValueError, RuntimeError):
+            return np.from_dlpack(a)
+
+    def synchronize(self):
+        """Wait until queued work is done (a no-op on the CPU); timings call it."""
+
+    # ---- dense algebra -------------------------------------------------
+    def gemm(self, A, B, trans_a=False, trans_b=False):
+        """``op(A) @ op(B)`` where ``op`` transposes when asked.
+
+        The three products of a Dense layer::
+
+            Z  = gemm(X, W)                 # (B, nI) @ (nI, nO)   -> (B, nO)
+            dW = gemm(X, dZ, trans_a=True)  # (nI, B) @ (B, nO)    -> (nI, nO)
+            dX = gemm(dZ, W, trans_b=True)  # (B, nO) @ (nO, nI)   -> (B, nI)
+        """
+        if trans_a:
+            A = self.xp.matrix_transpose(A)
+        if trans_b:
+            B = self.xp.matrix_transpose(B)
+        return self.xp.matmul(A, B)
+
+    def sum_rows(self, X):
+        """Sum over the batch: ``(B, n) -> (n,)`` (the bias gradient)."""
+        return self.xp.sum(X, axis=0)
+
+    # ---- activations ---------------------------------------------------
+    def bias_act(self, Z, b, act):
+        """``act(Z + b)``, fused: ``Z (B, n)``, ``b (n,)`` or None -> ``Y (B, n)``."""
+        _check_act(act)
+        xp = self.xp
+        if b is not None:
+            Z = Z + b
+        if act == "sigmoid":
+            return _sigmoid(xp, Z)
+        if act == "relu":
+            return xp.maximum(Z, xp.zeros_like(Z))
+        if act == "tanh":
+            return xp.tanh(Z)
+        return Z
+
+    def act_backward(self, Y, dY, act):
+        """``dZ`` from the activation's *output* ``Y`` and ``dY``, both ``(B, n)``."""
+        _check_act(act)
+        if act == "sigmoid":
+            return dY * Y * (1 - Y)
+        if act == "relu":
+            return dY * self.xp.astype(Y > 0, Y.dtype)
+        if act == "tanh":
+            return dY * (1 - Y * Y)
+        return dY
+
+    # ---- losses on logits (summed over outputs, averaged over the batch) -
+    def softmax_xent(self, Z, T):
+        """Softmax cross-entropy on logits ``Z (B, n)`` vs targets ``T (B, n)``.
+
+        Returns ``(loss, dZ)``: ``loss`` a 0-d array, ``dZ = (softmax(Z) - T) / B``
+        (for target rows that sum to one). Stable for large logits.
+        """
+        xp = self.xp
+        B = Z.shape[0]
+        M = xp.max(Z, axis=1, keepdims=True)
+        E = xp.exp(Z - M)
+        S = xp.sum(E, axis=1, keepdims=True)
+        logsumexp = M + xp.log(S)  # (B, 1)
+        loss = xp.sum(T * (logsumexp - Z)) / B
+        P = E / S
+        dZ = (P * xp.sum(T, axis=1, keepdims=True) - T) / B
+        return loss, dZ
+
+    def sigmoid_xent(self, Z, T):
+        """Sigmoid (binary) cross-entropy on logits: ``-Σ[T ln σ(Z) + (1-T) ln(1-σ(Z))]``.
+
+        Returns ``(loss, dZ)`` with ``dZ = (σ(Z) - T) / B``; stable for large |Z|.
+        """
+        xp = self.xp
+        B = Z.shape[0]
+        # softplus(Z) - T*Z, with softplus(Z) = max(Z, 0) + log1p(exp(-|Z|))
+        softplus = xp.maximum(Z, xp.zeros_like(Z)) + xp.log1p(xp.exp(-xp.abs(Z)))
+        loss = xp.sum(softplus - T * Z) / B
+        dZ = (_sigmoid(xp, Z) - T) / B
+        return loss, dZ
+
+    # ---- optimizer steps -----------------------------------------------
+    def sgd_update(self, W, dW, lr, V=None, momentum=0.0, nesterov=False, weight_decay=0.0):
+        """One SGD step; returns ``(W, V)``, updated in place where the backend allows.
+
+        ``g = dW + weight_decay·W``; with momentum ``V ← μV + g`` and the step is
+        ``V`` (or ``g + μV`` with Nesterov); ``W ← W − lr·step``.
+        """
+        g = dW + weight_decay * W if weight_decay else dW
+        if momentum:
+            V *= momentum
+            V += g
+            step = g + momentum * V if nesterov else V
+        else:
+            step = g
+        W -= lr * step
+        return W, V
+
+    def adam_update(self, W, dW, lr, M, V, t, beta1=0.9, beta2=0.999, eps=1e-8,
+                    weight_decay=0.0):
+        """One Adam step at step number ``t`` (from 1); returns ``(W, M, V)``."""
+        xp = self.xp
+        g = dW + weight_decay * W if weight_decay else dW
+        M *= beta1
+        M += (1 - beta1) * g
+        V *= beta2
+        V += (1 - beta2) * (g * g)
+        m_hat = M / (1 - beta1 ** t)
+        v_hat = V / (1 - beta2 ** t)
+        W -= lr * m_hat / (xp.sqrt(v_hat) + eps)
+        return W, M, V
+
+    # ---- whole-epoch training ------------------------------------------
+    def epoch_trainer(self, net, loss, optimizer):
+        """A callable that trains one whole epoch in one call, or None.
+
+        None (the reference) means: ``fit`` runs layer by layer with the ops above.
+        A backend that compiles epochs returns ``run(X, T, perm, batch_size) ->
+        (loss_sum, n_correct, bad_batch)``; see ``fastnn/model.py``.
+        """
+        return None
+
+    def info(self):
+        """A dict describing this backend for ``fastnn info``."""
+        return {"namespace": getattr(self.xp, "__name__", str(self.xp))}
+
+
+def _sigmoid(xp, Z):
+    # 1 / (1 + e^-Z) overflows harmlessly to 0 for very negative Z; written this
+    # way so it stays in the array API standard (no where/expit tricks needed).
+    return 1 / (1 + xp.exp(-Z))
+
+
+# ---- the registry ----------------------------------------------------------
+
+#: name -> "module:Class", imported on first use.
+_BUILTIN = {
+    "numpy": "fastnn.backends.numpy_backend:NumpyBackend",
+}
+#: What to install when a backend's package is missing.
+_INSTALL_HINTS = {
+    "numba": "pip install 'fastnn[numba]'",
+    "cupy": "pip install 'fastnn[cuda12]' (or 'fastnn[cuda13]', matching your CUDA)",
+}
+_ENTRY_POINT_GROUP = "fastnn.backends"
+_instances: dict = {}
+_current: contextvars.ContextVar = contextvars.ContextVar("fastnn_backend", default=None)
+
+
+def register_backend(name, target):
+    """Register ``"module:Class"`` (or a class) as backend ``name``."""
+    _BUILTIN[name] = target
+
+
+def _known():
+    known = dict(_BUILTIN)
+    try:
+        for ep in metadata.entry_points(group=_ENTRY_POINT_GROUP):
+            known.setdefault(ep.name, ep.value)
+    except Exception:  # a broken third-party distribution must not break fastnn
+        pass
+    return known
+
+
+def _split(name):
+    """``"cupy:1"`` -> ``("cupy", {"device": 1})``."""
+    base, _, device = str(name).partition(":")
+    options = {}
+    if device:
+        if not device.isdigit():
+            raise ValueError(f"backend {name!r}: the part after ':' must be a device number")
+        options["device"] = int(device)
+    return base.strip().lower(), options
+
+
+def _load_class(base):
+    known = _known()
+    if base not in known:
+        raise ValueError(f"unknown backend {base!r}; known backends: {', '.join(sorted(known)+['auto'])}")
+    target = known[base]
+    if not isinstance(target, str):
+        return target
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = _INSTALL_HINTS.get(base, "install the package that provides it")
+        raise BackendUnavailable(f"backend {base!r} is unavailable: {exc}; {hint}") from exc
+    return getattr(module, attr)
+
+
+def _default_name():
+    return _current.get() or os.environ.get("FASTNN_BACKEND") or "numpy"
+
+
+def _resolve_auto():
+    status = available_backends()
+    for candidate in ("cupy", "numba", "numpy"):
+        if status.get(candidate, (False, ""))[0]:
+            return candidate
+    return "numpy"
+
+
+def get_backend(name=None, **options):
+    """The backend ``name`` (default: the current one), created on first use.
+
+    ``name`` may be a :class:`Backend` instance (returned as is), a registered
+    name, ``"auto"`` (cupy if usable, then numba, then numpy) or ``"cupy:N"``.
+    Keyword options (e.g. ``num_threads=2`` for numba) go to the constructor.
+    Raises ``ValueError`` for an unknown name and :class:`BackendUnavailable`
+    when the backend is known but cannot run here.
+    """
+    if name is None:
+        name = _default_name()
+    if isinstance(name, Backend):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a name or a Backend, got {type(name).__name__}")
+    base, parsed = _split(name)
+    if base == "auto":
+        base = _resolve_auto()
+    options = {**parsed, **options}
+    key = (base, tuple(sorted(options.items())))
+    if key not in _instances:
+        cls = _load_class(base)
+        reason = _unavailable_reason(cls)
+        if reason:
+            hint = _INSTALL_HINTS.get(base)
+            raise BackendUnavailable(f"backend {base!r} is unavailable: {reason}"
+                                     + (f"; {hint}" if hint else ""))
+        _instances[key] = cls(**options)
+    return _instances[key]
+
+
+def _unavailable_reason(cls):
+    check = getattr(cls, "unavailable_reason", None)
+    return check() if check is not None else None
+
+
+def set_backend(name):
+    """Make ``name`` the default backend of this context; returns the backend."""
+    backend = get_backend(name)
+    _current.set(name if isinstance(name, str) else backend)
+    return backend
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """``with use_backend("numba"):`` scopes the default backend; nests."""
+    backend = get_backend(name)
+    token = _current.set(name if isinstance(name, str) else backend)
+    try:
+        yield backend
+    finally:
+        _current.reset(token)
+
+
+def available_backends():
+    """``{name: (available, reason)}`` for every known backend; imports nothing heavy."""
+    status = {}
+    for base in sorted(_known()):
+        try:
+            cls = _load_class(base)
+            reason = _unavailable_reason(cls)
+        except BackendUnavailable as exc:
+            reason = str(exc)
+        status[base] = (not reason, reason or "")
+    return status

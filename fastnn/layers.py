@@ -1,0 +1,227 @@
+"""Layers: ``forward(X) -> Y`` and ``backward(dY) -> dX``, batches as rows.
+
+A :class:`Dense` layer holds ``W (n_in, n_out)`` and ``b (n_out,)`` and, after
+a backward pass, ``dW`` and ``db``. Activation layers hold no parameters; they
+keep their output ``Y`` because every activation's derivative is cheapest
+from it (σ' = Y(1−Y), tanh' = 1−Y², relu' = [Y>0]).
+
+Layers run on a backend's ops (``gemm``, ``bias_act``, ``act_backward``,
+``sum_rows``) and on ``backend.xp`` with array-API functions only.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .backend import get_backend
+
+
+# ---- initializers: host NumPy, so every backend starts from the same numbers --
+def _init_normal(rng, n_in, n_out):
+    """N(0, 1) weights *and* biases, as in Nielsen's ``network.py``."""
+    return rng.standard_normal((n_in, n_out)), rng.standard_normal(n_out)
+
+
+def _init_lecun_normal(rng, n_in, n_out):
+    """N(0, 1/n_in) weights (Nielsen's ``network2`` default), zero biases."""
+    return rng.standard_normal((n_in, n_out)) / math.sqrt(n_in), np.zeros(n_out)
+
+
+def _init_glorot_uniform(rng, n_in, n_out):
+    """U(±√(6/(n_in+n_out))) weights, zero biases."""
+    limit = math.sqrt(6.0 / (n_in + n_out))
+    return rng.uniform(-limit, limit, (n_in, n_out)), np.zeros(n_out)
+
+
+def _init_he_normal(rng, n_in, n_out):
+    """N(0, 2/n_in) weights (for ReLU), zero biases."""
+    return rng.standard_normal((n_in, n_out)) * math.sqrt(2.0 / n_in), np.zeros(n_out)
+
+
+INITIALIZERS = {
+    "normal": _init_normal,
+    "lecun_normal": _init_lecun_normal,
+    "glorot_uniform": _init_glorot_uniform,
+    "he_normal": _init_he_normal,
+}
+
+
+class Layer:
+    """Base class: a layer is bound to a backend and a dtype by ``initialize``."""
+
+    backend = None
+    dtype = "float32"
+
+    def initialize(self, backend, dtype, rng):
+        """Bind to ``backend``/``dtype``; draw parameters from ``rng`` (host)."""
+        self.backend = backend
+        self.dtype = dtype
+
+    def _bound(self):
+        if self.backend is None:
+            self.initialize(get_backend(), "float32", np.random.default_rng())
+        return self.backend
+
+    def config(self):
+        """A JSON-able description (saved in model files)."""
+        return {"type": type(self).__name__}
+
+    def forward(self, X):
+        raise NotImplementedError
+
+    def backward(self, dY):
+        raise NotImplementedError
+
+
+class Dense(Layer):
+    """A fully connected layer: ``Y = X @ W + b``.
+
+    >>> layer = Dense(784, 30, init="normal")   # W (784, 30), b (30,)
+    """
+
+    def __init__(self, n_in, n_out, init="glorot_uniform"):
+        for name, value in (("n_in", n_in), ("n_out", n_out)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"Dense: {name} must be a positive integer, got {value!r}")
+        if init not in INITIALIZERS:
+            raise ValueError(f"Dense: unknown init {init!r}; expected one of {', '.join(INITIALIZERS)}")
+        self.n_in, self.n_out, self.init = int(n_in), int(n_out), init
+        self._W = self._b = None
+        self.dW = self.db = None
+        self.X = None
+
+    def __repr__(self):
+        return f"Dense({self.n_in}, {self.n_out}, init={self.init!r})"
+
+    def config(self):
+        return {"type": "Dense", "n_in": self.n_in, "n_out": self.n_out, "init": self.init}
+
+    def initialize(self, backend, dtype, rng):
+        super().initialize(backend, dtype, rng)
+        W, b = INITIALIZERS[self.init](rng, self.n_in, self.n_out)
+        self.W, self.b = W, b
+
+    # W and b are plain to read and to assign; assignment checks the shape and
+    # converts to the layer's backend and dtype, so weights trained elsewhere work.
+    @property
+    def W(self):
+        return self._W
+
+    @W.setter
+    def W(self, value):
+        self._W = self._param("W", value, (self.n_in, self.n_out))
+
+    @property
+    def b(self):
+        return self._b
+
+    @b.setter
+    def b(self, value):
+        self._b = self._param("b", value, (self.n_out,))
+
+    def _param(self, name, value, shape):
+        backend = self._bound()
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{self!r}.{name}: expected shape {shape}, got {tuple(value.shape)}")
+        host = value if isinstance(value, np.ndarray) else None
+        if host is not None and not np.all(np.isfinite(host)):
+            raise ValueError(f"{self!r}.{name}: contains NaN or inf")
+        return backend.asarray(value if host is None else np.ascontiguousarray(host), dtype=self.dtype)
+
+    def forward(self, X, act="identity"):
+        """``act(X @ W + b)``: ``X (B, n_in) -> (B, n_out)``; keeps X for backward."""
+        backend = self._bound()
+        self.X = X
+        Z = backend.gemm(X, self._W)  # (B, n_in) @ (n_in, n_out) -> (B, n_out)
+        return backend.bias_act(Z, self._b, act)
+
+    def backward(self, dZ):
+        """From ``dZ (B, n_out)``: sets ``dW``, ``db``; returns ``dX (B, n_in)``."""
+        backend = self._bound()
+        self.dW = backend.gemm(self.X, dZ, trans_a=True)  # (n_in, B) @ (B, n_out)
+        self.db = backend.sum_rows(dZ)  # (n_out,)
+        return backend.gemm(dZ, self._W, trans_b=True)  # (B, n_out) @ (n_out, n_in)
+
+
+class Activation(Layer):
+    """An element-wise activation; ``act`` is one of ``fastnn.backend.ACTIVATIONS``."""
+
+    act = "identity"
+
+    def __init__(self):
+        self.Y = None
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+    def forward(self, X):
+        self.Y = self._bound().bias_act(X, None, self.act)
+        return self.Y
+
+    def backward(self, dY):
+        return self._bound().act_backward(self.Y, dY, self.act)
+
+
+class Sigmoid(Activation):
+    """σ(z) = 1 / (1 + e^−z)."""
+
+    act = "sigmoid"
+
+
+class ReLU(Activation):
+    """max(z, 0)."""
+
+    act = "relu"
+
+
+class Tanh(Activation):
+    """tanh(z)."""
+
+    act = "tanh"
+
+
+class Identity(Activation):
+    """z (useful to make a linear output explicit)."""
+
+    act = "identity"
+
+
+class Softmax(Layer):
+    """Row-wise softmax, for inference output.
+
+    Train with ``loss="cross_entropy"``, which applies softmax to logits inside
+    the loss (stable, gradient ŷ−y); a final Softmax layer is then folded into
+    the loss, so the same model serves training and inference.
+    """
+
+    def __init__(self):
+        self.Y = None
+
+    def __repr__(self):
+        return "Softmax()"
+
+    def forward(self, X):
+        xp = self._bound().xp
+        E = xp.exp(X - xp.max(X, axis=1, keepdims=True))
+        self.Y = E / xp.sum(E, axis=1, keepdims=True)
+        return self.Y
+
+    def backward(self, dY):
+        xp = self._bound().xp
+        # Jacobian-vector product of softmax: Y ⊙ (dY − Σ_j dY_j Y_j)
+        return self.Y * (dY - xp.sum(dY * self.Y, axis=1, keepdims=True))
+
+
+LAYER_TYPES = {cls.__name__: cls for cls in (Dense, Sigmoid, ReLU, Tanh, Identity, Softmax)}
+ACTIVATION_LAYERS = {cls.act: cls for cls in (Sigmoid, ReLU, Tanh, Identity)}
+
+
+def layer_from_config(config):
+    """Rebuild a layer from :meth:`Layer.config` (model files)."""
+    kind = config.get("type")
+    if kind not in LAYER_TYPES:
+        raise ValueError(f"unknown layer type {kind!r} in model description")
+    if kind == "Dense":
+        return Dense(config["n_in"], config["n_out"], init=config.get("init", "glorot_uniform"))
+    return LAYER_TYPES[kind]()

@@ -1,0 +1,72 @@
+"""Losses: each is summed over the outputs and averaged over the batch.
+
+A loss maps the network's raw output ``Y (B, n)`` and targets ``T (B, n)`` to
+``(loss, dY)``: the loss as a 0-d array (kept on the device) and its gradient.
+
+- ``"mse"``: the quadratic cost of Nielsen's book, ``½‖ŷ − y‖²`` per sample, so
+  ``lr=3.0`` means what η = 3.0 means in ``network.py``.
+- ``"cross_entropy"``: softmax cross-entropy on *logits*, fused and stable.
+- ``"binary_cross_entropy"``: sigmoid cross-entropy on *logits* (Nielsen's
+  ``network2`` cost −Σ[y ln a + (1−y) ln(1−a)]).
+
+The two cross-entropies name the activation they apply (``output_activation``):
+``predict_proba`` applies it, and a model whose last layer *is* that activation
+folds the layer into the loss for training.
+"""
+from __future__ import annotations
+
+
+class Loss:
+    name = ""
+    #: The activation that turns raw outputs into probabilities (None: outputs already are).
+    output_activation = None
+
+    def __call__(self, backend, Y, T):
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class MSE(Loss):
+    """``Σ_j ½(Y_j − T_j)²`` averaged over the batch; ``dY = (Y − T) / B``."""
+
+    name = "mse"
+
+    def __call__(self, backend, Y, T):
+        xp = backend.xp
+        B = Y.shape[0]
+        D = Y - T
+        return xp.sum(D * D) / (2 * B), D / B
+
+
+class CrossEntropy(Loss):
+    """Softmax cross-entropy on logits; ``dZ = (softmax(Z) − T) / B``."""
+
+    name = "cross_entropy"
+    output_activation = "softmax"
+
+    def __call__(self, backend, Z, T):
+        return backend.softmax_xent(Z, T)
+
+
+class BinaryCrossEntropy(Loss):
+    """Sigmoid cross-entropy on logits, per output; ``dZ = (σ(Z) − T) / B``."""
+
+    name = "binary_cross_entropy"
+    output_activation = "sigmoid"
+
+    def __call__(self, backend, Z, T):
+        return backend.sigmoid_xent(Z, T)
+
+
+LOSSES = {cls.name: cls for cls in (MSE, CrossEntropy, BinaryCrossEntropy)}
+
+
+def get_loss(loss):
+    """A :class:`Loss` from a name (``"mse"``, ``"cross_entropy"``, ...) or an instance."""
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, str) and loss in LOSSES:
+        return LOSSES[loss]()
+    raise ValueError(f"loss: unknown loss {loss!r}; expected one of {', '.join(LOSSES)} or a Loss")

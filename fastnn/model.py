@@ -1,0 +1,362 @@
+"""``Sequential``: a stack of layers that trains by backpropagation and mini-batch SGD.
+
+>>> net = Sequential(Dense(784, 30, init="normal"), Sigmoid(),
+...                  Dense(30, 10, init="normal"), Sigmoid(), seed=0)
+>>> history = net.fit(X, y, epochs=30, batch_size=10, loss="mse", lr=3.0)
+>>> net.predict(X_test)          # class indices
+
+Everything here is written once against a backend (``self.backend``); the data
+crosses to the backend once, at the boundary (``fit``, ``predict``, ...).
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import numpy as np
+
+from .backend import get_backend
+from .history import History
+from .layers import Activation, Dense, Layer, Softmax
+from .losses import get_loss
+from .optim import SGD, Optimizer
+from . import validation as check
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or inf during ``fit``; the weights were restored."""
+
+
+class Sequential:
+    """``Sequential(*layers, backend=None, seed=None, dtype="float32")``.
+
+    ``backend`` is a name (``"numpy"``, ``"numba"``, ``"cupy"``, ``"auto"``), a
+    backend object, or None for the current default. ``seed`` fixes the initial
+    weights and the batch order: the same seed gives the same numbers on every
+    backend (both are drawn on the host with NumPy, then moved).
+    """
+
+    def __init__(self, *layers, backend=None, seed=None, dtype="float32"):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        if not layers:
+            raise ValueError("Sequential: give at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential: layer {i} is {type(layer).__name__}, not a fastnn layer")
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"Sequential: dtype must be 'float32' or 'float64', got {dtype!r}")
+        dense = [layer for layer in layers if isinstance(layer, Dense)]
+        if not dense:
+            raise ValueError("Sequential: the model needs at least one Dense layer")
+        check.layers_chain(layers)
+        self.layers = list(layers)
+        self.dtype = dtype
+        self.backend = get_backend(backend)
+        self.seed = seed
+        init_seed, batch_seed = np.random.SeedSequence(seed).spawn(2)
+        self.batch_rng = np.random.default_rng(batch_seed)
+        init_rng = np.random.default_rng(init_seed)
+        for layer in self.layers:
+            layer.initialize(self.backend, dtype, init_rng)
+        self.loss = None  # the loss of the last fit/backprop, kept for predict_proba and save
+        self.optimizer = None
+
+    # ---- shape -----------------------------------------------------------
+    @property
+    def dense_layers(self):
+        return [layer for layer in self.layers if isinstance(layer, Dense)]
+
+    @property
+    def n_in(self):
+        return self.dense_layers[0].n_in
+
+    @property
+    def n_out(self):
+        return self.dense_layers[-1].n_out
+
+    def __repr__(self):
+        inner = ", ".join(repr(layer) for layer in self.layers)
+        return f"Sequential({inner}, backend={self.backend.name!r}, dtype={self.dtype!r})"
+
+    def summary(self):
+        """A table of layers, output shapes and parameter counts (returned and printed)."""
+        lines = [f"Sequential on backend {self.backend.name!r}, {self.dtype}",
+                 f"{'layer':<40}{'output':>12}{'params':>12}"]
+        width, total = self.n_in, 0
+        for layer in self.layers:
+            params = 0
+            if isinstance(layer, Dense):
+                width, params = layer.n_out, layer.n_in * layer.n_out + layer.n_out
+            total += params
+            lines.append(f"{layer!r:<40}{f'(B, {width})':>12}{params:>12,}")
+        lines.append(f"{'total':<40}{'':>12}{total:>12,}")
+        text = "\n".join(lines)
+        print(text)
+        return text
+
+    # ---- moving between backends -----------------------------------------
+    def to(self, backend):
+        """Move the parameters (and optimizer state) to ``backend``; returns self."""
+        target = get_backend(backend)
+        if target is self.backend:
+            return self
+        source = self.backend
+        for layer in self.layers:
+            layer.backend = target
+            if isinstance(layer, Dense):
+                layer._W = target.asarray(source.to_numpy(layer.W), dtype=self.dtype)
+                layer._b = target.asarray(source.to_numpy(layer.b), dtype=self.dtype)
+                layer.dW = layer.db = layer.X = None
+        if self.optimizer is not None:
+            arrays, counters = self.optimizer.state_arrays(source)
+            self.optimizer.load_state_arrays(target, arrays, counters, self.dtype)
+        self.backend = target
+        return self
+
+    # ---- inference -------------------------------------------------------
+    def _run(self, layers, X):
+        """Forward through ``layers``; a Dense followed by an activation runs fused."""
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            following = layers[i + 1] if i + 1 < len(layers) else None
+            if isinstance(layer, Dense) and isinstance(following, Activation):
+                X = layer.forward(X, act=following.act)
+                following.Y = X
+                i += 2
+            else:
+                X = layer.forward(X)
+                i += 1
+        return X
+
+    def forward(self, X):
+        """The network's output for ``X (B, n_in)``, as a backend array ``(B, n_out)``."""
+        return self._run(self.layers, check.batch(self, X))
+
+    __call__ = forward
+
+    def predict_proba(self, X):
+        """Probabilities (host NumPy): the output activation of the loss applied.
+
+        After training with ``cross_entropy`` that is the softmax of the logits;
+        with ``binary_cross_entropy`` the sigmoid; with ``mse`` the output itself.
+        A model whose last layer already applies it is not applied twice.
+        """
+        Y = self.forward(X)
+        head = self.loss.output_activation if self.loss is not None else None
+        if head and self._last_activation() != head:
+            Y = self._apply_head(head, Y)
+        return self.backend.to_numpy(Y)
+
+    def predict(self, X):
+        """Class indices (host NumPy, int64): argmax of the output (threshold 0.5 for one output)."""
+        P = self.predict_proba(X)
+        if P.shape[1] == 1:
+            return (P[:, 0] > 0.5).astype(np.int64)
+        return np.argmax(P, axis=1).astype(np.int64)
+
+    def _last_activation(self):
+        last = self.layers[-1]
+        if isinstance(last, Softmax):
+            return "softmax"
+        return last.act if isinstance(last, Activation) else None
+
+    def _apply_head(self, head, Z):
+        xp = self.backend.xp
+        if head == "sigmoid":
+            return self.backend.bias_act(Z, None, "sigmoid")
+        E = xp.exp(Z - xp.max(Z, axis=1, keepdims=True))
+        return E / xp.sum(E, axis=1, keepdims=True)
+
+    # ---- training --------------------------------------------------------
+    def _training_layers(self, loss):
+        """The layers fit runs: a last layer equal to the loss's activation is folded in."""
+        head = loss.output_activation
+        if head and self._last_activation() == head:
+            return self.layers[:-1]
+        return self.layers
+
+    def _forward_backward(self, layers, X, T, loss):
+        """Forward, loss, backward: gradients left on the layers; returns the 0-d loss and output."""
+        Y = self._run(layers, X)
+        value, dY = loss(self.backend, Y, T)
+        for layer in reversed(layers):
+            dY = layer.backward(dY)
+        return value, Y
+
+    def backprop(self, X, y, loss="mse"):
+        """Backpropagation as one call: forward, loss, backward.
+
+        Leaves ``dW``, ``db`` on every Dense layer, updates nothing, returns the
+        loss (a float, averaged over the batch).
+        """
+        loss = get_loss(loss)
+        X = check.batch(self, X)
+        T, _ = check.targets(self, y, X.shape[0])
+        self.loss = loss
+        value, _ = self._forward_backward(self._training_layers(loss), X, T, loss)
+        return float(value)
+
+    def evaluate(self, X, y, loss=None, batch_size=4096):
+        """``{"loss": float, "accuracy": float}`` on ``(X, y)``, in batches."""
+        loss = get_loss(loss or self.loss or "mse")
+        X = check.batch(self, X)
+        T, labels = check.targets(self, y, X.shape[0])
+        layers = self._training_layers(loss)
+        n, total, correct = X.shape[0], 0.0, 0
+        for start in range(0, n, batch_size):
+            rows = slice(start, min(start + batch_size, n))  # the array API has no out-of-range slices
+            Y = self._run(layers, X[rows, ...])
+            value, _ = loss(self.backend, Y, T[rows, ...])
+            total += float(value) * Y.shape[0]
+            correct += int(self._n_correct(Y, labels[rows]))
+        return {"loss": total / n, "accuracy": correct / n}
+
+    def _n_correct(self, Y, labels):
+        """How many rows of the raw output ``Y`` pick ``labels`` (a backend int array)."""
+        xp = self.backend.xp
+        if Y.shape[1] == 1:
+            guess = xp.astype(Y[:, 0] > 0.5 if self.loss is None or self.loss.name == "mse"
+                              else Y[:, 0] > 0, labels.dtype)
+        else:
+            guess = xp.argmax(Y, axis=1)
+        return xp.sum(xp.astype(guess == labels, xp.int64))
+
+    def fit(self, X, y, epochs=1, batch_size=32, loss=None, optimizer=None, lr=None,
+            shuffle=True, validation_data=None, verbose=0, checkpoint=None, resume=False,
+            on_epoch_end=None):
+        """Train by mini-batch gradient descent; returns a :class:`History`.
+
+        - ``loss``: ``"mse"``, ``"cross_entropy"``, ``"binary_cross_entropy"`` or a Loss
+          (default: the model's last loss, else ``"cross_entropy"``).
+        - ``optimizer`` (an SGD/Adam object) *or* ``lr`` (plain SGD at that rate);
+          neither: the optimizer of the last fit, else ``SGD(lr=0.1)``.
+        - Batches: a permutation per epoch from the model's seeded host generator,
+          the last partial batch kept. ``shuffle=False`` keeps the data order.
+        - ``validation_data=(X_val, y_val)`` adds ``val_loss``/``val_accuracy``.
+        - ``checkpoint="ckpt.npz"`` saves after every epoch; ``resume=True``
+          continues from it (same final weights as an uninterrupted run).
+        - ``verbose=1`` prints which path runs and a line per epoch.
+        - Ctrl-C stops after the current batch and keeps the last completed epoch.
+        - A NaN/inf loss raises :class:`TrainingDiverged` naming the epoch (and batch),
+          with finite weights restored.
+        """
+        from . import io
+
+        epochs = check.count("epochs", epochs, minimum=0)
+        batch_size = check.count("batch_size", batch_size, minimum=1)
+        loss = get_loss(loss or self.loss or "cross_entropy")
+        self.optimizer = check.optimizer(optimizer, lr, self.optimizer)
+        if resume and not checkpoint:
+            raise ValueError("fit: resume=True needs checkpoint='path.npz'")
+        X = check.batch(self, X)
+        T, labels = check.targets(self, y, X.shape[0])
+        if validation_data is not None:
+            validation_data = check.validation_pair(validation_data)
+        self.loss = loss
+
+        history = History()
+        first_epoch = 0
+        if resume:
+            first_epoch, history = io.resume_checkpoint(self, checkpoint, verbose)
+        trainer = self.backend.epoch_trainer(self, loss, self.optimizer)
+        if verbose:
+            path = getattr(trainer, "description", "compiled whole epoch") if trainer else "layer by layer"
+            print(f"fit: backend {self.backend.name}, {path}", file=sys.stderr)
+
+        n = X.shape[0]
+        for epoch in range(first_epoch, epochs):
+            order = self.batch_rng.permutation(n) if shuffle else np.arange(n)
+            saved = self._snapshot()
+            started = time.perf_counter()
+            try:
+                if trainer is not None:
+                    loss_sum, correct = self._epoch_compiled(trainer, X, T, labels, order, batch_size, epoch, saved)
+                else:
+                    loss_sum, correct = self._epoch_layers(X, T, labels, order, batch_size, loss, epoch, saved)
+            except KeyboardInterrupt:
+                self._restore(saved)
+                print(f"fit: interrupted in epoch {epoch + 1}; kept the weights of the last completed "
+                      f"epoch ({epoch})", file=sys.stderr)
+                history.interrupted = True
+                break
+            mean_loss = loss_sum / n
+            if not math.isfinite(mean_loss):
+                self._restore(saved)
+                raise TrainingDiverged(f"fit: the loss became {mean_loss} in epoch {epoch + 1}; "
+                                       f"weights restored to the end of epoch {epoch}")
+            logs = {"loss": mean_loss, "accuracy": correct / n}
+            if validation_data is not None:
+                scores = self.evaluate(*validation_data, loss=loss)
+                logs.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
+            logs["seconds"] = time.perf_counter() - started
+            history.append(epoch + 1, logs)
+            if checkpoint:
+                io.save_checkpoint(self, checkpoint, epoch + 1, history)
+            if verbose:
+                print(history.line(-1, n), file=sys.stderr)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, dict(logs))
+        return history
+
+    def _epoch_layers(self, X, T, labels, order, batch_size, loss, epoch, saved):
+        """One epoch, batch by batch, with the backend's ops."""
+        backend, xp = self.backend, self.backend.xp
+        layers = self._training_layers(loss)
+        dense = self.dense_layers
+        order = backend.asarray(order)
+        loss_sum, correct = 0.0, 0
+        n = X.shape[0]
+        for batch, start in enumerate(range(0, n, batch_size)):
+            idx = order[start:min(start + batch_size, n)]
+            Xb, Tb = xp.take(X, idx, axis=0), xp.take(T, idx, axis=0)
+            value, Y = self._forward_backward(layers, Xb, Tb, loss)
+            if backend.check_every_batch and not math.isfinite(float(value)):
+                self._restore_if_not_finite(saved)
+                raise TrainingDiverged(f"fit: the loss became {float(value)} in epoch {epoch + 1}, "
+                                       f"batch {batch + 1}; training stopped before that update")
+            loss_sum = loss_sum + value * Y.shape[0]
+            correct = correct + self._n_correct(Y, xp.take(labels, idx, axis=0))
+            self.optimizer.step(backend, dense)
+        return float(loss_sum), int(correct)
+
+    def _epoch_compiled(self, trainer, X, T, labels, order, batch_size, epoch, saved):
+        """One epoch as one call of a backend's compiled trainer."""
+        loss_sum, correct, bad_batch = trainer(X, T, labels, order, batch_size)
+        if bad_batch >= 0:
+            self._restore_if_not_finite(saved)
+            raise TrainingDiverged(f"fit: the loss became NaN or inf in epoch {epoch + 1}, "
+                                   f"batch {bad_batch + 1}; training stopped before that update")
+        return float(loss_sum), int(correct)
+
+    # ---- snapshots: the last good weights --------------------------------
+    def _snapshot(self):
+        xp = self.backend.xp
+        params = [(xp.asarray(d.W, copy=True), xp.asarray(d.b, copy=True)) for d in self.dense_layers]
+        state = {key: {slot: xp.asarray(v, copy=True) for slot, v in entry.items()}
+                 for key, entry in self.optimizer.state.items()} if self.optimizer else {}
+        counters = dict(self.optimizer._counters()) if self.optimizer else {}
+        return params, state, counters
+
+    def _restore(self, saved):
+        params, state, counters = saved
+        for layer, (W, b) in zip(self.dense_layers, params):
+            layer._W, layer._b = W, b
+        if self.optimizer is not None:
+            self.optimizer.state = state
+            for name, value in counters.items():
+                setattr(self.optimizer, name, value)
+
+    def _restore_if_not_finite(self, saved):
+        xp = self.backend.xp
+        finite = all(bool(xp.all(xp.isfinite(p))) for d in self.dense_layers for p in (d.W, d.b))
+        if not finite:
+            self._restore(saved)
+
+    # ---- files -----------------------------------------------------------
+    def save(self, path):
+        """Write the model to ``path`` (.npz + JSON description; atomic, no pickle)."""
+        from . import io
+        io.save(self, path)

@@ -1,0 +1,126 @@
+"""Checks at the public boundary: every bad input gets an error naming the argument.
+
+Host inputs (NumPy arrays, lists) are checked with NumPy and moved to the
+backend once; arrays already on the model's backend are checked there.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+
+def layers_chain(layers):
+    """Each Dense must take as many inputs as the previous Dense gives."""
+    from .layers import Dense
+
+    width = None
+    for i, layer in enumerate(layers):
+        if isinstance(layer, Dense):
+            if width is not None and layer.n_in != width:
+                raise ValueError(f"Sequential: layer {i} {layer!r} expects {layer.n_in} inputs, "
+                                 f"but the layer before it gives {width}")
+            width = layer.n_out
+
+
+def count(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _host(value, name):
+    """``value`` as a host NumPy array, or None when it is already a backend (device) array."""
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "__array_namespace__"):
+        return None
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name}: expected an array, got {type(value).__name__} ({exc})") from None
+
+
+def batch(net, X, name="X"):
+    """``X`` as a C-contiguous ``(B, n_in)`` backend array of the model's dtype."""
+    backend = net.backend
+    host = _host(X, name)
+    if host is None:  # a backend array: check it where it lives
+        xp = backend.xp
+        if X.ndim != 2 or X.shape[1] != net.n_in or X.shape[0] == 0:
+            raise ValueError(f"{name}: expected shape (B, {net.n_in}) with B >= 1, got {tuple(X.shape)}")
+        X = backend.asarray(X, dtype=net.dtype)
+        if not bool(xp.all(xp.isfinite(X))):
+            raise ValueError(f"{name}: contains NaN or inf")
+        return X
+    if host.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: expected numbers, got dtype {host.dtype}")
+    if host.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array (B, {net.n_in}), got shape {host.shape}")
+    if host.shape[0] == 0:
+        raise ValueError(f"{name}: is empty (0 rows)")
+    if host.shape[1] != net.n_in:
+        raise ValueError(f"{name}: expected {net.n_in} columns (the model's input width), "
+                         f"got {host.shape[1]}")
+    host = np.ascontiguousarray(host, dtype=net.dtype)
+    if not np.all(np.isfinite(host)):
+        bad = int(np.argmax(~np.isfinite(host).all(axis=1)))
+        raise ValueError(f"{name}: contains NaN or inf (first in row {bad})")
+    return backend.asarray(host)
+
+
+def targets(net, y, n, name="y"):
+    """``y`` (integer labels or target rows) -> ``(T (n, n_out), labels (n,))`` on the backend."""
+    backend = net.backend
+    host = _host(y, name)
+    if host is None:
+        host = backend.to_numpy(y)  # the boundary: targets are small
+    n_out = net.n_out
+    if host.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: expected labels or target rows, got dtype {host.dtype}")
+    if host.ndim == 0 or host.shape[0] != n:
+        raise ValueError(f"{name}: expected {n} targets (one per row of X), got shape {host.shape}")
+    if host.ndim == 1:
+        if host.dtype.kind == "f" and not np.all(np.isfinite(host) & (host == np.round(host))):
+            raise TypeError(f"{name}: 1-D targets must be integer class labels")
+        labels = host.astype(np.int64)
+        top = 2 if n_out == 1 else n_out
+        if labels.min() < 0 or labels.max() >= top:
+            raise ValueError(f"{name}: labels must be in [0, {top - 1}] for a model with {n_out} "
+                             f"output{'s' if n_out > 1 else ''}; got {labels.min()}..{labels.max()}")
+        if n_out == 1:
+            T = labels.reshape(n, 1).astype(net.dtype)
+        else:
+            T = np.zeros((n, n_out), dtype=net.dtype)
+            T[np.arange(n), labels] = 1
+    elif host.ndim == 2:
+        if host.shape[1] != n_out:
+            raise ValueError(f"{name}: target rows must have {n_out} columns (the model's output "
+                             f"width), got {host.shape[1]}")
+        T = np.ascontiguousarray(host, dtype=net.dtype)
+        if not np.all(np.isfinite(T)):
+            raise ValueError(f"{name}: contains NaN or inf")
+        labels = (T[:, 0] > 0.5).astype(np.int64) if n_out == 1 else np.argmax(T, axis=1)
+    else:
+        raise ValueError(f"{name}: expected 1-D labels or 2-D target rows, got shape {host.shape}")
+    return backend.asarray(T), backend.asarray(labels)
+
+
+def optimizer(optimizer, lr, previous):
+    from .optim import SGD, Optimizer
+
+    if optimizer is not None and lr is not None:
+        raise ValueError("fit: give optimizer= or lr=, not both (lr belongs to the optimizer)")
+    if optimizer is not None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer: expected fastnn.SGD or fastnn.Adam, got {type(optimizer).__name__}")
+        return optimizer
+    if lr is not None:
+        return SGD(lr)
+    return previous if previous is not None else SGD(0.1)
+
+
+def validation_pair(data):
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise ValueError("validation_data: expected a pair (X_val, y_val)")
+    return tuple(data)
