@@ -189,8 +189,15 @@ class Backend:
         """A callable that trains one whole epoch in one call, or None.
 
         None (the reference) means: ``fit`` runs layer by layer with the ops above.
-        A backend that compiles epochs returns ``run(X, T, perm, batch_size) ->
-        (loss_sum, n_correct, bad_batch)``; see ``fastnn/model.py``.
+        A backend that compiles epochs returns a callable
+        ``run(X, T, labels, order, batch_size) -> (loss_sum, n_correct, bad_batch)``:
+        X (N, nI), T (N, nO) and labels (N,) are the backend arrays ``fit`` made,
+        ``order`` the host permutation of this epoch; it updates the Dense layers'
+        W, b and the optimizer's state in place, sums ``loss × batch rows`` and
+        the correct predictions (from each batch's output before its update,
+        as ``Sequential._epoch_layers`` does), and returns the index of the first
+        batch whose loss was NaN/inf (that batch not applied), else -1. An
+        optional ``description`` attribute names the path for ``verbose``.
         """
         return None
 
@@ -210,6 +217,8 @@ def _sigmoid(xp, Z):
 #: name -> "module:Class", imported on first use.
 _BUILTIN = {
     "numpy": "fastnn.backends.numpy_backend:NumpyBackend",
+    "numba": "fastnn.backends.numba_backend:NumbaBackend",
+    "cupy": "fastnn.backends.cupy_backend:CupyBackend",
 }
 #: What to install when a backend's package is missing.
 _INSTALL_HINTS = {

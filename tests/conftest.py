@@ -1,0 +1,45 @@
+"""Shared fixtures: every backend-parametrized test runs on numpy, numba and cupy.
+
+An unavailable backend is *skipped with its reason* (visible in ``-ra``), never
+silently dropped; cupy cases carry the ``gpu`` mark.
+"""
+import numpy as np
+import pytest
+
+import fastnn
+
+BACKENDS = ("numpy", "numba", "cupy")
+
+
+def _backend_params():
+    return [pytest.param(name, marks=[pytest.mark.gpu] if name == "cupy" else [], id=name)
+            for name in BACKENDS]
+
+
+@pytest.fixture(params=_backend_params())
+def backend_name(request):
+    """The name of a usable backend; skips with the reason when it is not usable here."""
+    name = request.param
+    available, reason = fastnn.available_backends().get(name, (False, "not registered"))
+    if not available:
+        pytest.skip(f"backend {name!r} unavailable: {reason}")
+    return name
+
+
+@pytest.fixture
+def backend(backend_name):
+    return fastnn.get_backend(backend_name)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def blobs(n=600, n_features=20, n_classes=4, seed=0, spread=1.0):
+    """Synthetic Gaussian blobs: a small, learnable classification problem without scikit-learn."""
+    g = np.random.default_rng(seed)
+    centers = g.standard_normal((n_classes, n_features)) * 3.0
+    y = g.integers(0, n_classes, n)
+    X = centers[y] + spread * g.standard_normal((n, n_features))
+    return X.astype(np.float32), y
