@@ -77,20 +77,32 @@ class Backend:
         """Wait until queued work is done (a no-op on the CPU); timings call it."""
 
     # ---- dense algebra -------------------------------------------------
-    def gemm(self, A, B, trans_a=False, trans_b=False):
-        """``op(A) @ op(B)`` where ``op`` transposes when asked.
+    def gemm(self, A, B, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, C=None):
+        """``alpha·op(A) @ op(B) + beta·C``, ``op`` transposing when asked.
 
+        Without ``C`` it returns a new array; with ``C`` it accumulates into
+        ``C`` (in place where the backend allows) and returns it, so a scaled
+        update is one product: ``W = gemm(X, dZ, trans_a=True, alpha=-lr, beta=1, C=W)``.
         The three products of a Dense layer::
 
             Z  = gemm(X, W)                 # (B, nI) @ (nI, nO)   -> (B, nO)
             dW = gemm(X, dZ, trans_a=True)  # (nI, B) @ (B, nO)    -> (nI, nO)
             dX = gemm(dZ, W, trans_b=True)  # (B, nO) @ (nO, nI)   -> (B, nI)
         """
+        xp = self.xp
         if trans_a:
-            A = self.xp.matrix_transpose(A)
+            A = xp.matrix_transpose(A)
         if trans_b:
-            B = self.xp.matrix_transpose(B)
-        return self.xp.matmul(A, B)
+            B = xp.matrix_transpose(B)
+        product = xp.matmul(A, B)
+        if alpha != 1.0:
+            product = alpha * product
+        if C is None:
+            return product
+        if beta != 1.0:
+            C *= beta
+        C += product
+        return C
 
     def sum_rows(self, X):
         """Sum over the batch: ``(B, n) -> (n,)`` (the bias gradient)."""
