@@ -268,29 +268,33 @@ class Sequential:
 
         n = X.shape[0]
         for epoch in range(first_epoch, epochs):
-            order = self.batch_rng.permutation(n) if shuffle else np.arange(n)
+            rng_state = self.batch_rng.bit_generator.state
             saved = self._snapshot()
             started = time.perf_counter()
             try:
+                order = self.batch_rng.permutation(n) if shuffle else np.arange(n)
                 if trainer is not None:
                     loss_sum, correct = self._epoch_compiled(trainer, X, T, labels, order, batch_size, epoch, saved)
                 else:
                     loss_sum, correct = self._epoch_layers(X, T, labels, order, batch_size, loss, epoch, saved)
+                mean_loss = loss_sum / n
+                if not math.isfinite(mean_loss):
+                    self._restore(saved)
+                    raise TrainingDiverged(f"fit: the loss became {mean_loss} in epoch {epoch + 1}; "
+                                           f"weights restored to the end of epoch {epoch}")
+                logs = {"loss": mean_loss, "accuracy": correct / n}
+                if validation_data is not None:
+                    scores = self.evaluate(*validation_data, loss=loss)
+                    logs.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
             except KeyboardInterrupt:
+                # Back to the end of the last completed epoch, batch generator included,
+                # so a later fit (or the checkpoint) continues as if never interrupted.
                 self._restore(saved)
-                print(f"fit: interrupted in epoch {epoch + 1}; kept the weights of the last completed "
-                      f"epoch ({epoch})", file=sys.stderr)
+                self.batch_rng.bit_generator.state = rng_state
+                print(f"fit: interrupted (Ctrl-C) in epoch {epoch + 1}; stopped and kept the weights "
+                      f"of the last completed epoch ({epoch})", file=sys.stderr)
                 history.interrupted = True
                 break
-            mean_loss = loss_sum / n
-            if not math.isfinite(mean_loss):
-                self._restore(saved)
-                raise TrainingDiverged(f"fit: the loss became {mean_loss} in epoch {epoch + 1}; "
-                                       f"weights restored to the end of epoch {epoch}")
-            logs = {"loss": mean_loss, "accuracy": correct / n}
-            if validation_data is not None:
-                scores = self.evaluate(*validation_data, loss=loss)
-                logs.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
             logs["seconds"] = time.perf_counter() - started
             history.append(epoch + 1, logs)
             if checkpoint:
@@ -357,6 +361,9 @@ class Sequential:
 
     # ---- files -----------------------------------------------------------
     def save(self, path):
-        """Write the model to ``path`` (.npz + JSON description; atomic, no pickle)."""
+        """Write the model to ``path`` (.npz + JSON description; atomic, no pickle).
+
+        The path is used as given (no ``.npz`` appended); ``fastnn.load(path)`` reads it back.
+        """
         from . import io
         io.save(self, path)

@@ -1,0 +1,422 @@
+"""Model files and checkpoints: round trips across backends, refusal of anything
+that is not a fastnn model (pickles above all), atomic writes, exact resume, Ctrl-C.
+"""
+import io
+import json
+import os
+import pickle
+import stat
+import zipfile
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import io as fio
+from conftest import BACKENDS, blobs
+
+
+def _net(backend="numpy", seed=0, dtype="float32", hidden=8):
+    return fastnn.Sequential(fastnn.Dense(20, hidden), fastnn.ReLU(), fastnn.Dense(hidden, 4),
+                             backend=backend, seed=seed, dtype=dtype)
+
+
+def _weights(net):
+    return [net.backend.to_numpy(a).copy() for d in net.dense_layers for a in (d.W, d.b)]
+
+
+def _assert_same_weights(a, b):
+    for x, y in zip(_weights(a), _weights(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def _clean_error(err):
+    """Raised by fastnn itself: no NumPy/zipfile exception chained into the traceback."""
+    return err.__cause__ is None and (err.__context__ is None or err.__suppress_context__)
+
+
+@pytest.fixture(params=[pytest.param(n, marks=[pytest.mark.gpu] if n == "cupy" else [], id=f"to-{n}")
+                        for n in BACKENDS])
+def load_backend_name(request):
+    """A second, independent backend parameter: where the saved model is loaded."""
+    available, reason = fastnn.available_backends().get(request.param, (False, "not registered"))
+    if not available:
+        pytest.skip(f"backend {request.param!r} unavailable: {reason}")
+    return request.param
+
+
+@pytest.fixture
+def trained():
+    X, y = blobs(n=120)
+    net = _net()
+    net.fit(X, y, epochs=2, batch_size=16, loss="cross_entropy", lr=0.05)
+    return net, X
+
+
+@pytest.fixture
+def model_file(tmp_path, trained):
+    path = tmp_path / "model.npz"
+    trained[0].save(path)
+    return path
+
+
+# ---- round trips -------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_round_trip_across_backends(tmp_path, backend_name, load_backend_name, dtype):
+    X, y = blobs(n=120)
+    net = _net(backend_name, dtype=dtype)
+    net.fit(X, y, epochs=1, batch_size=16, loss="cross_entropy", lr=0.05)
+    path = tmp_path / "model.npz"
+    net.save(path)
+    back = fastnn.load(path, backend=load_backend_name)
+    assert back.backend.name == load_backend_name
+    assert back.dtype == dtype and back.loss.name == "cross_entropy"
+    assert [layer.config() for layer in back.layers] == [layer.config() for layer in net.layers]
+    for a, b in zip(_weights(net), _weights(back)):
+        np.testing.assert_array_equal(a, b)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(back.predict_proba(X), net.predict_proba(X), rtol=tol, atol=tol)
+    np.testing.assert_array_equal(back.predict(X), net.predict(X))
+
+
+def test_file_layout_is_plain_arrays_and_json(model_file):
+    with zipfile.ZipFile(model_file) as z:
+        names = sorted(z.namelist())
+    assert names == ["meta.npy", "param.0.W.npy", "param.0.b.npy", "param.1.W.npy", "param.1.b.npy"]
+    with np.load(model_file, allow_pickle=False) as data:
+        meta = json.loads(data["meta"].tobytes())
+    assert meta["format"] == "fastnn-model" and meta["version"] == fio.VERSION
+    assert meta["dtype"] == "float32" and meta["loss"] == "cross_entropy"
+    assert [c["type"] for c in meta["layers"]] == ["Dense", "ReLU", "Dense"]
+
+
+def test_path_is_used_exactly_as_given(tmp_path, trained):
+    net, X = trained
+    net.save(tmp_path / "model")  # np.savez would have written model.npz
+    assert os.listdir(tmp_path) == ["model"]
+    np.testing.assert_array_equal(fastnn.load(tmp_path / "model").predict(X), net.predict(X))
+    with pytest.raises(FileNotFoundError, match="model.npz"):
+        fastnn.load(tmp_path / "model.npz")
+    net.save(str(tmp_path / "other.npz"))
+    with pytest.raises(FileNotFoundError, match="there is a .*other.npz"):
+        fastnn.load(tmp_path / "other")
+
+
+def test_save_to_missing_folder_or_a_folder_is_a_clear_error(tmp_path, trained):
+    with pytest.raises(FileNotFoundError, match="folder .*nowhere does not exist"):
+        trained[0].save(tmp_path / "nowhere" / "model.npz")
+    with pytest.raises(IsADirectoryError, match="it is a folder"):
+        trained[0].save(tmp_path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_saved_file_gets_ordinary_permissions(tmp_path, trained):
+    old = os.umask(0o022)
+    try:
+        trained[0].save(tmp_path / "new.npz")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "new.npz").st_mode) == 0o644  # not mkstemp's 0o600
+    os.chmod(tmp_path / "new.npz", 0o600)
+    trained[0].save(tmp_path / "new.npz")
+    assert stat.S_IMODE(os.stat(tmp_path / "new.npz").st_mode) == 0o600  # an overwrite keeps them
+
+
+def test_unknown_backend_on_load_is_not_a_file_error(model_file):
+    with pytest.raises(ValueError, match="unknown backend|nope") as info:
+        fastnn.load(model_file, backend="nope")
+    assert not isinstance(info.value, fastnn.ModelFileError)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        fastnn.load(tmp_path / "absent.npz")
+
+
+# ---- files that are not fastnn models --------------------------------------------
+def _npz_bytes(**arrays):
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _meta(**changes):
+    meta = {"format": "fastnn-model", "version": 1, "dtype": "float32", "loss": None,
+            "layers": [{"type": "Dense", "n_in": 2, "n_out": 3, "init": "glorot_uniform"}]}
+    meta.update(changes)
+    return np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+
+
+_W, _b = np.zeros((2, 3), np.float32), np.zeros(3, np.float32)
+
+
+def _zip_with_raw_meta():
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("meta", b'{"format": "fastnn-model"}')
+    return buffer.getvalue()
+
+
+FOREIGN = {
+    "empty": (lambda good: b"", "empty"),
+    "text": (lambda good: b"layers: 784, 30, 10\n", "not a .npz"),
+    "random bytes": (lambda good: np.random.default_rng(0).bytes(4096), "not a .npz"),
+    "pickle": (lambda good: pickle.dumps({"W": [1, 2, 3]}), "pickle"),
+    "npy": (lambda good: _npy_bytes(), "single .npy"),
+    "truncated": (lambda good: good[: len(good) // 2], "corrupt or truncated"),
+    "truncated to 3 bytes": (lambda good: good[:3], "truncated"),
+    "flipped bytes": (lambda good: _flip_middle(good), "corrupt"),
+    "npz without meta": (lambda good: _npz_bytes(W=_W), "no fastnn description"),
+    "meta not json": (lambda good: _npz_bytes(meta=np.frombuffer(b"\xff{", np.uint8)), "description is corrupt"),
+    "meta of other format": (lambda good: _npz_bytes(meta=_meta(format="keras")), "not a fastnn model"),
+    "meta as floats": (lambda good: _npz_bytes(meta=np.zeros(4)), "no fastnn description"),
+    "meta not an npy member": (lambda good: _zip_with_raw_meta(), "not an array"),
+    "version missing": (lambda good: _npz_bytes(meta=_meta(version=None)), "format version"),
+    "version newer": (lambda good: _npz_bytes(meta=_meta(version=99), **{"param.0.W": _W, "param.0.b": _b}),
+                      "newer fastnn"),
+    "param missing": (lambda good: _npz_bytes(meta=_meta(), **{"param.0.W": _W}), "param.0.b is missing"),
+    "param wrong shape": (lambda good: _npz_bytes(meta=_meta(), **{"param.0.W": _W.T, "param.0.b": _b}),
+                          r"shape \(3, 2\)"),
+    "param not float": (lambda good: _npz_bytes(meta=_meta(), **{"param.0.W": _W.astype("U1"), "param.0.b": _b}),
+                        "not float"),
+    "param with nan": (lambda good: _npz_bytes(meta=_meta(), **{"param.0.W": _W + np.nan, "param.0.b": _b}),
+                       "NaN"),
+    "huge layer claimed": (lambda good: _npz_bytes(meta=_meta(layers=[{"type": "Dense", "n_in": 10**6,
+                                                                       "n_out": 10**6}]),
+                                                   **{"param.0.W": _W, "param.0.b": _b}), "architecture says"),
+    "layers garbage": (lambda good: _npz_bytes(meta=_meta(layers=["Dense"])), "layer list"),
+    "unknown layer": (lambda good: _npz_bytes(meta=_meta(layers=[{"type": "Conv"}])), "cannot be rebuilt"),
+    "bad dtype": (lambda good: _npz_bytes(meta=_meta(dtype="int8"), **{"param.0.W": _W, "param.0.b": _b}),
+                  "cannot be rebuilt"),
+    "unknown loss": (lambda good: _npz_bytes(meta=_meta(loss="hinge"), **{"param.0.W": _W, "param.0.b": _b}),
+                     "cannot be rebuilt"),
+}
+
+
+def _npy_bytes():
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros(3))
+    return buffer.getvalue()
+
+
+def _flip_middle(good):
+    """Damage the stored array data (not the zip directory): the CRC check must catch it."""
+    data = bytearray(good)
+    middle = len(data) // 3
+    data[middle:middle + 16] = bytes(b ^ 0xFF for b in data[middle:middle + 16])
+    return bytes(data)
+
+
+@pytest.mark.parametrize("kind", list(FOREIGN))
+def test_foreign_or_damaged_file_is_a_model_file_error(tmp_path, model_file, kind):
+    make, message = FOREIGN[kind]
+    path = tmp_path / "bad.npz"
+    path.write_bytes(make(model_file.read_bytes()))
+    with pytest.raises(fastnn.ModelFileError, match=message) as info:
+        fastnn.load(path)
+    assert isinstance(info.value, ValueError)
+    assert str(path) in str(info.value)
+    assert _clean_error(info.value), "a NumPy/zipfile exception leaked into the traceback"
+
+
+def test_a_checkpoint_loads_as_a_model_but_a_model_does_not_resume(tmp_path, trained):
+    net, X = trained
+    X, y = blobs(n=120)
+    ckpt = tmp_path / "ckpt.npz"
+    net.fit(X, y, epochs=1, batch_size=16, checkpoint=ckpt)
+    np.testing.assert_array_equal(fastnn.load(ckpt).predict(X), net.predict(X))
+    net.save(tmp_path / "model.npz")
+    with pytest.raises(fastnn.ModelFileError, match="not a checkpoint"):
+        _net().fit(X, y, epochs=2, checkpoint=tmp_path / "model.npz", resume=True)
+
+
+# ---- pickles are refused and never executed -----------------------------------------
+class _Payload:
+    """Unpickling this creates a file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _evil_model(tmp_path, model_file, marker):
+    with np.load(model_file) as data:
+        arrays = {name: data[name] for name in data.files}
+    arrays["param.9.W"] = np.array([_Payload(marker)], dtype=object)  # savez pickles object arrays
+    path = tmp_path / "evil.npz"
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return path
+
+
+def test_pickled_object_array_is_refused_and_not_executed(tmp_path, model_file):
+    # The payload works: NumPy with allow_pickle=True runs it.
+    proof = tmp_path / "proof"
+    with np.load(_evil_model(tmp_path, model_file, proof), allow_pickle=True) as data:
+        data["param.9.W"]
+    assert proof.exists()
+    marker = tmp_path / "marker"
+    path = _evil_model(tmp_path, model_file, marker)
+    with pytest.raises(fastnn.ModelFileError, match="pickled object array") as info:
+        fastnn.load(path)
+    assert _clean_error(info.value)
+    assert not marker.exists()
+    with pytest.raises(fastnn.ModelFileError, match="pickled"):
+        _net().fit(*blobs(n=40), epochs=1, checkpoint=path, resume=True)
+    assert not marker.exists()
+
+
+# ---- atomic writes -------------------------------------------------------------
+def _crashing_savez(exception):
+    def savez(file, *args, **kwds):
+        file.write(b"PK\x03\x04 half a model")
+        raise exception
+    return savez
+
+
+@pytest.mark.parametrize("exception", [OSError("disk full"), KeyboardInterrupt()], ids=["oserror", "ctrl-c"])
+def test_crash_mid_save_leaves_old_file_and_no_temp_file(tmp_path, trained, monkeypatch, exception):
+    net, X = trained
+    path = tmp_path / "model.npz"
+    net.save(path)
+    before = path.read_bytes()
+    net.dense_layers[0].W = np.ones((20, 8))
+    monkeypatch.setattr(np, "savez", _crashing_savez(exception))
+    with pytest.raises(type(exception)):
+        net.save(path)
+    with pytest.raises(type(exception)):
+        net.save(tmp_path / "fresh.npz")
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["model.npz"]
+    assert path.read_bytes() == before
+    assert not np.array_equal(fastnn.load(path).dense_layers[0].W, np.ones((20, 8)))
+
+
+# ---- checkpoints: resume equals an uninterrupted run ---------------------------------
+OPTIMIZERS = {
+    "sgd-momentum": lambda: fastnn.SGD(lr=0.05, momentum=0.9),
+    "sgd-nesterov-decay": lambda: fastnn.SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    "adam": lambda: fastnn.Adam(lr=0.01),
+}
+
+
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, backend_name, opt):
+    X, y = blobs(n=150)
+    val = blobs(n=50, seed=1)
+    kwargs = dict(batch_size=16, loss="cross_entropy", validation_data=val)
+    whole = _net(backend_name, seed=3)
+    full = whole.fit(X, y, epochs=4, optimizer=OPTIMIZERS[opt](), **kwargs)
+
+    ckpt = tmp_path / "ckpt.npz"
+    first = _net(backend_name, seed=3)
+    first.fit(X, y, epochs=2, optimizer=OPTIMIZERS[opt](), checkpoint=ckpt, **kwargs)
+    # A new model object (other seed: nothing may come from it), a fresh optimizer object.
+    resumed = _net(backend_name, seed=99)
+    history = resumed.fit(X, y, epochs=4, optimizer=OPTIMIZERS[opt](), checkpoint=ckpt, resume=True, **kwargs)
+
+    _assert_same_weights(whole, resumed)
+    assert history["epoch"] == [1, 2, 3, 4]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert history[key] == full[key]
+    assert resumed.optimizer.config() == whole.optimizer.config()
+    assert resumed.optimizer._counters() == whole.optimizer._counters()
+    assert fastnn.load(ckpt).dense_layers[0].W.shape == (20, 8)
+
+
+def test_resume_without_checkpoint_file_starts_afresh(tmp_path, capsys):
+    X, y = blobs(n=60)
+    a, b = _net(seed=1), _net(seed=1)
+    a.fit(X, y, epochs=2, lr=0.05)
+    history = b.fit(X, y, epochs=2, lr=0.05, checkpoint=tmp_path / "c.npz", resume=True, verbose=1)
+    _assert_same_weights(a, b)
+    assert len(history) == 2 and "no checkpoint" in capsys.readouterr().err
+    assert (tmp_path / "c.npz").exists()
+
+
+def test_resume_refuses_another_architecture_or_dtype(tmp_path):
+    X, y = blobs(n=60)
+    ckpt = tmp_path / "c.npz"
+    _net().fit(X, y, epochs=1, lr=0.05, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="architecture differs"):
+        _net(hidden=9).fit(X, y, epochs=2, checkpoint=ckpt, resume=True)
+    with pytest.raises(ValueError, match="float32, this model float64"):
+        _net(dtype="float64").fit(X, y, epochs=2, checkpoint=ckpt, resume=True)
+    with pytest.raises(ValueError, match="needs checkpoint"):
+        _net().fit(X, y, epochs=2, resume=True)
+
+
+def test_corrupt_optimizer_state_in_checkpoint(tmp_path):
+    X, y = blobs(n=60)
+    ckpt = tmp_path / "c.npz"
+    _net().fit(X, y, epochs=1, optimizer=fastnn.Adam(), checkpoint=ckpt)
+    with np.load(ckpt) as data:
+        arrays = {name: data[name] for name in data.files}
+    arrays["opt.0.W.M"] = arrays["opt.0.W.M"][:3]
+    with open(ckpt, "wb") as f:
+        np.savez(f, **arrays)
+    net = _net(seed=5)
+    before = _weights(net)
+    with pytest.raises(fastnn.ModelFileError, match="opt.0.W.M"):
+        net.fit(X, y, epochs=2, checkpoint=ckpt, resume=True)
+    for a, b in zip(before, _weights(net)):  # checked before anything was applied
+        np.testing.assert_array_equal(a, b)
+
+
+# ---- Ctrl-C ------------------------------------------------------------------
+def _interrupt_on_step(monkeypatch, optimizer, n):
+    """Make the optimizer's n-th step (from 1) raise KeyboardInterrupt, as Ctrl-C would."""
+    real, calls = optimizer.step, {"n": 0}
+
+    def step(backend, dense_layers):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(backend, dense_layers)
+    monkeypatch.setattr(optimizer, "step", step)
+
+
+@pytest.mark.parametrize("opt", ["sgd-momentum", "adam"])
+def test_ctrl_c_keeps_last_completed_epoch_and_says_so(tmp_path, monkeypatch, capsys, opt):
+    X, y = blobs(n=160)  # 10 batches of 16 per epoch: the 25th step is mid-epoch 3
+    reference = _net(seed=2)
+    reference.fit(X, y, epochs=4, batch_size=16, optimizer=OPTIMIZERS[opt]())
+    two = _net(seed=2)
+    two.fit(X, y, epochs=2, batch_size=16, optimizer=OPTIMIZERS[opt]())
+
+    net, optimizer, ckpt = _net(seed=2), OPTIMIZERS[opt](), tmp_path / "c.npz"
+    _interrupt_on_step(monkeypatch, optimizer, 25)
+    history = net.fit(X, y, epochs=4, batch_size=16, optimizer=optimizer, checkpoint=ckpt)
+    monkeypatch.undo()
+
+    assert history.interrupted and history["epoch"] == [1, 2]
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "epoch 3" in err and "last completed epoch (2)" in err
+    _assert_same_weights(net, two)
+    # Nothing of the abandoned epoch remains (optimizer state, batch order): going on
+    # in memory, or resuming from the checkpoint, ends where an uninterrupted run does.
+    net.fit(X, y, epochs=2, batch_size=16, optimizer=optimizer)
+    _assert_same_weights(net, reference)
+    again = _net(seed=7)
+    again.fit(X, y, epochs=4, batch_size=16, optimizer=OPTIMIZERS[opt](), checkpoint=ckpt, resume=True)
+    _assert_same_weights(again, reference)
+
+
+def test_ctrl_c_during_validation_is_handled_too(monkeypatch, capsys):
+    X, y = blobs(n=64)
+    net, one = _net(seed=4), _net(seed=4)
+    one.fit(X, y, epochs=1, lr=0.05)
+    real, calls = net.evaluate, {"n": 0}
+
+    def evaluate(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(net, "evaluate", evaluate)
+    history = net.fit(X, y, epochs=3, lr=0.05, validation_data=(X, y))
+    assert history.interrupted and len(history) == 1
+    assert "interrupted" in capsys.readouterr().err
+    _assert_same_weights(net, one)
