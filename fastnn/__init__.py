@@ -17,9 +17,17 @@ from .optim import SGD, Adam
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # fastnn.MLPClassifier imports scikit-learn where installed (about a second): only on first use.
+    if name == "MLPClassifier":
+        from .estimator import MLPClassifier
+        return MLPClassifier
+    raise AttributeError(f"module 'fastnn' has no attribute {name!r}")
+
 __all__ = [
     "ACTIVATIONS", "Adam", "Backend", "BackendUnavailable", "BinaryCrossEntropy", "CrossEntropy",
-    "Dense", "History", "Identity", "Loss", "MSE", "ModelFileError", "ReLU", "SGD", "Sequential",
-    "Sigmoid", "Softmax", "Tanh", "TrainingDiverged", "available_backends", "gradcheck",
+    "Dense", "History", "Identity", "Loss", "MLPClassifier", "MSE", "ModelFileError", "ReLU", "SGD",
+    "Sequential", "Sigmoid", "Softmax", "Tanh", "TrainingDiverged", "available_backends", "gradcheck",
     "get_backend", "get_loss", "load", "register_backend", "set_backend", "use_backend",
 ]
