@@ -280,6 +280,14 @@ def _check_y(y, n):
     return numeric.astype(np.int64), "multilabel"
 
 
+def _unique_labels(y):
+    try:
+        return np.unique(y)
+    except TypeError:
+        raise ValueError("Unknown label type: y mixes labels of types that cannot be compared "
+                         "(e.g. strings and numbers)") from None
+
+
 def _validation_split(codes, fraction, rng, stratify):
     """``(train_rows, val_rows)``: ``ceil(fraction * n)`` rows held out, classes in proportion."""
     n = codes.shape[0]
@@ -354,6 +362,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
         first = not hasattr(self, "_net") or (not self.warm_start and not incremental)
+        if first:  # a refit starts from nothing: if it fails, the estimator is unfitted, not half-old
+            self.__dict__.pop("_net", None)
+            self.__dict__.pop("_optimizer", None)
         X = self._check_input(X, reset=first)
         y, kind = _check_y(y, X.shape[0])
         if first:
@@ -381,11 +392,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit.")
             y = np.asarray(classes)
-        try:
-            self.classes_ = np.unique(y)
-        except TypeError:
-            raise ValueError("Unknown label type: y mixes labels of types that cannot be "
-                             "compared (e.g. strings and numbers)") from None
+        self.classes_ = _unique_labels(y)
         if len(self.classes_) < 2:
             raise ValueError(f"MLPClassifier needs samples of at least 2 classes in the data, but "
                              f"the data contains only one class: {self.classes_[0]!r}")
@@ -400,11 +407,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         if incremental and classes is not None and not np.array_equal(np.unique(classes), self.classes_):
             raise ValueError(f"`classes={list(classes)!r}` is not the same as on the first call to "
                              f"partial_fit, was: {list(self.classes_)!r}")
-        try:
-            present = np.unique(y)
-        except TypeError:
-            raise ValueError("Unknown label type: y mixes labels of types that cannot be compared "
-                             "(e.g. strings and numbers)") from None
+        present = _unique_labels(y)
         unknown = present[~np.isin(present, self.classes_)]
         if unknown.size:
             what = "the same classes as in the previous call to fit" if self.warm_start and not incremental \
@@ -570,12 +573,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                              f"{self.n_features_in_} features as input.")
         return X
 
-    def _proba(self, X):
-        """The network's probabilities ``(n, n_outputs_)`` for checked ``X``."""
-        return self._net.predict_proba(X)
-
     def _predict_codes(self, X):
-        P = self._proba(X)
+        P = self._net.predict_proba(X)
         if self._label_kind == "multilabel":
             return (P > 0.5).astype(np.int64)
         if P.shape[1] == 1:
@@ -596,7 +595,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X):
         """Class probabilities ``(n_samples, n_classes)``, columns in the order of ``classes_``."""
         self._check_fitted()
-        P = self._proba(self._check_input(X, reset=False))
+        P = self._net.predict_proba(self._check_input(X, reset=False))
         if self._label_kind != "multilabel" and P.shape[1] == 1:
             return np.hstack([1 - P, P])
         return P

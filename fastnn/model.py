@@ -237,9 +237,13 @@ class Sequential:
           the last partial batch kept. ``shuffle=False`` keeps the data order.
         - ``validation_data=(X_val, y_val)`` adds ``val_loss``/``val_accuracy``.
         - ``checkpoint="ckpt.npz"`` saves after every epoch; ``resume=True``
-          continues from it (same final weights as an uninterrupted run).
+          continues from it (same final weights as an uninterrupted run): the
+          checkpoint's weights, optimizer (settings and state), batch order and
+          history replace this model's; a missing file starts from epoch 1.
         - ``verbose=1`` prints which path runs and a line per epoch.
-        - Ctrl-C stops after the current batch and keeps the last completed epoch.
+        - Ctrl-C stops training and keeps the last completed epoch: the epoch in
+          progress is rolled back (weights, optimizer state, batch order), a line
+          on stderr says so, and the History has ``interrupted=True``.
         - A NaN/inf loss raises :class:`TrainingDiverged` naming the epoch (and batch),
           with finite weights restored.
         """

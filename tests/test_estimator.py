@@ -286,6 +286,15 @@ def test_wrong_width_at_predict_and_not_fitted(data):
         clf.predict(X_test[:, :19])
 
 
+def test_a_failed_refit_leaves_the_estimator_unfitted(data):
+    X, y, X_test, _ = data
+    clf = MLPClassifier(**SMALL).fit(X, y)
+    with pytest.raises(ValueError, match="only one class"):
+        clf.fit(X, np.zeros(len(y)))
+    with pytest.raises(NotFittedError):
+        clf.predict(X_test)
+
+
 @pytest.mark.parametrize("params, message", [
     (dict(activation="softplus"), "'activation' parameter"),
     (dict(solver="lbfgs"), "lbfgs.*not supported"),
