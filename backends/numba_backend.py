@@ -1,0 +1,299 @@
+"""The numba backend: the hot ops of the contract as compiled, fused kernels.
+
+>>> import fastnn
+>>> be = fastnn.get_backend("numba", num_threads=2)        # or NUMBA_NUM_THREADS=2
+>>> net = fastnn.Sequential(fastnn.Dense(784, 30), fastnn.Sigmoid(),
+...                         fastnn.Dense(30, 10), fastnn.Sigmoid(), backend=be, seed=0)
+>>> net.fit(X, y, epochs=1, batch_size=10, loss="mse", lr=3.0)
+
+Arrays are plain NumPy arrays (``xp`` is ``array_api_compat.numpy``, as on the
+numpy backend), so results compare directly with the reference. Matrix products
+go where they are fastest: register-blocked kernels where a dimension is a small
+batch (BLAS is poor there), NumPy's own BLAS call for large plain products, and
+SciPy's sgemm/dgemm when ``alpha``/``beta``/``C`` fold a scaled update into the
+product. Bias + activation, activation backward, the losses and the optimizer
+steps are fused into one pass each. Whatever a kernel does not cover (other
+dtypes, mixed dtypes, non-contiguous arrays, empty batches) runs the reference.
+
+Threads: ``num_threads`` (default ``NUMBA_NUM_THREADS``) bounds numba's threads;
+a product's kernel uses them (``prange``) only when it has enough work. BLAS runs
+its own pool, capped at ``num_threads`` as well, and never while a ``prange``
+kernel runs: each op finishes before the next starts.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+
+from fastnn.backend import ACTIVATIONS, Backend, _check_act
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+#: Activation name -> kernel code (the order of ACTIVATIONS: identity, sigmoid, relu, tanh).
+_ACT_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
+#: A product goes to the tile kernels when its batch dimension is at most this
+#: (M for X@W and dZ@Wᵀ, the reduction for Xᵀ@dZ); larger ones go to BLAS.
+TILE_BATCH_MAX = 32
+#: Multiply-adds from which a tile product is shared between threads.
+PARALLEL_MIN_WORK = 200_000
+
+_kernels = None  # backends/numba_kernels.py, imported by the first NumbaBackend
+
+
+def _usable(X, ndim):
+    """True when a kernel can take X as it is: a non-empty C-contiguous float32/64 ndarray."""
+    return (type(X) is np.ndarray and X.ndim == ndim and X.dtype in _FLOATS
+            and X.flags.c_contiguous and X.size > 0)
+
+
+def _row_major(X, trans):
+    """``(X, trans)`` with X C-contiguous, flipping a transposed (F-contiguous) view; None if neither."""
+    if X.flags.c_contiguous:
+        return X, trans
+    if X.flags.f_contiguous:
+        return X.T, not trans
+    return None
+
+
+def _gemm_operands(A, B, trans_a, trans_b, C):
+    """``(A, trans_a, B, trans_b, M, N, P)`` for the fast paths, or None for the reference."""
+    if type(A) is not np.ndarray or type(B) is not np.ndarray:
+        return None
+    if A.ndim != 2 or B.ndim != 2 or A.dtype not in _FLOATS or B.dtype != A.dtype or not A.size or not B.size:
+        return None
+    a, b = _row_major(A, trans_a), _row_major(B, trans_b)
+    if a is None or b is None:
+        return None
+    (A, trans_a), (B, trans_b) = a, b
+    M, P = (A.shape[1], A.shape[0]) if trans_a else A.shape
+    P_b, N = (B.shape[1], B.shape[0]) if trans_b else B.shape
+    if P != P_b:
+        return None  # the reference raises NumPy's shape error
+    if C is not None:
+        if not (type(C) is np.ndarray and C.dtype == A.dtype and C.shape == (M, N) and C.flags.c_contiguous):
+            return None
+        if np.may_share_memory(C, A) or np.may_share_memory(C, B):
+            return None
+    return A, trans_a, B, trans_b, M, N, P
+
+
+class NumbaBackend(Backend):
+    """Compiled kernels on NumPy arrays; ``NumbaBackend(num_threads=None, compiled=True)``.
+
+    ``num_threads``: how many threads the kernels (and BLAS) may use, from 1 to
+    ``NUMBA_NUM_THREADS`` (the default). ``compiled=False`` turns off the
+    compiled whole-epoch trainer, so ``fit`` runs layer by layer.
+    """
+
+    name = "numba"
+
+    @staticmethod
+    def unavailable_reason():
+        missing = [name for name in ("numba", "scipy") if importlib.util.find_spec(name) is None]
+        if missing:
+            return f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed"
+        return None
+
+    def __init__(self, num_threads=None, compiled=True):
+        super().__init__()
+        global _kernels
+        import numba
+        if _kernels is None:
+            from . import numba_kernels as _kernels_module
+            _kernels = _kernels_module
+        self.max_threads = int(numba.config.NUMBA_NUM_THREADS)
+        if num_threads is None:
+            num_threads = self.max_threads
+        if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) \
+                or not 1 <= num_threads <= self.max_threads:
+            raise ValueError(f"numba backend: num_threads must be an integer from 1 to {self.max_threads} "
+                             f"(NUMBA_NUM_THREADS), got {num_threads!r}")
+        self.num_threads = int(num_threads)
+        self.compiled = bool(compiled)
+        self._blas_cap = _BlasCap(self.num_threads)
+
+    def __repr__(self):
+        return f"<fastnn backend 'numba' num_threads={self.num_threads} compiled={self.compiled}>"
+
+    # ---- dense algebra -------------------------------------------------
+    def gemm(self, A, B, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, C=None):
+        operands = _gemm_operands(A, B, trans_a, trans_b, C)
+        if operands is None:
+            return super().gemm(A, B, trans_a, trans_b, alpha, beta, C)
+        A, trans_a, B, trans_b, M, N, P = operands
+        dtype = A.dtype.type
+        if C is None:
+            C, beta = np.empty((M, N), A.dtype), 0.0
+        batch = P if trans_a else M
+        if batch <= TILE_BATCH_MAX:
+            self._gemm_tiles(A, trans_a, B, trans_b, C, M, N, P, dtype(alpha), dtype(beta))
+        elif alpha == 1.0 and beta == 0.0:
+            # a plain product: exactly the BLAS call NumPy makes
+            with self._blas_cap:
+                np.matmul(A.T if trans_a else A, B.T if trans_b else B, out=C)
+        else:
+            # alpha/beta fold the scaled update into one sgemm: no temporary
+            with self._blas_cap:
+                _kernels.blas_gemm(A, trans_a, B, trans_b, C, dtype(alpha), dtype(beta))
+        return C
+
+    def _gemm_tiles(self, A, trans_a, B, trans_b, C, M, N, P, alpha, beta):
+        if trans_b:
+            # the tiles read B by rows: dZ @ Wᵀ reads a transposed copy of W (B stays small)
+            BT = np.empty((P, N), A.dtype)
+            _kernels.transpose(B, BT)
+            B = BT
+        # op(A)[i, p] = a[i*rs + p*ps]
+        rs, ps = (1, M) if trans_a else (P, 1)
+        args = (A.reshape(-1), rs, ps, B.reshape(-1), N, P, C.reshape(-1), N, M, N, alpha, beta)
+        single = A.dtype == np.float32
+        wide = 64 if single else 32
+        n_tiles = ((M + 3) // 4) * ((N + wide - 1) // wide)
+        n_chunks = min(self.num_threads, n_tiles)
+        if n_chunks > 1 and M * N * P >= PARALLEL_MIN_WORK:
+            self._set_numba_threads()
+            kernel = _kernels.gemm_tiles_parallel_f32 if single else _kernels.gemm_tiles_parallel_f64
+            kernel(*args, n_chunks)
+        else:
+            kernel = _kernels.gemm_tiles_f32 if single else _kernels.gemm_tiles_f64
+            kernel(*args, 0, n_tiles)
+
+    def _set_numba_threads(self):
+        import numba
+        if numba.get_num_threads() != self.num_threads:
+            numba.set_num_threads(self.num_threads)
+
+    def sum_rows(self, X):
+        if not _usable(X, 2):
+            return super().sum_rows(X)
+        out = np.empty(X.shape[1], X.dtype)
+        _kernels.sum_rows(X, out)
+        return out
+
+    # ---- activations ---------------------------------------------------
+    def bias_act(self, Z, b, act):
+        _check_act(act)
+        fits = _usable(Z, 2) and (b is None or (_usable(b, 1) and b.dtype == Z.dtype and b.shape[0] == Z.shape[1]))
+        if not fits:
+            return super().bias_act(Z, b, act)
+        if b is None and act == "identity":
+            return Z  # as the reference: nothing to do
+        Y = np.empty_like(Z)
+        _kernels.bias_act(Z, Z[0] if b is None else b, b is not None, _ACT_CODES[act], Y)
+        return Y
+
+    def act_backward(self, Y, dY, act):
+        _check_act(act)
+        if act == "identity":
+            return dY  # as the reference
+        if not (_usable(Y, 2) and _usable(dY, 2) and dY.dtype == Y.dtype and dY.shape == Y.shape):
+            return super().act_backward(Y, dY, act)
+        dZ = np.empty_like(Y)
+        _kernels.act_backward(Y, dY, _ACT_CODES[act], dZ)
+        return dZ
+
+    # ---- losses --------------------------------------------------------
+    def _loss_operands_fit(self, Z, T):
+        return _usable(Z, 2) and _usable(T, 2) and T.dtype == Z.dtype and T.shape == Z.shape
+
+    def softmax_xent(self, Z, T):
+        if not self._loss_operands_fit(Z, T):
+            return super().softmax_xent(Z, T)
+        dZ = np.empty_like(Z)
+        loss = _kernels.softmax_xent(Z, T, dZ)
+        return Z.dtype.type(loss), dZ
+
+    def sigmoid_xent(self, Z, T):
+        if not self._loss_operands_fit(Z, T):
+            return super().sigmoid_xent(Z, T)
+        dZ = np.empty_like(Z)
+        loss = _kernels.sigmoid_xent(Z, T, dZ)
+        return Z.dtype.type(loss), dZ
+
+    # ---- optimizer steps -----------------------------------------------
+    def sgd_update(self, W, dW, lr, V=None, momentum=0.0, nesterov=False, weight_decay=0.0):
+        fits = (type(W) is np.ndarray and _usable(W, W.ndim) and _same(W, dW)
+                and (V is None or _same(W, V)) and (V is not None or not momentum))
+        if not fits:
+            return super().sgd_update(W, dW, lr, V, momentum, nesterov, weight_decay)
+        t = W.dtype.type
+        w = W.reshape(-1)
+        _kernels.sgd_update(w, dW.reshape(-1), w if V is None else V.reshape(-1), bool(momentum),
+                            t(lr), t(momentum), bool(nesterov), t(weight_decay))
+        return W, V
+
+    def adam_update(self, W, dW, lr, M, V, t, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+        fits = (type(W) is np.ndarray and _usable(W, W.ndim) and _same(W, dW)
+                and _same(W, M) and _same(W, V))
+        if not fits:
+            return super().adam_update(W, dW, lr, M, V, t, beta1, beta2, eps, weight_decay)
+        d = W.dtype.type
+        _kernels.adam_update(W.reshape(-1), dW.reshape(-1), M.reshape(-1), V.reshape(-1), d(lr), d(beta1),
+                             d(beta2), d(eps), d(weight_decay), d(1 - beta1 ** t), d(1 - beta2 ** t))
+        return W, M, V
+
+    # ---- whole-epoch training ------------------------------------------
+    def epoch_trainer(self, net, loss, optimizer):
+        """The compiled whole-epoch trainer where the model allows it, else None (layer by layer)."""
+        if not self.compiled:
+            return None
+        from .numba_epoch import make_epoch_trainer
+        return make_epoch_trainer(self, net, loss, optimizer)
+
+    def info(self):
+        import numba
+        try:
+            layer = numba.threading_layer()
+        except ValueError:  # no parallel kernel has run yet
+            layer = f"{numba.config.THREADING_LAYER} (configured; no parallel kernel run yet)"
+        return {"numba": numba.__version__, "threading_layer": layer, "num_threads": self.num_threads,
+                "max_threads (NUMBA_NUM_THREADS)": self.max_threads, "compiled_epoch": self.compiled,
+                "blas": _blas_info()}
+
+
+def _same(W, X):
+    """X is a kernel-ready array of W's dtype and shape."""
+    return type(X) is np.ndarray and X.dtype == W.dtype and X.shape == W.shape and X.flags.c_contiguous
+
+
+class _BlasCap:
+    """Caps BLAS's threads at ``num_threads`` around a call, when BLAS would use more.
+
+    Nothing to do (a no-op) when ``num_threads`` is at least what BLAS runs with,
+    which is the default; otherwise the BLAS libraries NumPy and SciPy loaded are
+    limited for the duration of the call through threadpoolctl.
+    """
+
+    def __init__(self, num_threads):
+        self._limit = None
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            return
+        blas = ThreadpoolController().select(user_api="blas")
+        if any(lib.num_threads > num_threads for lib in blas.lib_controllers):
+            self._blas, self._limit = blas, num_threads
+        self._saved = None
+
+    def __enter__(self):
+        if self._limit is not None:
+            self._saved = [lib.get_num_threads() for lib in self._blas.lib_controllers]
+            for lib in self._blas.lib_controllers:
+                lib.set_num_threads(self._limit)
+        return self
+
+    def __exit__(self, *exc):
+        if self._limit is not None:
+            for lib, n in zip(self._blas.lib_controllers, self._saved):
+                lib.set_num_threads(n)
+        return False
+
+
+def _blas_info():
+    """The BLAS libraries loaded (NumPy's and SciPy's), as threadpoolctl sees them."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (threadpoolctl is not installed)"
+    keys = ("internal_api", "version", "num_threads", "architecture", "corename", "threading_layer", "filepath")
+    return [{k: lib[k] for k in keys if k in lib} for lib in threadpool_info() if lib.get("user_api") == "blas"]

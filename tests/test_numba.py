@@ -1,0 +1,344 @@
+"""The numba backend: its kernels against NumPy, its fallbacks, its knobs, and training parity.
+
+Speed is not tested here (see bench/). Shapes are tiny, and few distinct kernel
+specialisations are compiled, so a cold numba cache stays inside the time budget.
+"""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba", reason="numba is not installed: pip install 'fastnn[numba]'")
+pytest.importorskip("scipy", reason="scipy is not installed: pip install 'fastnn[numba]'")
+
+import fastnn  # noqa: E402
+import fastnn.backend  # noqa: E402
+from fastnn import SGD, Adam, Dense, ReLU, Sequential, Sigmoid, Softmax, Tanh  # noqa: E402
+from fastnn.backend import Backend, BackendUnavailable  # noqa: E402
+from fastnn.backends import numba_backend  # noqa: E402
+
+from conftest import blobs  # noqa: E402
+
+DTYPES = ("float32", "float64")
+TOL = {"float32": dict(rtol=1e-4, atol=1e-5), "float64": dict(rtol=1e-11, atol=1e-12)}
+
+
+@pytest.fixture
+def nb():
+    return fastnn.get_backend("numba")
+
+
+@pytest.fixture
+def ref():
+    return fastnn.get_backend("numpy")
+
+
+@pytest.fixture
+def reference_calls(monkeypatch):
+    """Counts calls of the reference ops (``super()``), to see which branch ran."""
+    calls = []
+    for op in ("gemm", "bias_act", "act_backward", "softmax_xent", "sigmoid_xent", "sgd_update",
+               "adam_update", "sum_rows"):
+        original = getattr(Backend, op)
+
+        def spy(self, *args, _op=op, _original=original, **kwargs):
+            calls.append(_op)
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(Backend, op, spy)
+    return calls
+
+
+def operands(rng, dtype, m, p, n, trans_a, trans_b):
+    A = rng.standard_normal((p, m) if trans_a else (m, p)).astype(dtype)
+    B = rng.standard_normal((n, p) if trans_b else (p, n)).astype(dtype)
+    return A, B
+
+
+def product(A, B, trans_a, trans_b):
+    """The exact product, in float64."""
+    A, B = A.astype(np.float64), B.astype(np.float64)
+    return (A.T if trans_a else A) @ (B.T if trans_b else B)
+
+
+def product_tol(dtype, p):
+    """Rounding of a sum of p products of N(0, 1) numbers grows with p."""
+    eps = 1e-7 if dtype == "float32" else 1e-16
+    return dict(rtol=100 * eps, atol=10 * eps * p)
+
+
+# ---- gemm: every path against NumPy -------------------------------------
+
+# (m, p, n): small batches -> tiles (wide, narrow, padded tail, phantom rows); large -> BLAS
+SMALL = [(1, 1, 1), (3, 5, 7), (10, 30, 10), (4, 20, 70), (7, 9, 100), (32, 784, 30)]
+LARGE = [(40, 33, 20)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,p,n", SMALL + LARGE)
+def test_gemm_matches_numpy(nb, rng, reference_calls, dtype, m, p, n):
+    for trans_a in (False, True):
+        for trans_b in (False, True):
+            A, B = operands(rng, dtype, m, p, n, trans_a, trans_b)
+            got = nb.gemm(A, B, trans_a=trans_a, trans_b=trans_b)
+            assert got.shape == (m, n) and got.dtype == dtype
+            np.testing.assert_allclose(got, product(A, B, trans_a, trans_b), **product_tol(dtype, p))
+            # the scaled, accumulating form updates C in place: C = -0.5·op(A)op(B) + 2·C
+            C = rng.standard_normal((m, n)).astype(dtype)
+            want = -0.5 * product(A, B, trans_a, trans_b) + 2.0 * C
+            out = nb.gemm(A, B, trans_a=trans_a, trans_b=trans_b, alpha=-0.5, beta=2.0, C=C)
+            assert out is C
+            np.testing.assert_allclose(C, want, **product_tol(dtype, p))
+    assert reference_calls == []  # every case ran a kernel or BLAS
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_parallel_tiles(rng, monkeypatch, dtype):
+    nb = fastnn.get_backend("numba", num_threads=min(2, fastnn.get_backend("numba").max_threads))
+    if nb.num_threads < 2:
+        pytest.skip("only one numba thread here (NUMBA_NUM_THREADS=1): no parallel path")
+    monkeypatch.setattr(numba_backend, "PARALLEL_MIN_WORK", 0)
+    for trans_a, trans_b in ((False, False), (True, False)):
+        A, B = operands(rng, dtype, 9, 6, 70, trans_a, trans_b)
+        np.testing.assert_allclose(nb.gemm(A, B, trans_a, trans_b), product(A, B, trans_a, trans_b),
+                                   **product_tol(dtype, 6))
+    assert nb.info()["threading_layer"] in ("omp", "tbb", "workqueue")
+
+
+def test_gemm_transposed_views_take_the_fast_path(nb, rng, reference_calls):
+    A = rng.standard_normal((6, 4)).astype(np.float32)
+    B = rng.standard_normal((5, 4)).astype(np.float32)
+    # A.T.T-style views: an F-contiguous operand is a transposed C-contiguous one
+    got = nb.gemm(np.asfortranarray(A), B.T)
+    np.testing.assert_allclose(got, A @ B.T, rtol=1e-5, atol=1e-6)
+    assert reference_calls == []
+
+
+@pytest.mark.parametrize("case", ["strided", "int", "mixed", "C_overlaps", "C_wrong_dtype"])
+def test_gemm_falls_back_to_the_reference(nb, ref, rng, reference_calls, case):
+    A = rng.standard_normal((6, 8))
+    B = rng.standard_normal((8, 5))
+    C = None
+    if case == "strided":
+        A = rng.standard_normal((6, 16))[:, ::2]
+    elif case == "int":
+        A, B = (A * 10).astype(np.int64), (B * 10).astype(np.int64)
+    elif case == "mixed":
+        A = A.astype(np.float32)
+    elif case == "C_overlaps":
+        A = rng.standard_normal((5, 5))
+        B, C = A[:, :], A
+        A = A.copy()
+    elif case == "C_wrong_dtype":
+        C = np.zeros((6, 5), np.float32)
+    want = ref.gemm(A, B, C=None if C is None else C.copy(), beta=1.0)
+    got = nb.gemm(A, B, C=C, beta=1.0)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert reference_calls.count("gemm") == 2  # the numpy backend's call and the fallback
+
+
+def test_gemm_shape_mismatch_gives_the_reference_error(nb, ref):
+    A, B = np.ones((3, 4)), np.ones((5, 2))
+    with pytest.raises(ValueError) as expected:
+        ref.gemm(A, B)
+    with pytest.raises(ValueError) as got:
+        nb.gemm(A, B)
+    assert str(got.value) == str(expected.value)
+
+
+# ---- element-wise ops ---------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bias_act_and_backward_match_numpy(nb, ref, rng, reference_calls, dtype):
+    Z = (rng.standard_normal((7, 33)) * 4).astype(dtype)
+    b = rng.standard_normal(33).astype(dtype)
+    dY = rng.standard_normal((7, 33)).astype(dtype)
+    for act in fastnn.ACTIVATIONS:
+        for bias in (b, None):
+            np.testing.assert_allclose(nb.bias_act(Z, bias, act), ref.bias_act(Z, bias, act), **TOL[dtype])
+        Y = ref.bias_act(Z, b, act)
+        np.testing.assert_allclose(nb.act_backward(Y, dY, act), ref.act_backward(Y, dY, act), **TOL[dtype])
+    assert set(reference_calls) <= {"bias_act", "act_backward"}
+    # only the numpy backend's own calls reached the reference (2 per act for bias_act, 1 backward)
+    assert reference_calls.count("bias_act") == 4 * 3 and reference_calls.count("act_backward") == 4
+
+
+def test_float32_sigmoid_exp_is_accurate_over_the_whole_range(nb):
+    Z = np.linspace(-120, 120, 20001, dtype=np.float32).reshape(1, -1)
+    exact = 1 / (1 + np.exp(-Z.astype(np.float64)))
+    got = nb.bias_act(Z, None, "sigmoid")
+    np.testing.assert_allclose(got, exact, rtol=1e-6, atol=1e-37)
+
+
+def test_elementwise_fallbacks_and_nan(nb, ref, rng, reference_calls):
+    Z = rng.standard_normal((6, 10))[:, ::2]  # not contiguous
+    np.testing.assert_allclose(nb.bias_act(Z, None, "tanh"), np.tanh(Z))
+    assert reference_calls == ["bias_act"]
+    with pytest.raises(ValueError, match="unknown activation"):
+        nb.bias_act(np.ones((2, 2)), None, "swish")
+    # NaN goes through the fused kernels as through the reference
+    Z = np.array([[np.nan, -1.0, 2.0]])
+    assert np.isnan(nb.bias_act(Z, None, "relu")[0, 0])
+    assert np.isnan(nb.bias_act(Z.astype(np.float32), None, "sigmoid")[0, 0])
+    assert np.isnan(nb.act_backward(np.array([[0.0]]), np.array([[np.nan]]), "relu")[0, 0])
+    T = np.array([[1.0, 0.0, 0.0]])
+    assert np.isnan(nb.softmax_xent(Z, T)[0]) and np.isnan(nb.sigmoid_xent(Z, T)[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_losses_and_sum_rows_match_numpy(nb, ref, rng, dtype):
+    Z = (rng.standard_normal((9, 5)) * 30).astype(dtype)  # large logits: the stable forms matter
+    T = np.eye(5, dtype=dtype)[rng.integers(0, 5, 9)]
+    for op in ("softmax_xent", "sigmoid_xent"):
+        loss, dZ = getattr(nb, op)(Z, T)
+        want_loss, want_dZ = getattr(ref, op)(Z, T)
+        assert type(loss) is type(want_loss)
+        np.testing.assert_allclose(loss, want_loss, **TOL[dtype])
+        np.testing.assert_allclose(dZ, want_dZ, **TOL[dtype])
+    np.testing.assert_allclose(nb.sum_rows(Z), ref.sum_rows(Z), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_optimizer_steps_match_numpy_in_place(nb, ref, rng, dtype):
+    shapes = [(4, 3), (3,)]
+    for shape in shapes:
+        W, dW = rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape).astype(dtype)
+        for momentum, nesterov, wd in ((0.0, False, 0.0), (0.9, False, 0.01), (0.9, True, 0.1)):
+            V = rng.standard_normal(shape).astype(dtype) if momentum else None
+            W1, V1 = W.copy(), None if V is None else V.copy()
+            W2, V2 = W.copy(), None if V is None else V.copy()
+            out = nb.sgd_update(W1, dW, 0.5, V1, momentum, nesterov, wd)
+            ref.sgd_update(W2, dW, 0.5, V2, momentum, nesterov, wd)
+            assert out[0] is W1 and out[1] is V1
+            np.testing.assert_allclose(W1, W2, **TOL[dtype])
+            if V is not None:
+                np.testing.assert_allclose(V1, V2, **TOL[dtype])
+        M, V = (np.abs(rng.standard_normal(shape)).astype(dtype) for _ in range(2))
+        states = [[W.copy(), M.copy(), V.copy()] for _ in range(2)]
+        for be, (W_, M_, V_) in zip((nb, ref), states):
+            for t in (1, 2, 3):
+                assert be.adam_update(W_, dW, 0.01, M_, V_, t, 0.9, 0.99, 1e-7, 0.05)[0] is W_
+        for got, want in zip(*states):
+            np.testing.assert_allclose(got, want, **TOL[dtype])
+
+
+# ---- training: same seed, same weights as the NumPy reference ------------
+
+def train(backend, layers, dtype, epochs, batch_size, loss, optimizer, n=150):
+    X, y = blobs(n=n, n_features=8, n_classes=3, seed=1)
+    net = Sequential(*layers(), backend=backend, seed=7, dtype=dtype)
+    history = net.fit(X, y, epochs=epochs, batch_size=batch_size, loss=loss, optimizer=optimizer())
+    return net, history
+
+
+def assert_same_training(layers, dtype, epochs, batch_size, loss, optimizer, tol, n=150):
+    numba = fastnn.get_backend("numba", compiled=False)
+    a, history_a = train(numba, layers, dtype, epochs, batch_size, loss, optimizer, n)
+    b, history_b = train("numpy", layers, dtype, epochs, batch_size, loss, optimizer, n)
+    for da, db in zip(a.dense_layers, b.dense_layers):
+        np.testing.assert_allclose(da.W, db.W, **tol)
+        np.testing.assert_allclose(da.b, db.b, **tol)
+    np.testing.assert_allclose(history_a["loss"], history_b["loss"], **tol)
+    assert history_a["accuracy"] == history_b["accuracy"]
+    return a
+
+
+def sigmoid_net():
+    return Dense(8, 12), Sigmoid(), Dense(12, 3), Sigmoid()
+
+
+def relu_net():
+    return Dense(8, 12), ReLU(), Dense(12, 6), Tanh(), Dense(6, 3), Softmax()
+
+
+def linear_head_net():
+    return Dense(8, 12), Tanh(), Dense(12, 3)
+
+
+CASES = [  # (layers, loss, optimizer); batch 32 of 150 rows leaves a partial last batch of 22
+    (sigmoid_net, "mse", lambda: SGD(lr=3.0)),
+    (relu_net, "cross_entropy", lambda: SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)),
+    (linear_head_net, "binary_cross_entropy", lambda: Adam(lr=0.01, weight_decay=1e-3)),
+    (relu_net, "cross_entropy", lambda: SGD(lr=0.05, momentum=0.5)),
+]
+
+
+@pytest.mark.parametrize("layers,loss,optimizer", CASES, ids=["mse-sgd", "xent-nesterov", "bce-adam",
+                                                             "xent-momentum"])
+def test_fit_float64_matches_numpy(layers, loss, optimizer):
+    assert_same_training(layers, "float64", epochs=3, batch_size=32, loss=loss, optimizer=optimizer,
+                         tol=dict(rtol=1e-9, atol=1e-11))
+
+
+def test_fit_float64_large_batches_matches_numpy():
+    # batches of 64 send the products to BLAS instead of the tile kernels
+    assert_same_training(relu_net, "float64", epochs=2, batch_size=64, loss="cross_entropy",
+                         optimizer=lambda: SGD(lr=0.1, momentum=0.9), tol=dict(rtol=1e-9, atol=1e-11))
+
+
+def test_fit_float32_few_batches_matches_numpy():
+    # Nielsen's setting (sigmoid, mse, lr 3.0) in float32: compare a few batches, not a chaotic epoch
+    assert_same_training(sigmoid_net, "float32", epochs=1, batch_size=10, loss="mse",
+                         optimizer=lambda: SGD(lr=3.0), tol=dict(rtol=2e-4, atol=2e-5), n=45)
+
+
+def test_fit_layer_by_layer_when_not_compiled(capsys):
+    numba = fastnn.get_backend("numba", compiled=False)
+    net = Sequential(*sigmoid_net(), backend=numba, seed=0)
+    assert numba.epoch_trainer(net, fastnn.get_loss("mse"), SGD(lr=1.0)) is None
+    X, y = blobs(n=20, n_features=8, n_classes=3)
+    net.fit(X, y, epochs=1, batch_size=10, loss="mse", lr=1.0, verbose=1)
+    assert "layer by layer" in capsys.readouterr().err
+
+
+# ---- knobs, availability, info --------------------------------------------
+
+def test_num_threads_knob():
+    max_threads = fastnn.get_backend("numba").max_threads
+    assert fastnn.get_backend("numba", num_threads=1).num_threads == 1
+    assert fastnn.get_backend("numba").num_threads == max_threads
+    for bad in (0, max_threads + 1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match=r"num_threads must be an integer from 1 to"):
+            numba_backend.NumbaBackend(num_threads=bad)
+
+
+def test_num_threads_default_follows_the_environment():
+    code = ("import fastnn; b = fastnn.get_backend('numba'); print(b.num_threads, b.max_threads)")
+    env = dict(os.environ, NUMBA_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "1"]
+
+
+def test_blas_is_capped_at_num_threads():
+    threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl is not installed")
+    if max(lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas") < 2:
+        pytest.skip("BLAS runs one thread here: nothing to cap")
+    cap = numba_backend._BlasCap(1)
+    before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+    with cap:
+        inside = [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+    after = [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+    assert set(inside) == {1} and after == before
+
+
+def test_missing_numba_is_unavailable_with_the_install_hint(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "numba" else real_find_spec(name, *args))
+    monkeypatch.setattr(fastnn.backend, "_instances", {})
+    with pytest.raises(BackendUnavailable) as error:
+        fastnn.get_backend("numba")
+    assert "numba is not installed" in str(error.value)
+    assert "pip install 'fastnn[numba]'" in str(error.value)
+    available, reason = fastnn.available_backends()["numba"]
+    assert not available and "numba is not installed" in reason
+
+
+def test_info_names_numba_threads_and_blas(nb):
+    info = nb.info()
+    assert info["numba"] and info["num_threads"] == nb.num_threads and info["threading_layer"]
+    blas = info["blas"]
+    assert isinstance(blas, list) and blas and {"internal_api", "version", "num_threads"} <= set(blas[0])
