@@ -146,17 +146,13 @@ class NumbaBackend(Backend):
         # op(A)[i, p] = a[i*rs + p*ps]
         rs, ps = (1, M) if trans_a else (P, 1)
         args = (A.reshape(-1), rs, ps, B.reshape(-1), N, P, C.reshape(-1), N, M, N, alpha, beta)
-        single = A.dtype == np.float32
-        wide = 64 if single else 32
-        n_tiles = ((M + 3) // 4) * ((N + wide - 1) // wide)
+        n_tiles = _kernels.gemm_tile_count(M, N, A.dtype)
         n_chunks = min(self.num_threads, n_tiles)
         if n_chunks > 1 and M * N * P >= PARALLEL_MIN_WORK:
             self._set_numba_threads()
-            kernel = _kernels.gemm_tiles_parallel_f32 if single else _kernels.gemm_tiles_parallel_f64
-            kernel(*args, n_chunks)
+            _kernels.gemm_tiles_parallel(*args, n_chunks)
         else:
-            kernel = _kernels.gemm_tiles_f32 if single else _kernels.gemm_tiles_f64
-            kernel(*args, 0, n_tiles)
+            _kernels.gemm_tiles(*args, 0, n_tiles)
 
     def _set_numba_threads(self):
         import numba

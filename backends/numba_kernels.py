@@ -38,20 +38,38 @@ IDENTITY, SIGMOID, RELU, TANH = 0, 1, 2, 3
 
 # ---- low-level helpers (LLVM intrinsics; all cache-safe) ------------------
 
+#: Bytes of one tile's accumulators: 4 rows of 4 zmm registers (16 of the 32).
+TILE_BYTES = 1024
+
+
 @intrinsic
-def _stack_buffer(typingctx, count, like):
-    """A pointer to ``count`` (a literal) elements of ``like``'s dtype on the stack.
+def _tile_accumulators(typingctx, like):
+    """A pointer to one tile's accumulators (TILE_BYTES, ``like``'s dtype) on the stack.
 
     Accumulators there cannot alias the kernel's arguments, so LLVM keeps them
-    in registers (a heap array would need runtime alias checks).
+    in vector registers (a heap array would need runtime alias checks).
     """
-    if not isinstance(count, types.IntegerLiteral):
-        return None
-    dtype, n = like.dtype, count.literal_value
+    dtype = like.dtype
 
     def codegen(context, builder, signature, args):
+        n = TILE_BYTES // context.get_abi_sizeof(context.get_data_type(dtype))
         return cgutils.alloca_once(builder, context.get_data_type(dtype), size=n)
-    return types.CPointer(dtype)(count, like), codegen
+    return types.CPointer(dtype)(like), codegen
+
+
+def _lanes_intrinsic(n_bytes):
+    """An intrinsic ``f(like)``: how many elements of ``like``'s dtype fill ``n_bytes`` (a constant)."""
+    @intrinsic
+    def lanes(typingctx, like):
+        def codegen(context, builder, signature, args):
+            itemsize = context.get_abi_sizeof(context.get_data_type(like.dtype))
+            return context.get_constant(types.intp, n_bytes // itemsize)
+        return types.intp(like), codegen
+    return lanes
+
+
+#: Tile widths in elements: 4 zmm (64 float32, 32 float64) and 2 zmm for a narrow remainder.
+_wide_tile, _narrow_tile = _lanes_intrinsic(TILE_BYTES // 4), _lanes_intrinsic(TILE_BYTES // 8)
 
 
 @intrinsic
@@ -187,88 +205,85 @@ def blas_gemm(A, trans_a, B, trans_b, C, alpha, beta):
 # C (M, N) = alpha·op(A) (M, P) @ B (P, N) + beta·C, with op(A)[i, p] = a[i*rs + p*ps]
 # (rs, ps = P, 1 for A; 1, M for a stored Aᵀ) and B row-major. A tile is 4 rows of C by
 # JB columns; its 4·JB accumulators live on the stack, so LLVM keeps them in vector
-# registers while p runs (16 zmm registers for the wide tiles). Rows past M are
-# computed from row M-1 weighted by zero and not stored. A tile narrower than JB reads
-# B past the tile's end (still inside B) where it can, and stores only its columns.
+# registers while p runs (16 zmm registers for the wide tiles; JB is a constant once
+# inlined). Rows past M are computed from row M-1 weighted by zero and not stored. A
+# tile narrower than JB reads B past the tile's end (still inside B) where it can, and
+# stores only its columns.
 
-def _make_tile(JB):
-    ACC = 4 * JB
-
-    @njit(**KERNEL)
-    def tile(a, rs, ps, b, ldb, P, c, ldc, i, M, j0, w, alpha, beta):
-        acc = carray(_stack_buffer(ACC, a), (ACC,))
-        zero, one = _zero(a), _one(a)
-        i1, i2, i3 = min(i + 1, M - 1), min(i + 2, M - 1), min(i + 3, M - 1)
-        w1 = one if i + 1 < M else zero
-        w2 = one if i + 2 < M else zero
-        w3 = one if i + 3 < M else zero
-        for j in range(ACC):
-            acc[j] = zero
-        # rows p whose full-width tile [j0, j0 + JB) lies inside b
-        p_full = P if w == JB else min(P, max(0, (b.size - j0 - JB) // ldb + 1))
-        for p in range(p_full):
-            x0 = a[U(i * rs + p * ps)]
-            x1 = a[U(i1 * rs + p * ps)] * w1
-            x2 = a[U(i2 * rs + p * ps)] * w2
-            x3 = a[U(i3 * rs + p * ps)] * w3
-            q = U(p * ldb + j0)
-            for j in range(JB):
-                v = b[q + U(j)]
-                acc[j] += x0 * v
-                acc[JB + j] += x1 * v
-                acc[2 * JB + j] += x2 * v
-                acc[3 * JB + j] += x3 * v
-        for p in range(p_full, P):
-            x0 = a[U(i * rs + p * ps)]
-            x1 = a[U(i1 * rs + p * ps)] * w1
-            x2 = a[U(i2 * rs + p * ps)] * w2
-            x3 = a[U(i3 * rs + p * ps)] * w3
-            q = U(p * ldb + j0)
+@njit(inline="always", **KERNEL)
+def _tile(a, rs, ps, b, ldb, P, c, ldc, i, M, j0, w, alpha, beta, JB):
+    acc = carray(_tile_accumulators(a), (4 * JB,))
+    zero, one = _zero(a), _one(a)
+    i1, i2, i3 = min(i + 1, M - 1), min(i + 2, M - 1), min(i + 3, M - 1)
+    w1 = one if i + 1 < M else zero
+    w2 = one if i + 2 < M else zero
+    w3 = one if i + 3 < M else zero
+    for j in range(4 * JB):
+        acc[j] = zero
+    # rows p whose full-width tile [j0, j0 + JB) lies inside b
+    p_full = P if w == JB else min(P, max(0, (b.size - j0 - JB) // ldb + 1))
+    for p in range(p_full):
+        x0 = a[U(i * rs + p * ps)]
+        x1 = a[U(i1 * rs + p * ps)] * w1
+        x2 = a[U(i2 * rs + p * ps)] * w2
+        x3 = a[U(i3 * rs + p * ps)] * w3
+        q = U(p * ldb + j0)
+        for j in range(JB):
+            v = b[q + U(j)]
+            acc[j] += x0 * v
+            acc[JB + j] += x1 * v
+            acc[2 * JB + j] += x2 * v
+            acc[3 * JB + j] += x3 * v
+    for p in range(p_full, P):
+        x0 = a[U(i * rs + p * ps)]
+        x1 = a[U(i1 * rs + p * ps)] * w1
+        x2 = a[U(i2 * rs + p * ps)] * w2
+        x3 = a[U(i3 * rs + p * ps)] * w3
+        q = U(p * ldb + j0)
+        for j in range(w):
+            v = b[q + U(j)]
+            acc[j] += x0 * v
+            acc[JB + j] += x1 * v
+            acc[2 * JB + j] += x2 * v
+            acc[3 * JB + j] += x3 * v
+    for r in range(min(4, M - i)):
+        q = U((i + r) * ldc + j0)
+        if beta == zero:
             for j in range(w):
-                v = b[q + U(j)]
-                acc[j] += x0 * v
-                acc[JB + j] += x1 * v
-                acc[2 * JB + j] += x2 * v
-                acc[3 * JB + j] += x3 * v
-        for r in range(min(4, M - i)):
-            q = U((i + r) * ldc + j0)
-            if beta == zero:
-                for j in range(w):
-                    c[q + U(j)] = alpha * acc[r * JB + j]
-            else:
-                for j in range(w):
-                    c[q + U(j)] = alpha * acc[r * JB + j] + beta * c[q + U(j)]
-    return tile
+                c[q + U(j)] = alpha * acc[r * JB + j]
+        else:
+            for j in range(w):
+                c[q + U(j)] = alpha * acc[r * JB + j] + beta * c[q + U(j)]
 
 
-def _make_tiled_gemm(JB_WIDE, JB_NARROW):
-    """The serial and the parallel tile loop for one dtype (JB in elements)."""
-    wide, narrow = _make_tile(JB_WIDE), _make_tile(JB_NARROW)
+@njit(**KERNEL)
+def gemm_tiles(a, rs, ps, b, ldb, P, c, ldc, M, N, alpha, beta, t0, t1):
+    """Tiles ``t0 .. t1-1`` of the product (row-tile major; see ``gemm_tile_count``)."""
+    wide, narrow = _wide_tile(a), _narrow_tile(a)
+    n_col_tiles = (N + wide - 1) // wide
+    for t in range(t0, t1):
+        i = (t // n_col_tiles) * 4
+        j0 = (t % n_col_tiles) * wide
+        w = min(wide, N - j0)
+        if w <= narrow:
+            _tile(a, rs, ps, b, ldb, P, c, ldc, i, M, j0, w, alpha, beta, narrow)
+        else:
+            _tile(a, rs, ps, b, ldb, P, c, ldc, i, M, j0, w, alpha, beta, wide)
 
-    @njit(**KERNEL)
-    def tiles(a, rs, ps, b, ldb, P, c, ldc, M, N, alpha, beta, t0, t1):
-        n_col_tiles = (N + JB_WIDE - 1) // JB_WIDE
-        for t in range(t0, t1):
-            i = (t // n_col_tiles) * 4
-            j0 = (t % n_col_tiles) * JB_WIDE
-            w = min(JB_WIDE, N - j0)
-            if w <= JB_NARROW:
-                narrow(a, rs, ps, b, ldb, P, c, ldc, i, M, j0, w, alpha, beta)
-            else:
-                wide(a, rs, ps, b, ldb, P, c, ldc, i, M, j0, w, alpha, beta)
 
-    @njit(**PARALLEL)
-    def tiles_parallel(a, rs, ps, b, ldb, P, c, ldc, M, N, alpha, beta, n_chunks):
-        n_tiles = ((M + 3) // 4) * ((N + JB_WIDE - 1) // JB_WIDE)
-        for chunk in prange(n_chunks):
-            tiles(a, rs, ps, b, ldb, P, c, ldc, M, N, alpha, beta,
-                  chunk * n_tiles // n_chunks, (chunk + 1) * n_tiles // n_chunks)
+@njit(**PARALLEL)
+def gemm_tiles_parallel(a, rs, ps, b, ldb, P, c, ldc, M, N, alpha, beta, n_chunks):
+    """All tiles of the product, in ``n_chunks`` contiguous runs shared among the threads."""
+    n_tiles = ((M + 3) // 4) * ((N + _wide_tile(a) - 1) // _wide_tile(a))
+    for chunk in prange(n_chunks):
+        gemm_tiles(a, rs, ps, b, ldb, P, c, ldc, M, N, alpha, beta,
+                   chunk * n_tiles // n_chunks, (chunk + 1) * n_tiles // n_chunks)
 
-    return tiles, tiles_parallel
 
-#: float32: 64-wide tiles (4 zmm a row), 32 for a narrow remainder; float64: half.
-gemm_tiles_f32, gemm_tiles_parallel_f32 = _make_tiled_gemm(64, 32)
-gemm_tiles_f64, gemm_tiles_parallel_f64 = _make_tiled_gemm(32, 16)
+def gemm_tile_count(M, N, dtype):
+    """How many tiles ``gemm_tiles`` splits an (M, N) product of ``dtype`` into."""
+    wide = TILE_BYTES // 4 // np.dtype(dtype).itemsize
+    return ((M + 3) // 4) * ((N + wide - 1) // wide)
 
 
 @njit(**KERNEL)
