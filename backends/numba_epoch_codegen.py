@@ -1,0 +1,185 @@
+"""Writes, caches and imports the kernel module of the compiled epoch.
+
+The register tiles of the three products are unrolled here (named vector
+accumulators, so LLVM keeps them in registers); everything else comes from
+the template ``numba_epoch_template.py``. Sizes are run-time arguments: one
+compiled module serves every layer shape, once per dtype.
+
+The source goes to a ``.py`` file in a cache folder, named by a hash of the
+generator, the template and the SIMD helpers, and is imported from there: numba's
+``cache=True`` needs a real file (it refuses functions made by ``exec``) and only
+notices edits to the file that defines a kernel, so any edit here or in the
+helpers gives a new file and a fresh compile.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+import threading
+
+#: Rows of the batch per forward / dX tile, and rows of W per update tile.
+MR, MK = 5, 4
+#: Output vectors per tile: the widest first, narrower ones for what is left.
+WIDTHS = (4, 2, 1)
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_SOURCES = ("numba_epoch_codegen.py", "numba_epoch_template.py", "numba_epoch_simd.py")
+_lock = threading.Lock()
+_module = None
+
+
+# ---- the unrolled tiles ------------------------------------------------------------
+def _fwd_tile(nv):
+    """Z[r0:r0+MR, j0:j0+nv·VW] = B + Σ_{k0<=k<k1} A[row r, k] · W[k, j]."""
+    out = ["@njit(**_JIT)",
+           f"def fwd_{MR}x{nv}(A, abase, rows, astride, r0, k0, k1, W, wbase, ldw, j0, B, bbase, Z, zbase, ldz):",
+           "    VW = vwidth(W)"]
+    out += [f"    b{v} = vload(B, bbase + j0 + {v} * VW)" for v in range(nv)]
+    out += ["    " + "; ".join(f"a{m}_{v} = b{v}" for v in range(nv)) for m in range(MR)]
+    out += [f"    p{m} = abase + rows[r0 + {m}] * astride" for m in range(MR)]
+    out += ["    w = wbase + k0 * ldw + j0",
+            "    for k in range(k0, k1):",
+            "        " + "; ".join(f"w{v} = vload(W, w + {v} * VW)" for v in range(nv))]
+    for m in range(MR):
+        out += [f"        s = vbroadcast(A, p{m} + k)",
+                "        " + "; ".join(f"a{m}_{v} = vfma(s, w{v}, a{m}_{v})" for v in range(nv))]
+    out += ["        w += ldw", "    z = zbase + r0 * ldz + j0"]
+    out += ["    " + "; ".join(f"vstore(Z, z + {v} * VW, a{m}_{v})" for v in range(nv)) + "; z += ldz"
+            for m in range(MR)]
+    return "\n".join(out)
+
+
+def _upd_tile(mk, nv):
+    """G[m, :] = Σ_r A[row r, k+m] · D[r, j0:j0+nv·VW] for m < mk, into the scratch G (mk, nv·VW)."""
+    out = ["@njit(**_JIT)",
+           f"def upd_{mk}x{nv}(A, abase, rows, astride, nrows, k, D, dbase, ldd, j0, G, gbase):",
+           "    VW = vwidth(D)",
+           "    zero = vsplat(D, 0.0)"]
+    out += ["    " + "; ".join(f"a{m}_{v} = zero" for v in range(nv)) for m in range(mk)]
+    out += ["    for r in range(nrows):",
+            "        d = dbase + r * ldd + j0",
+            "        " + "; ".join(f"d{v} = vload(D, d + {v} * VW)" for v in range(nv)),
+            "        p = abase + rows[r] * astride + k"]
+    for m in range(mk):
+        out += [f"        s = vbroadcast(A, p + {m})",
+                "        " + "; ".join(f"a{m}_{v} = vfma(s, d{v}, a{m}_{v})" for v in range(nv))]
+    out += ["    " + "; ".join(f"vstore(G, gbase + {m * nv + v} * VW, a{m}_{v})" for v in range(nv))
+            for m in range(mk)]
+    return "\n".join(out)
+
+
+def _dx_tile(mk):
+    """O[r0+m, k+q] = Σ_j D[r0+m, j] · W[k+q, j] over nv vectors of j (dX = dZ @ Wᵀ)."""
+    out = ["@njit(**_JIT)",
+           f"def dx_{MR}x{mk}(D, dbase, ldd, r0, nv, W, wbase, ldw, k, O, obase, ldo):",
+           "    VW = vwidth(W)",
+           "    zero = vsplat(W, 0.0)"]
+    out += ["    " + "; ".join(f"a{m}_{q} = zero" for q in range(mk)) for m in range(MR)]
+    out += ["    for v in range(nv):",
+            "        j = v * VW"]
+    out += [f"        d{m} = vload(D, dbase + (r0 + {m}) * ldd + j)" for m in range(MR)]
+    out += [f"        w{q} = vload(W, wbase + (k + {q}) * ldw + j)" for q in range(mk)]
+    out += ["        " + "; ".join(f"a{m}_{q} = vfma(d{m}, w{q}, a{m}_{q})" for q in range(mk)) for m in range(MR)]
+    out += ["    o = obase + r0 * ldo + k"]
+    out += ["    " + "; ".join(f"O[o + {m} * ldo + {q}] = vsum(a{m}_{q})" for q in range(mk)) for m in range(MR)]
+    return "\n".join(out)
+
+
+def _dispatch(name, call, then=None):
+    """Lines that walk ``v`` from v0 to v1 with the widest tiles first (``then``: after each tile)."""
+    lines = []
+    for nv in WIDTHS:
+        test = "while" if nv == WIDTHS[0] else "if"
+        lines += [f"{test} v + {nv} <= v1:", f"    {name}{nv}({call})"]
+        lines += [f"    {then.replace('NV', str(nv))}"] if then else []
+        lines += [f"    v += {nv}"]
+    return lines
+
+
+def source():
+    """The full text of the kernel module."""
+    with open(os.path.join(_HERE, "numba_epoch_template.py")) as f:
+        template = f.read()
+    tiles = [_fwd_tile(nv) for nv in WIDTHS]
+    tiles += [_upd_tile(mk, nv) for mk in (MK, 1) for nv in WIDTHS]
+    tiles += [_dx_tile(mk) for mk in (MK, 1)]
+    parts = template.split("# <<TILES>>\n")
+    head = parts[0].replace("MR = 0", f"MR = {MR}").replace("MK = 0", f"MK = {MK}")
+    body = parts[1]
+    for mk in (MK, 1):
+        body = body.replace(f"# <<UPDATE {mk}>>", _indent(_dispatch(
+            f"upd_{mk}x", "A, abase, rows, astride, nrows, k, D, dbase, ldd, v * VW, G, gbase",
+            f"apply_step(P, S1, S2, pbase + k * ldw + v * VW, ldw, G, gbase, rt({mk}), rt(NV), h, decays)"), 8))
+    body = body.replace("# <<FORWARD>>", _indent(_dispatch(
+        f"fwd_{MR}x", "A, abase, rows, astride, r0, k0, k1, W, wbase, ldw, v * VW, B, bbase, Z, zbase, ldz"), 8))
+    body = body.replace("dx_MRxMK", f"dx_{MR}x{MK}").replace("dx_MRx1", f"dx_{MR}x1")
+    return head + "\n\n".join(tiles) + "\n\n\n" + body
+
+
+def _indent(lines, n):
+    return "\n".join(" " * n + line for line in lines).lstrip()
+
+
+# ---- the cache folder ----------------------------------------------------------------
+def cache_dir():
+    """Where generated kernels live: $FASTNN_CACHE_DIR, else under $NUMBA_CACHE_DIR, else ~/.cache."""
+    folder = os.environ.get("FASTNN_CACHE_DIR")
+    if not folder and os.environ.get("NUMBA_CACHE_DIR"):
+        folder = os.path.join(os.environ["NUMBA_CACHE_DIR"], "fastnn")
+    if not folder:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder = os.path.join(base, "fastnn", "numba")
+    return folder
+
+
+def _digest():
+    import numba
+
+    from . import numba_epoch_simd as simd
+
+    h = hashlib.sha256(f"{numba.__version__} {simd.VECTOR_BITS}".encode())
+    for name in _SOURCES:
+        with open(os.path.join(_HERE, name), "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def _write_atomic(path, text):
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".py", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load():
+    """The kernel module: written to the cache folder on first use, then imported (once)."""
+    global _module
+    with _lock:
+        if _module is not None:
+            return _module
+        name = f"fastnn_epoch_kernels_{_digest()}"
+        path = os.path.join(cache_dir(), name + ".py")
+        try:
+            if not os.path.exists(path):
+                _write_atomic(path, source())
+        except OSError:  # a read-only home: a private temporary folder still caches for this user
+            user = os.getuid() if hasattr(os, "getuid") else "user"
+            path = os.path.join(tempfile.gettempdir(), f"fastnn-{user}", name + ".py")
+            if not os.path.exists(path):
+                _write_atomic(path, source())
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # numba's cache locates a kernel through its module
+        spec.loader.exec_module(module)
+        _module = module
+        return module

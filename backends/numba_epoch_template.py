@@ -1,0 +1,413 @@
+"""Kernels of fastnn's compiled epoch (made from numba_epoch_template.py by numba_epoch_codegen.py).
+
+One call of :func:`epoch` trains a run of mini-batches as thread ``tid`` of ``P``.
+Every array is flat; ``lay`` (int64) says where each layer's pieces are:
+
+- ``params`` / ``S1`` / ``S2``: every layer's ``W (rows, npo)`` then ``b (npo,)``, and
+  the optimizer slots in the same places (momentum V; Adam M and V);
+- ``work``: activations ``Y``, gradients ``dZ``, per-thread partial products, masks;
+- ``npo`` is a layer's width rounded up to whole vectors; the padding stays exactly 0.
+
+Threads split every layer's units into contiguous blocks of whole vectors. Thread
+``t`` computes its units of the first layer, and of every later layer a *partial*
+product from its own input units only, so it reads and writes only its own rows and
+columns of every ``W``; partials are summed after a barrier (2L - 3 barriers per
+batch). Everything after the last barrier of a batch is computed identically by
+every thread, so all stop at the same NaN/inf batch. Nothing here can raise: a
+raising thread would leave the others spinning.
+"""
+import math
+
+from numba import njit
+
+from fastnn.backends.numba_epoch_simd import (
+    atomic_load, atomic_store, cpu_relax, sched_yield, vadd, vbroadcast, vdiv, vexp, vfma, vload,
+    rt, vmask_pos, vmax, vmaxlanes, vmul, vsplat, vsqrt, vstore, vsub, vsum, vwidth)
+
+# Without nnan/ninf: the NaN/inf test of the loss must survive optimisation.
+_ENTRY = dict(cache=True, nogil=True, fastmath={"contract", "nsz", "arcp"}, error_model="numpy",
+              boundscheck=False)
+# Called from jitted code only: no Python wrapper to build (compile time).
+_JIT = dict(_ENTRY, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+
+MR = 0  # rows of the batch per tile (set by the generator)
+MK = 0  # rows of W per update tile (set by the generator)
+SPIN = 2000  # busy polls of a barrier before yielding the core to the thread it waits for
+
+# ---- the layout table: numba_epoch.py writes it with these names -------------------
+H_L, H_NI, H_NO, H_N, H_LOSS, H_OPT, H_BSP, H_ROWS, H_IOTA, H_TP, H_PRIV, H_ZERO, H_NINF, H_G = range(14)
+REC0, REC = 16, 16  # layer i's record starts at lay[REC0 + REC * i]
+F_NOUT, F_NPO, F_NV, F_ACT, F_W, F_B, F_Y, F_DZ, F_PART, F_PSIZE, F_MASK = range(11)
+# h (float64, one row per thread): hyper-parameters, and Adam's corrections of the batch
+HY_KIND, HY_LR, HY_MU, HY_NEST, HY_WD, HY_B1, HY_B2, HY_EPS, HY_T0, HY_C1, HY_C2 = range(11)
+ACT_IDENTITY, ACT_SIGMOID, ACT_RELU, ACT_TANH = range(4)
+LOSS_MSE, LOSS_XENT, LOSS_BXENT = range(3)
+OPT_SGD, OPT_MOMENTUM, OPT_ADAM = range(3)
+# out (float64, 8 per thread)
+OUT_LOSS, OUT_CORRECT, OUT_BAD, OUT_APPLIED, OUT_STATUS = range(5)
+
+
+# ---- element-wise pieces ---------------------------------------------------------
+@njit(**_JIT)
+def act(code, z, zero, one):
+    if code == ACT_SIGMOID:
+        return vdiv(one, vadd(one, vexp(vsub(zero, z))))
+    if code == ACT_RELU:
+        return vmax(z, zero)
+    if code == ACT_TANH:  # 1 - 2 / (e^2z + 1): exact limits ±1, no inf/inf
+        return vsub(one, vdiv(vadd(one, one), vadd(vexp(vadd(z, z)), one)))
+    return z
+
+
+@njit(**_JIT)
+def act_grad(code, y, dy, one):
+    """dZ from the activation's output y and dY."""
+    if code == ACT_SIGMOID:
+        return vmul(vmul(dy, y), vsub(one, y))
+    if code == ACT_RELU:
+        return vmask_pos(dy, y)
+    if code == ACT_TANH:
+        return vmul(dy, vsub(one, vmul(y, y)))
+    return dy
+
+
+@njit(**_JIT)
+def apply_step(P, S1, S2, pbase, ldp, G, gbase, rows, nv, h, decays):
+    """The optimizer step (as SGD.step / Adam.step) on the block P[rows, nv vectors] from the
+    gradient block G (rows·nv vectors, contiguous); ``decays``: weight decay applies here."""
+    VW = vwidth(P)
+    wd, b1, b2 = h[HY_WD], h[HY_B1], h[HY_B2]
+    kind, decays = int(h[HY_KIND]), decays and wd != 0.0
+    nlr, vwd, mu = vsplat(P, -h[HY_LR]), vsplat(P, wd), vsplat(P, h[HY_MU])
+    nest = h[HY_NEST] != 0.0
+    vb1, nb1, vb2, nb2 = vsplat(P, b1), vsplat(P, 1.0 - b1), vsplat(P, b2), vsplat(P, 1.0 - b2)
+    c1, c2, eps = vsplat(P, h[HY_C1]), vsplat(P, h[HY_C2]), vsplat(P, h[HY_EPS])
+    for m in range(rows):
+        for v in range(nv):
+            o = pbase + m * ldp + v * VW
+            g = vload(G, gbase + (m * nv + v) * VW)
+            w = vload(P, o)
+            if decays:
+                g = vfma(vwd, w, g)
+            if kind == OPT_SGD:
+                vstore(P, o, vfma(nlr, g, w))
+            elif kind == OPT_MOMENTUM:
+                s = vfma(mu, vload(S1, o), g)
+                vstore(S1, o, s)
+                if nest:
+                    s = vfma(mu, s, g)
+                vstore(P, o, vfma(nlr, s, w))
+            else:
+                m1 = vfma(vb1, vload(S1, o), vmul(nb1, g))
+                m2 = vfma(vb2, vload(S2, o), vmul(nb2, vmul(g, g)))
+                vstore(S1, o, m1)
+                vstore(S2, o, m2)
+                vstore(P, o, vfma(nlr, vdiv(vmul(m1, c1), vadd(vsqrt(vmul(m2, c2)), eps)), w))
+
+
+# <<TILES>>
+@njit(**_JIT)
+def forward(A, abase, rows, astride, nrows, k0, k1, W, wbase, ldw, v0, v1, B, bbase, Z, zbase, ldz):
+    """Z[:nrows, vectors v0:v1] = B + A[rows, k0:k1] @ W[k0:k1, vectors v0:v1]."""
+    VW = vwidth(W)
+    for r0 in range(0, nrows, MR):
+        v = v0
+        # <<FORWARD>>
+
+
+@njit(**_JIT)
+def update(A, abase, rows, astride, nrows, k0, k1, D, dbase, ldd, v0, v1, P, S1, S2, pbase, ldw, h, decays,
+           G, gbase):
+    """The optimizer step on P[k0:k1, vectors v0:v1] with gradient A[rows, k0:k1]ᵀ @ D (G: scratch)."""
+    VW = vwidth(P)
+    k = k0
+    while k + MK <= k1:
+        v = v0
+        # <<UPDATE 4>>
+        k += MK
+    while k < k1:
+        v = v0
+        # <<UPDATE 1>>
+        k += 1
+
+
+@njit(**_JIT)
+def backward_x(D, dbase, ldd, nrows, nv, W, wbase, ldw, k0, k1, O, obase, ldo):
+    """O[:nrows, k0:k1] = D[:nrows, :nv vectors] @ W[k0:k1, :nv vectors]ᵀ  (dX = dZ Wᵀ)."""
+    for r0 in range(0, nrows, MR):
+        k = k0
+        while k + MK <= k1:
+            dx_MRxMK(D, dbase, ldd, r0, nv, W, wbase, ldw, k, O, obase, ldo)
+            k += MK
+        while k < k1:
+            dx_MRx1(D, dbase, ldd, r0, nv, W, wbase, ldw, k, O, obase, ldo)
+            k += 1
+
+
+@njit(**_JIT)
+def activate(work, ybase, ld, nrows, v0, v1, code, mbase):
+    """Y = act(Y) · mask in place (the mask keeps the padding at 0)."""
+    VW = vwidth(work)
+    zero, one = vsplat(work, 0.0), vsplat(work, 1.0)
+    for r in range(nrows):
+        for v in range(v0, v1):
+            o = ybase + r * ld + v * VW
+            vstore(work, o, vmul(act(code, vload(work, o), zero, one), vload(work, mbase + v * VW)))
+
+
+@njit(**_JIT)
+def reduce(work, pbase, psize, P, nrows, ld, v0, v1, B, bbase, code, mbase, ybase):
+    """Y = act(Σ_t partial_t (+ b where bbase >= 0)) · mask, on vectors v0:v1."""
+    VW = vwidth(work)
+    zero, one = vsplat(work, 0.0), vsplat(work, 1.0)
+    for r in range(nrows):
+        for v in range(v0, v1):
+            o = r * ld + v * VW
+            z = vload(work, pbase + o)
+            for t in range(1, P):  # in thread order: every thread gets the same sum
+                z = vadd(z, vload(work, pbase + t * psize + o))
+            if bbase >= 0:
+                z = vadd(z, vload(B, bbase + v * VW))
+            vstore(work, ybase + o, vmul(act(code, z, zero, one), vload(work, mbase + v * VW)))
+
+
+@njit(**_JIT)
+def act_backward(work, ybase, dbase, ld, nrows, v0, v1, code):
+    """dZ = act'(Y) · dY in place on vectors v0:v1."""
+    VW = vwidth(work)
+    one = vsplat(work, 1.0)
+    for r in range(nrows):
+        for v in range(v0, v1):
+            o = r * ld + v * VW
+            vstore(work, dbase + o, act_grad(code, vload(work, ybase + o), vload(work, dbase + o), one))
+
+
+@njit(**_JIT)
+def bias_step(work, dbase, ld, nrows, v0, v1, P, S1, S2, bbase, h, gbase):
+    """The optimizer step on b (vectors v0:v1) with gradient Σ_rows dZ (work[gbase:]: scratch)."""
+    VW = vwidth(work)
+    for v in range(v0, v1):
+        g = vsplat(work, 0.0)
+        for r in range(nrows):
+            g = vadd(g, vload(work, dbase + r * ld + v * VW))
+        vstore(work, gbase + (v - v0) * VW, g)
+    apply_step(P, S1, S2, bbase + v0 * VW, rt(0), work, gbase, rt(1), v1 - v0, h, rt(False))
+
+
+@njit(**_JIT)
+def batch_loss(work, ybase, dbase, tbase, nbase, ld, nv, nO, R, Rp, kind, code, labels, rows):
+    """(mean loss, correct rows) of the batch; writes dZ of the last layer (rows R:Rp zero)."""
+    VW = vwidth(work)
+    zero, one, inv = vsplat(work, 0.0), vsplat(work, 1.0), vsplat(work, 1.0 / R)
+    total, correct = 0.0, 0
+    for r in range(R):
+        y0, t0, d0 = ybase + r * ld, tbase + r * ld, dbase + r * ld
+        if kind == LOSS_MSE:  # ½‖y − t‖², dY = (y − t) / R
+            acc = zero
+            for v in range(nv):
+                d = vsub(vload(work, y0 + v * VW), vload(work, t0 + v * VW))
+                acc = vfma(d, d, acc)
+                vstore(work, d0 + v * VW, vmul(d, inv))
+            total += 0.5 * vsum(acc)
+        elif kind == LOSS_XENT:  # softmax cross-entropy on the row; padding masked by -inf
+            m = -math.inf
+            for v in range(nv):
+                m = max(m, vmaxlanes(vadd(vload(work, y0 + v * VW), vload(work, nbase + v * VW))))
+            top = vsplat(work, m)
+            s, ts = zero, zero
+            for v in range(nv):
+                e = vexp(vsub(vadd(vload(work, y0 + v * VW), vload(work, nbase + v * VW)), top))
+                vstore(work, d0 + v * VW, e)
+                s = vadd(s, e)
+                ts = vadd(ts, vload(work, t0 + v * VW))
+            e_sum, t_sum = vsum(s), vsum(ts)
+            lse = vsplat(work, m + math.log(e_sum))
+            scale = vsplat(work, t_sum / e_sum)
+            acc = zero
+            for v in range(nv):
+                t = vload(work, t0 + v * VW)
+                acc = vfma(t, vsub(lse, vload(work, y0 + v * VW)), acc)
+                vstore(work, d0 + v * VW, vmul(vsub(vmul(vload(work, d0 + v * VW), scale), t), inv))
+            total += vsum(acc)
+        else:  # sigmoid cross-entropy per output: softplus(z) − t·z
+            for j in range(nO):
+                z, t = work[y0 + j], work[t0 + j]
+                total += max(z, 0.0) + math.log1p(math.exp(-abs(z))) - t * z
+                work[d0 + j] = (1.0 / (1.0 + math.exp(-z)) - t) / R
+        if code != ACT_IDENTITY:
+            for v in range(nv):
+                o = d0 + v * VW
+                vstore(work, o, act_grad(code, vload(work, y0 + v * VW), vload(work, o), one))
+        if nO == 1:  # as Sequential._n_correct
+            guess = 1 if work[y0] > (0.5 if kind == LOSS_MSE else 0.0) else 0
+        else:
+            guess, best = 0, work[y0]
+            for j in range(1, nO):
+                if work[y0 + j] > best:
+                    guess, best = j, work[y0 + j]
+        if guess == labels[rows[r]]:
+            correct += 1
+    for r in range(R, Rp):
+        for v in range(nv):
+            vstore(work, dbase + r * ld + v * VW, zero)
+    return total / R, correct
+
+
+@njit(**_JIT)
+def barrier(sync, tid, P, n):
+    """Wait until all P threads passed barrier number n; False if Python raised the abort flag."""
+    atomic_store(sync, 8 * tid, n)
+    for u in range(P):
+        spins = 0
+        while atomic_load(sync, 8 * u) < n:
+            if atomic_load(sync, 8 * P) != 0:
+                return False
+            spins += 1
+            if spins < SPIN:
+                cpu_relax()
+            else:
+                sched_yield()
+    return True
+
+
+@njit(**_JIT)
+def _own(n, tid, P):
+    """Thread tid's block [lo, hi) of n units."""
+    return n * tid // P, n * (tid + 1) // P
+
+
+@njit(**_ENTRY)
+def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, lay, h, sync, out, tid, P):
+    """Train batches first .. first+nbatch-1 (batch b: rows order[b·bs : (b+1)·bs]) as thread tid of P.
+
+    X (N·nI,), T (N·nO,) flat rows; ``h`` and ``out`` are this thread's rows. Stops
+    before applying a batch whose loss is NaN/inf (OUT_BAD = its index, else -1).
+    """
+    VW = vwidth(params)
+    L, nI, nO, N = lay[H_L], lay[H_NI], lay[H_NO], lay[H_N]
+    bsp, priv = lay[H_BSP], tid * lay[H_PRIV]
+    rows = iwork[lay[H_ROWS] + tid * bsp: lay[H_ROWS] + (tid + 1) * bsp]
+    iota = iwork[lay[H_IOTA]: lay[H_IOTA] + bsp]
+    last = REC0 + REC * (L - 1)
+    npo_l, nv_l, act_l = lay[last + F_NPO], lay[last + F_NV], lay[last + F_ACT]
+    y_l, dz_l, tp = lay[last + F_Y] + priv, lay[last + F_DZ] + priv, lay[H_TP] + priv
+    g_at = lay[H_G] + priv  # scratch for gradient blocks
+    nb = atomic_load(sync, 8 * tid)  # barriers passed so far: the numbering goes on across calls
+    loss_sum, correct, bad, applied, status = 0.0, 0, -1, 0, 0
+    for b in range(first, first + nbatch):
+        start = b * bs
+        R = min(bs, N - start)
+        Rp = (R + MR - 1) // MR * MR
+        for r in range(R):
+            rows[r] = order[start + r]
+        for r in range(R, Rp):  # padding rows repeat a real one; their dZ is 0
+            rows[r] = rows[0]
+        for r in range(R):
+            for j in range(nO):
+                work[tp + r * npo_l + j] = T[rows[r] * nO + j]
+        par = b & 1
+        # ---- forward: the first layer by own units, later ones as partial products
+        if L == 1:
+            f0, f1 = _own(nI, tid, P)
+            pb = lay[REC0 + F_PART] + (par * P + tid) * lay[REC0 + F_PSIZE]
+            if tid == 0:
+                forward(X, rt(0), rows, nI, Rp, f0, f1, params, lay[REC0 + F_W], npo_l, rt(0), nv_l,
+                        params, lay[REC0 + F_B], work, pb, npo_l)
+            else:
+                forward(X, rt(0), rows, nI, Rp, f0, f1, params, lay[REC0 + F_W], npo_l, rt(0), nv_l,
+                        work, lay[H_ZERO], work, pb, npo_l)
+        else:
+            u0, u1 = _own(lay[REC0 + F_NV], tid, P)
+            npo = lay[REC0 + F_NPO]
+            forward(X, rt(0), rows, nI, Rp, rt(0), nI, params, lay[REC0 + F_W], npo, u0, u1,
+                    params, lay[REC0 + F_B], work, lay[REC0 + F_Y], npo)
+            activate(work, lay[REC0 + F_Y], npo, Rp, u0, u1, lay[REC0 + F_ACT], lay[REC0 + F_MASK])
+        for i in range(1, L):
+            rec, prev = REC0 + REC * i, REC0 + REC * (i - 1)
+            p0, p1 = _own(lay[prev + F_NV], tid, P)
+            npo, ldp = lay[rec + F_NPO], lay[prev + F_NPO]
+            pb = lay[rec + F_PART] + (par * P + tid) * lay[rec + F_PSIZE]
+            if i == L - 1 and tid == 0:  # thread 0 alone reads and updates the last bias
+                forward(work, lay[prev + F_Y], iota, ldp, Rp, p0 * VW, p1 * VW, params, lay[rec + F_W], npo,
+                        rt(0), lay[rec + F_NV], params, lay[rec + F_B], work, pb, npo)
+            else:
+                forward(work, lay[prev + F_Y], iota, ldp, Rp, p0 * VW, p1 * VW, params, lay[rec + F_W], npo,
+                        rt(0), lay[rec + F_NV], work, lay[H_ZERO], work, pb, npo)
+            if P > 1:
+                nb += 1
+                if not barrier(sync, tid, P, nb):
+                    status = 1
+                    break
+            pb = lay[rec + F_PART] + par * P * lay[rec + F_PSIZE]
+            if i < L - 1:
+                u0, u1 = _own(lay[rec + F_NV], tid, P)
+                reduce(work, pb, lay[rec + F_PSIZE], P, Rp, npo, u0, u1, params, lay[rec + F_B],
+                       lay[rec + F_ACT], lay[rec + F_MASK], lay[rec + F_Y])
+            else:
+                reduce(work, pb, lay[rec + F_PSIZE], P, Rp, npo, rt(0), nv_l, params, rt(-1),
+                       act_l, lay[rec + F_MASK], y_l)
+        if status:
+            break
+        if L == 1:
+            if P > 1:
+                nb += 1
+                if not barrier(sync, tid, P, nb):
+                    status = 1
+                    break
+            pb = lay[REC0 + F_PART] + par * P * lay[REC0 + F_PSIZE]
+            reduce(work, pb, lay[REC0 + F_PSIZE], P, Rp, npo_l, rt(0), nv_l, params, rt(-1),
+                   act_l, lay[REC0 + F_MASK], y_l)
+        # ---- loss: every thread alike, so every thread agrees on a bad batch
+        value, hits = batch_loss(work, y_l, dz_l, tp, lay[H_NINF], npo_l, nv_l, nO, R, Rp,
+                                 lay[H_LOSS], act_l, labels, rows)
+        if not math.isfinite(value):
+            bad = b
+            break
+        if lay[H_OPT] == OPT_ADAM:
+            t = h[HY_T0] + applied + 1
+            h[HY_C1] = 1.0 / (1.0 - h[HY_B1] ** t)
+            h[HY_C2] = 1.0 / (1.0 - h[HY_B2] ** t)
+        # ---- backward: the last layer (its dX first: it needs the old W)
+        if tid == 0:
+            bias_step(work, dz_l, npo_l, Rp, rt(0), nv_l, params, S1, S2, lay[last + F_B], h, g_at)
+        if L == 1:
+            f0, f1 = _own(nI, tid, P)
+            update(X, rt(0), rows, nI, Rp, f0, f1, work, dz_l, npo_l, rt(0), nv_l, params, S1, S2,
+                   lay[last + F_W], npo_l, h, rt(True), work, g_at)
+        else:
+            prev = last - REC
+            p0, p1 = _own(lay[prev + F_NV], tid, P)
+            backward_x(work, dz_l, npo_l, Rp, nv_l, params, lay[last + F_W], npo_l, p0 * VW, p1 * VW,
+                       work, lay[prev + F_DZ], lay[prev + F_NPO])
+            update(work, lay[prev + F_Y], iota, lay[prev + F_NPO], Rp, p0 * VW, p1 * VW, work, dz_l, npo_l,
+                   rt(0), nv_l, params, S1, S2, lay[last + F_W], npo_l, h, rt(True), work, g_at)
+        # ---- the hidden layers, top down: own units, then dX and the update by own input rows
+        for i in range(L - 2, -1, -1):
+            rec = REC0 + REC * i
+            npo = lay[rec + F_NPO]
+            u0, u1 = _own(lay[rec + F_NV], tid, P)
+            act_backward(work, lay[rec + F_Y], lay[rec + F_DZ], npo, Rp, u0, u1, lay[rec + F_ACT])
+            bias_step(work, lay[rec + F_DZ], npo, Rp, u0, u1, params, S1, S2, lay[rec + F_B], h, g_at)
+            if i == 0:
+                update(X, rt(0), rows, nI, Rp, rt(0), nI, work, lay[rec + F_DZ], npo, u0, u1, params, S1, S2,
+                       lay[rec + F_W], npo, h, rt(True), work, g_at)
+            else:
+                if P > 1:
+                    nb += 1
+                    if not barrier(sync, tid, P, nb):
+                        status = 1
+                        break
+                prev = rec - REC
+                q0, q1 = _own(lay[prev + F_NV], tid, P)
+                ldp = lay[prev + F_NPO]
+                backward_x(work, lay[rec + F_DZ], npo, Rp, lay[rec + F_NV], params, lay[rec + F_W], npo,
+                           q0 * VW, q1 * VW, work, lay[prev + F_DZ], ldp)
+                update(work, lay[prev + F_Y], iota, ldp, Rp, q0 * VW, q1 * VW, work, lay[rec + F_DZ], npo,
+                       rt(0), lay[rec + F_NV], params, S1, S2, lay[rec + F_W], npo, h, rt(True), work, g_at)
+        if status:
+            break
+        loss_sum += value * R
+        correct += hits
+        applied += 1
+    out[OUT_LOSS], out[OUT_CORRECT], out[OUT_BAD] = loss_sum, correct, bad
+    out[OUT_APPLIED], out[OUT_STATUS] = applied, status

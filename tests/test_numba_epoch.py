@@ -1,0 +1,313 @@
+"""The compiled whole epoch (backends/numba_epoch.py) against the NumPy reference.
+
+Most tests train through ``Sequential.fit`` on a NumPy backend whose
+``epoch_trainer`` is the compiled one (``_Compiled`` below), so they compare the
+compiled epoch with the reference directly, whatever the state of the numba
+backend; the last tests check that the numba backend itself uses it. Shapes
+are tiny and few: the kernels compile once per dtype, whatever the shape.
+"""
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+numba = pytest.importorskip("numba", reason="the compiled epoch needs numba (pip install 'fastnn[numba]')")
+
+import fastnn  # noqa: E402
+from fastnn.backend import Backend  # noqa: E402
+from fastnn.backends import numba_epoch  # noqa: E402
+from fastnn.backends.numpy_backend import NumpyBackend  # noqa: E402
+from fastnn.layers import Dense, Identity, ReLU, Sigmoid, Softmax, Tanh  # noqa: E402
+from fastnn.losses import MSE  # noqa: E402
+from fastnn.model import Sequential, TrainingDiverged  # noqa: E402
+from fastnn.optim import SGD, Adam  # noqa: E402
+
+from conftest import blobs  # noqa: E402
+
+
+class _Compiled(NumpyBackend):
+    """The reference backend with the compiled epoch plugged in (threads: ``num_threads``)."""
+
+    name = "numpy+compiled"
+
+    def __init__(self, num_threads=1):
+        super().__init__()
+        self.num_threads = num_threads
+
+    def epoch_trainer(self, net, loss, optimizer):
+        return numba_epoch.make_epoch_trainer(self, net, loss, optimizer)
+
+
+ACTS = {"sigmoid": Sigmoid, "relu": ReLU, "tanh": Tanh, "identity": None}
+OPTIMIZERS = {
+    "sgd": lambda: SGD(0.2),
+    "momentum+wd": lambda: SGD(0.05, momentum=0.9, weight_decay=0.01),
+    "nesterov": lambda: SGD(0.05, momentum=0.8, nesterov=True),
+    "adam+wd": lambda: Adam(0.01, weight_decay=0.001),
+}
+
+
+def _net(sizes, act, backend, dtype="float64", seed=3, head=None):
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(Dense(n_in, n_out))
+        if ACTS[act] is not None and i < len(sizes) - 2:
+            layers.append(ACTS[act]())
+    if head is not None:
+        layers.append(head())
+    return Sequential(*layers, backend=backend, seed=seed, dtype=dtype)
+
+
+def _data(sizes, n=23, seed=0):
+    X, y = blobs(n=n, n_features=sizes[0], n_classes=max(2, sizes[-1]), seed=seed)
+    return 0.3 * X.astype(np.float64), y
+
+
+def _fit_both(sizes, act, loss, make_opt, batch_size, epochs=2, dtype="float64", threads=1, head=None,
+              data=None, **fit_kw):
+    """(reference net, compiled net, their histories) after the same fit."""
+    X, y = data if data is not None else _data(sizes)
+    out = []
+    for backend in ("numpy", _Compiled(threads)):
+        net = _net(sizes, act, backend, dtype, head=head)
+        history = net.fit(X, y, epochs=epochs, batch_size=batch_size, loss=loss, optimizer=make_opt(), **fit_kw)
+        out += [net, history]
+    ref, ref_hist, comp, comp_hist = out
+    return ref, comp, ref_hist, comp_hist
+
+
+def _assert_same(ref, comp, ref_hist, comp_hist, rtol=1e-9, atol=1e-11):
+    for a, b in zip(ref.dense_layers, comp.dense_layers):
+        np.testing.assert_allclose(b.W, a.W, rtol=rtol, atol=atol)
+        np.testing.assert_allclose(b.b, a.b, rtol=rtol, atol=atol)
+    for key in ref_hist.history:
+        if key != "seconds":
+            np.testing.assert_allclose(comp_hist.history[key], ref_hist.history[key], rtol=rtol * 10, atol=atol,
+                                       err_msg=key)
+    assert set(comp.optimizer.state) == set(ref.optimizer.state)
+    for key, entry in ref.optimizer.state.items():
+        assert set(comp.optimizer.state[key]) == set(entry)
+        for slot, value in entry.items():
+            np.testing.assert_allclose(comp.optimizer.state[key][slot], value, rtol=rtol, atol=atol)
+    assert comp.optimizer._counters() == ref.optimizer._counters()
+
+
+# ---- parity: every activation x loss x optimizer, partial last batch (23 = 5·4 + 3) ----
+@pytest.mark.parametrize("opt", OPTIMIZERS)
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy", "binary_cross_entropy"])
+@pytest.mark.parametrize("act", ACTS)
+def test_same_as_reference_float64(act, loss, opt):
+    ref, comp, ref_hist, comp_hist = _fit_both([5, 19, 3], act, loss, OPTIMIZERS[opt], batch_size=4)
+    _assert_same(ref, comp, ref_hist, comp_hist)
+    assert not np.allclose(comp.dense_layers[0].W, _net([5, 19, 3], act, "numpy").dense_layers[0].W)
+
+
+@pytest.mark.parametrize("sizes, act, loss, batch_size", [
+    ([9, 21, 17, 4], "relu", "cross_entropy", 7),       # depth 3
+    ([9, 40, 33, 18, 4], "tanh", "mse", 6),              # depth 4, several vectors per layer
+    ([6, 3], "identity", "cross_entropy", 5),            # one layer
+    ([6, 1], "identity", "binary_cross_entropy", 5),     # one output
+    ([6, 8, 1], "sigmoid", "mse", 23),                   # one output, one batch
+    ([6, 8, 2], "relu", "cross_entropy", 100),           # batch larger than the data
+])
+def test_same_as_reference_shapes(sizes, act, loss, batch_size):
+    _assert_same(*_fit_both(sizes, act, loss, OPTIMIZERS["adam+wd"], batch_size))
+
+
+@pytest.mark.parametrize("head, loss", [(Softmax, "cross_entropy"), (Sigmoid, "binary_cross_entropy")])
+def test_final_activation_folded_into_the_loss(head, loss):
+    _assert_same(*_fit_both([5, 12, 3], "tanh", loss, OPTIMIZERS["momentum+wd"], 4, head=head))
+
+
+def test_float32_a_few_batches_of_nielsens_network():
+    """784-30-10 sigmoid/mse at lr 3.0 over 10 batches: chaotic over an epoch, close over a few."""
+    g = np.random.default_rng(0)
+    X, y = g.random((100, 784)), g.integers(0, 10, 100)
+    out = []
+    for backend in ("numpy", _Compiled()):
+        net = Sequential(Dense(784, 30, init="normal"), Sigmoid(), Dense(30, 10, init="normal"), Sigmoid(),
+                         backend=backend, seed=0, dtype="float32")
+        out.append((net, net.fit(X, y, epochs=1, batch_size=10, loss="mse", lr=3.0)))
+    (ref, ref_hist), (comp, comp_hist) = out
+    for a, b in zip(ref.dense_layers, comp.dense_layers):
+        np.testing.assert_allclose(b.W, a.W, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(b.b, a.b, rtol=1e-4, atol=1e-5)
+    assert comp_hist.history["loss"][0] == pytest.approx(ref_hist.history["loss"][0], rel=1e-5)
+    assert comp_hist.history["accuracy"] == ref_hist.history["accuracy"]
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam+wd"])
+def test_two_threads_same_as_reference(opt, monkeypatch):
+    monkeypatch.setattr(numba_epoch, "TWO_THREADS_FROM", 0)
+    ref, comp, ref_hist, comp_hist = _fit_both([9, 40, 35, 3], "relu", "cross_entropy", OPTIMIZERS[opt], 6,
+                                               threads=2)
+    assert comp.backend.epoch_trainer(comp, comp.loss, comp.optimizer)._threads_for(6) == 2
+    _assert_same(ref, comp, ref_hist, comp_hist)
+
+
+def test_thread_count_follows_the_work_per_batch():
+    net = _net([784, 128, 10], "relu", _Compiled(2), dtype="float32")
+    trainer = numba_epoch.make_epoch_trainer(net.backend, net, fastnn.losses.get_loss("cross_entropy"), SGD(0.1))
+    assert trainer._threads_for(1) == 1 and trainer._threads_for(100) == 2
+    single = numba_epoch.make_epoch_trainer(_Compiled(1), net, fastnn.losses.get_loss("cross_entropy"), SGD(0.1))
+    assert single._threads_for(1000) == 1
+
+
+# ---- behaviour: assigned weights, validation, checkpoints, divergence, fallback ----
+def test_assigned_weights_are_used():
+    X, y = _data([5, 9, 3])
+    nets = []
+    for backend in ("numpy", _Compiled()):
+        net = _net([5, 9, 3], "sigmoid", backend)
+        net.fit(X, y, epochs=1, batch_size=4, loss="mse", lr=0.5)
+        net.dense_layers[0].W = np.full((5, 9), 0.1)
+        net.dense_layers[1].b = np.arange(3.0)
+        net.fit(X, y, epochs=1, batch_size=4)
+        nets.append(net)
+    for a, b in zip(*(n.dense_layers for n in nets)):
+        np.testing.assert_allclose(b.W, a.W, rtol=1e-10)
+        np.testing.assert_allclose(b.b, a.b, rtol=1e-10)
+
+
+def test_validation_and_checkpoint_resume(tmp_path):
+    X, y = _data([5, 9, 3], n=40)
+    ref, comp, ref_hist, comp_hist = _fit_both([5, 9, 3], "relu", "cross_entropy", OPTIMIZERS["adam+wd"], 8,
+                                               epochs=3, data=(X, y), validation_data=(X[:10], y[:10]))
+    _assert_same(ref, comp, ref_hist, comp_hist)
+    assert "val_loss" in comp_hist.history
+    path = str(tmp_path / "ckpt.npz")
+    first = _net([5, 9, 3], "relu", _Compiled())
+    first.fit(X, y, epochs=2, batch_size=8, loss="cross_entropy", optimizer=Adam(0.01), checkpoint=path)
+    resumed = _net([5, 9, 3], "relu", _Compiled())
+    history = resumed.fit(X, y, epochs=3, batch_size=8, loss="cross_entropy", optimizer=Adam(0.01),
+                          checkpoint=path, resume=True)
+    straight = _net([5, 9, 3], "relu", _Compiled())
+    straight.fit(X, y, epochs=3, batch_size=8, loss="cross_entropy", optimizer=Adam(0.01))
+    assert history["epoch"][-1] == 3 and resumed.optimizer.t == straight.optimizer.t
+    for a, b in zip(straight.dense_layers, resumed.dense_layers):
+        np.testing.assert_array_equal(b.W, a.W)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_nan_loss_stops_with_finite_weights(threads, monkeypatch):
+    monkeypatch.setattr(numba_epoch, "TWO_THREADS_FROM", 0)
+    X, y = _data([5, 9, 3], n=60)
+    X[40:] = 1e200  # the loss of batch 6 (rows 40..47) overflows
+    stops = []
+    for backend in ("numpy", _Compiled(threads)):
+        net = _net([5, 9, 3], "relu", backend)
+        with pytest.raises(TrainingDiverged, match=r"epoch 1, batch 6;"):
+            net.fit(X, y, epochs=1, batch_size=8, loss="mse", optimizer=SGD(0.01, momentum=0.5), shuffle=False)
+        assert all(np.all(np.isfinite(d.W)) for d in net.dense_layers)
+        stops.append(net)
+    for a, b in zip(stops[0].dense_layers, stops[1].dense_layers):
+        np.testing.assert_allclose(b.W, a.W, rtol=1e-10)
+
+
+@pytest.mark.parametrize("layers, loss, optimizer", [
+    ([Dense(4, 6), Softmax(), Dense(6, 2)], "mse", SGD(0.1)),           # softmax inside
+    ([Dense(4, 6), Sigmoid(), Tanh(), Dense(6, 2)], "mse", SGD(0.1)),    # two activations in a row
+    ([Dense(4, 2)], type("MyLoss", (MSE,), {"__call__": MSE.__call__})(), SGD(0.1)),  # a user's loss
+    ([Dense(4, 2)], "mse", type("MySGD", (SGD,), {})(0.1)),               # a user's optimizer
+])
+def test_unsupported_models_fall_back_visibly(layers, loss, optimizer, capsys):
+    net = Sequential(*layers, backend=_Compiled(), seed=0, dtype="float64")
+    loss = fastnn.losses.get_loss(loss)
+    assert numba_epoch.make_epoch_trainer(net.backend, net, loss, optimizer) is None
+    assert numba_epoch.unsupported_reason(net, loss, optimizer)
+    X, y = _data([4, 2], n=12)
+    net.fit(X, y, epochs=1, batch_size=4, loss=loss, optimizer=optimizer, verbose=1)
+    assert "layer by layer" in capsys.readouterr().err
+
+
+def test_verbose_names_the_compiled_path(capsys):
+    X, y = _data([5, 9, 3])
+    _net([5, 9, 3], "relu", _Compiled()).fit(X, y, epochs=1, batch_size=4, verbose=1)
+    assert "compiled whole epoch" in capsys.readouterr().err
+
+
+# ---- threads never hang: a failing or interrupted thread releases the others ----
+def _trainer_with_two_threads(monkeypatch):
+    monkeypatch.setattr(numba_epoch, "TWO_THREADS_FROM", 0)
+    monkeypatch.setattr(numba_epoch, "CHUNK_WORK", 1.0)  # one batch per call
+    X, y = _data([5, 9, 3], n=40)
+    net = _net([5, 9, 3], "relu", _Compiled(2))
+    return net, X, y
+
+
+def test_a_failing_worker_cannot_hang_the_epoch(monkeypatch):
+    net, X, y = _trainer_with_two_threads(monkeypatch)
+    kern = numba_epoch.codegen.load()
+    real = kern.epoch
+
+    def epoch(*args):
+        if args[-2] == 1:  # tid
+            raise MemoryError("worker lost")
+        return real(*args)
+
+    monkeypatch.setattr(kern, "epoch", epoch)
+    done = []
+    thread = threading.Thread(target=lambda: done.append(pytest.raises(RuntimeError, net.fit, X, y, epochs=1,
+                                                                       batch_size=8)), daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert done and "worker lost" in str(done[0].value)
+
+
+def test_ctrl_c_keeps_the_last_completed_epoch(monkeypatch):
+    net, X, y = _trainer_with_two_threads(monkeypatch)
+    net.fit(X, y, epochs=1, batch_size=8)
+    before = [d.W.copy() for d in net.dense_layers]
+    kern = numba_epoch.codegen.load()
+    real, calls = kern.epoch, []
+
+    def epoch(*args):
+        calls.append(args[-2])
+        if args[-2] == 0 and calls.count(0) == 4:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(kern, "epoch", epoch)
+    history = net.fit(X, y, epochs=3, batch_size=8)
+    assert history.interrupted and len(history) == 0
+    for W0, d in zip(before, net.dense_layers):
+        np.testing.assert_array_equal(d.W, W0)
+    assert not [t for t in threading.enumerate() if t.daemon and t.is_alive() and "worker" in t.name]
+
+
+# ---- the disk cache and warm-up ----
+def test_a_new_process_loads_the_kernels_from_the_cache():
+    numba_epoch.warmup(("float32",))  # compiled here (or already cached)
+    code = ("import time; t = time.perf_counter()\n"
+            "from fastnn.backends import numba_epoch\n"
+            "numba_epoch.warmup(('float32',))\n"
+            "kern = numba_epoch.codegen.load()\n"
+            "print(kern.epoch.stats.cache_hits and sum(kern.epoch.stats.cache_hits.values()),"
+            " sum(kern.epoch.stats.cache_misses.values()), time.perf_counter() - t)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ))
+    assert result.returncode == 0, result.stderr
+    hits, misses, seconds = result.stdout.split()
+    assert int(hits) >= 1 and int(misses) == 0
+    assert float(seconds) < 10  # a cold compile takes far longer
+
+
+# ---- the numba backend uses it ----
+def test_the_numba_backend_trains_compiled(capsys):
+    available, reason = fastnn.available_backends().get("numba", (False, "not registered"))
+    if not available:
+        pytest.skip(f"backend 'numba' unavailable: {reason}")
+    backend = fastnn.get_backend("numba")
+    if type(backend).epoch_trainer is Backend.epoch_trainer:
+        pytest.skip("the numba backend does not offer epoch_trainer yet")
+    X, y = _data([5, 9, 3])
+    ref = _net([5, 9, 3], "relu", "numpy")
+    ref_hist = ref.fit(X, y, epochs=2, batch_size=4, loss="cross_entropy", lr=0.1)
+    net = _net([5, 9, 3], "relu", "numba")
+    hist = net.fit(X, y, epochs=2, batch_size=4, loss="cross_entropy", lr=0.1, verbose=1)
+    assert "compiled whole epoch" in capsys.readouterr().err
+    _assert_same(ref, net, ref_hist, hist)
