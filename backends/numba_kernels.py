@@ -312,26 +312,26 @@ def axpby(X, Y, alpha, beta):
 
 @njit(**KERNEL)
 def bias_act(Z, b, has_bias, act, Y):
-    """``Y = act(Z + b)`` in one pass: Z, Y (B, n), b (n,)."""
+    """``Y = act(Z + b)``: Z, Y (B, n), b (n,). The bias per row, the activation over Y flat."""
     B, n = Z.shape
-    zero, one = _zero(Z), _one(Z)
-    for i in range(B):
-        z, y = Z[i], Y[i]
-        if has_bias:
+    if has_bias:
+        for i in range(B):
+            z, y = Z[i], Y[i]
             for j in range(n):
                 y[j] = z[j] + b[j]
-        else:
-            for j in range(n):
-                y[j] = z[j]
-        if act == SIGMOID:
-            for j in range(n):
-                y[j] = one / (one + _exp(-y[j]))
-        elif act == RELU:
-            for j in range(n):
-                y[j] = zero if y[j] < zero else y[j]  # NaN passes, as with np.maximum
-        elif act == TANH:
-            for j in range(n):
-                y[j] = np.tanh(y[j])
+    else:
+        Y[:] = Z
+    y = Y.ravel()
+    zero, one = _zero(Z), _one(Z)
+    if act == SIGMOID:
+        for k in range(y.size):
+            y[k] = one / (one + _exp(-y[k]))
+    elif act == RELU:
+        for k in range(y.size):
+            y[k] = zero if y[k] < zero else y[k]  # NaN passes, as with np.maximum
+    elif act == TANH:
+        for k in range(y.size):
+            y[k] = np.tanh(y[k])
 
 
 @njit(**KERNEL)
@@ -413,16 +413,24 @@ def sigmoid_xent(Z, T, dZ):
 
 @njit(**KERNEL)
 def sgd_update(W, dW, V, has_momentum, lr, momentum, nesterov, weight_decay):
-    """One SGD step in place: g = dW + wd·W; V = μV + g; W -= lr·(g + μV if nesterov else V)."""
+    """One SGD step in place: g = dW + wd·W; V = μV + g; W -= lr·(g + μV if nesterov else V).
+
+    One loop per case, so that no loop touches V when there is none (the caller then
+    passes W as V, and LLVM would otherwise see them overlap and not vectorise).
+    """
     w, dw, v = W.ravel(), dW.ravel(), V.ravel()
-    for k in range(w.size):
-        g = dw[k] + weight_decay * w[k]
-        if has_momentum:
+    if not has_momentum:
+        for k in range(w.size):
+            w[k] -= lr * (dw[k] + weight_decay * w[k])
+    elif nesterov:
+        for k in range(w.size):
+            g = dw[k] + weight_decay * w[k]
             v[k] = momentum * v[k] + g
-            step = g + momentum * v[k] if nesterov else v[k]
-        else:
-            step = g
-        w[k] -= lr * step
+            w[k] -= lr * (g + momentum * v[k])
+    else:
+        for k in range(w.size):
+            v[k] = momentum * v[k] + dw[k] + weight_decay * w[k]
+            w[k] -= lr * v[k]
 
 
 @njit(**KERNEL)
