@@ -64,6 +64,9 @@ class Backend:
         """``a`` (array-like, host or device) as this backend's array, C-ordered."""
         if dtype is not None and isinstance(dtype, str):
             dtype = self.dtype(dtype)
+        if isinstance(a, np.ndarray) and not a.flags.c_contiguous:
+            # xp.asarray keeps a NumPy array's strides; the contract promises C order
+            a = np.ascontiguousarray(a)
         return self.xp.asarray(a, dtype=dtype)
 
     def to_numpy(self, a):
@@ -219,9 +222,10 @@ class Backend:
 
 
 def _sigmoid(xp, Z):
-    # 1 / (1 + e^-Z) overflows harmlessly to 0 for very negative Z; written this
-    # way so it stays in the array API standard (no where/expit tricks needed).
-    return 1 / (1 + xp.exp(-Z))
+    # From e^-|Z|, which never overflows: 1 / (1 + e^-Z) would warn "overflow in
+    # exp" for Z below about -88 in float32 (a saturated unit, not a problem).
+    E = xp.exp(-xp.abs(Z))
+    return xp.where(Z >= 0, 1 / (1 + E), E / (1 + E))
 
 
 # ---- the registry ----------------------------------------------------------

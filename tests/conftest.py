@@ -16,11 +16,17 @@ def _backend_params():
             for name in BACKENDS]
 
 
+@pytest.fixture(scope="session")
+def backend_status():
+    """``fastnn.available_backends()``, asked once per session (it scans entry points and imports)."""
+    return fastnn.available_backends()
+
+
 @pytest.fixture(params=_backend_params())
-def backend_name(request):
+def backend_name(request, backend_status):
     """The name of a usable backend; skips with the reason when it is not usable here."""
     name = request.param
-    available, reason = fastnn.available_backends().get(name, (False, "not registered"))
+    available, reason = backend_status.get(name, (False, "not registered"))
     if not available:
         pytest.skip(f"backend {name!r} unavailable: {reason}")
     return name
