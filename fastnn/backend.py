@@ -311,6 +311,12 @@ def get_backend(name=None, **options):
     """
     if name is None:
         name = _default_name()
+        if _current.get() is None and os.environ.get("FASTNN_BACKEND"):
+            # the name came from the environment: say so when it is wrong
+            try:
+                return get_backend(name, **options)
+            except (ValueError, BackendUnavailable) as exc:
+                raise type(exc)(f"FASTNN_BACKEND={name!r}: {exc}") from None
     if isinstance(name, Backend):
         return name
     if not isinstance(name, str):
