@@ -1,0 +1,308 @@
+"""Markdown tables of a saved run: medians, ratios against the peers, GFLOP/s, and the speed bars.
+
+    python -m bench.report .benchmarks/latest/bench.json
+    python -m bench.report torch.json jax.json fastnn-numpy.json ...   # pieces of one run
+
+Ratios read "×PyTorch = PyTorch's median ÷ this entry's median": above 1 means
+faster than PyTorch. The inputs are taken as *one* run (the report says so when
+they disagree on the OpenBLAS variables); report two runs with two commands.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .workloads import (IMPLS, MATMUL_DTYPES, NETS, OPENBLAS_VARS, QUIET_SHARE, SGD_CASES,
+                        matmul_products)
+
+#: The peers of the training suites: column name -> the implementations whose best median it takes.
+PEERS = {"PyTorch": ("torch",), "JAX best": ("jax",), "NumPy hand": ("numpy",),
+         "fastnn numpy": ("fastnn-numpy",)}
+MATMUL_PEER = "numpy"  # NumPy's own `@`: the gemm bar's reference
+GEMM_TOLERANCE = 1.10
+#: issue 5: (net, batch) -> {peer column: the speed-up fastnn-numba's fit must reach}
+EPOCH_BARS = {("A", 10): {"PyTorch": 10.0, "JAX best": 2.5}, ("B", 10): {"JAX best": 2.5},
+              ("B", 128): {"PyTorch": 1.5, "JAX best": 1.2}, ("B", 1024): {"PyTorch": 1.5, "JAX best": 1.2}}
+
+
+@dataclass
+class Result:
+    suite: str
+    group: str
+    impl: str
+    variant: str
+    label: str
+    median: float
+    info: dict = field(repr=False)
+
+    @property
+    def gflops(self):
+        return self.info["flops"] / self.median / 1e9 if self.info.get("flops") else None
+
+    @property
+    def order(self):
+        return (list(IMPLS).index(self.impl) if self.impl in IMPLS else len(IMPLS), self.variant)
+
+
+# ---- reading ---------------------------------------------------------------
+
+def load(documents):
+    """``(results, machines, runs)`` from pytest-benchmark JSON documents (merged or not)."""
+    results, machines, runs = {}, [], []
+    for doc in documents:
+        run = doc.get("fastnn_run")
+        if run:
+            runs.append(run)
+            machines += [p["machine"] for p in run.get("processes", []) if p.get("machine")]
+        elif doc.get("machine_info", {}).get("fastnn"):
+            machines.append(doc["machine_info"]["fastnn"])
+        for bench in doc.get("benchmarks", []):
+            info = bench.get("extra_info", {})
+            if "impl" not in info:
+                continue  # not one of this suite's entries
+            result = Result(info.get("suite", ""), bench["group"], info["impl"], info.get("variant", ""),
+                            info.get("label", info["impl"]), bench["stats"]["median"], info)
+            results[(result.group, result.impl, result.variant)] = result  # a later file wins
+    return list(results.values()), machines, runs
+
+
+def _by_group(results, suite):
+    groups = {}
+    for result in results:
+        if result.suite == suite:
+            groups.setdefault(result.group, []).append(result)
+    return {group: sorted(rows, key=lambda r: r.order) for group, rows in groups.items()}
+
+
+def _best(rows, impls):
+    candidates = [row for row in rows if row.impl in impls]
+    return min(candidates, key=lambda row: row.median) if candidates else None
+
+
+# ---- formatting --------------------------------------------------------------
+
+def _time(seconds):
+    if seconds is None:
+        return "—"
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds * 1e6:.3g} µs"
+
+
+def _ratio(value):
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+# ---- sections -----------------------------------------------------------------
+
+def _header(results, machines, runs):
+    first = machines[0] if machines else {}
+    lines = ["# fastnn benchmarks", ""]
+    dates = [run.get("started") for run in runs if run.get("started")]
+    lines.append(f"- date: {', '.join(dates) if dates else 'unknown (raw pytest-benchmark files)'}")
+    if first:
+        lines.append(f"- machine: {first.get('cpu_model')}, {first.get('cores')} cores, Python {first.get('python')}")
+        versions = {}
+        for machine in machines:
+            for name, version in machine.get("versions", {}).items():
+                versions.setdefault(name, version)
+        lines.append("- versions: " + ", ".join(f"{name} {v}" for name, v in versions.items() if v))
+        blas = {f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')} kernels)"
+                for machine in machines for b in machine.get("blas", [])}
+        lines.append("- BLAS of NumPy/SciPy: " + ("; ".join(sorted(blas)) or "unknown"))
+    settings = {tuple((name, (m.get("openblas_env") or {}).get(name)) for name in OPENBLAS_VARS) for m in machines}
+    for setting in sorted(settings, key=str):
+        text = ", ".join(f"{name}={value}" if value is not None else f"{name} unset" for name, value in setting)
+        lines.append(f"- OpenBLAS variables: {text}")
+    if len(settings) > 1:
+        lines.append("- **warning: these results mix runs with different OpenBLAS variables**")
+    for run in runs:
+        lines.append(f"- command: `{run['command']}` (OpenBLAS variables: {run.get('openblas_mode')}; "
+                     "one process per implementation)")
+        if "agreement" in run:
+            agreement = run["agreement"]
+            verdict = "ok" if agreement["exit_code"] == 0 else "**FAILED**"
+            lines.append(f"- peers compute the same training (bench/test_peers_agree.py): {verdict}, "
+                         f"{agreement['summary']}")
+        shares = {p["impl"]: p["others_cpu_share"] for p in run.get("processes", []) if "others_cpu_share" in p}
+        if shares:
+            noisy = max(shares.values()) > QUIET_SHARE
+            lines.append(("- **" if noisy else "- ") + "CPU share taken by other processes during each "
+                         "implementation's run: " + ", ".join(f"{impl} {share:.0%}" for impl, share in shares.items())
+                         + (" — timings disturbed, rerun on a quiet machine**" if noisy else ""))
+        failed = [p["impl"] for p in run.get("processes", []) if p.get("exit_code")]
+        if failed:
+            lines.append(f"- **processes that failed: {', '.join(failed)}**")
+    if not runs:
+        commands = sorted({m.get("command", "?") for m in machines})
+        lines += [f"- command: `{command}`" for command in commands]
+    peak = _peak(results)
+    if peak:
+        best, rows = peak
+        lines.append(f"- float32 GEMM peak (2048³ sgemm, best of the libraries): {best:.0f} GFLOP/s — "
+                     + ", ".join(f"{row.label} {row.gflops:.0f}" for row in rows))
+    lines.append("- ratios: ×peer = the peer's median ÷ this entry's median (above 1: faster than the peer)")
+    return lines
+
+
+def _peak(results):
+    rows = sorted((r for r in results if r.suite == "peak"), key=lambda r: -r.gflops)
+    return (rows[0].gflops, rows) if rows else None
+
+
+def _training_section(results, suite, title, peak):
+    groups = _by_group(results, suite)
+    if not groups:
+        return []
+    lines = ["", f"## {title}"]
+    for net_name, batch in SGD_CASES:
+        name = f"{suite} {net_name} b={batch}"
+        rows = groups.get(name)
+        if not rows:
+            continue
+        peers = {column: _best(rows, impls) for column, impls in PEERS.items()}
+        header = ["entry", "median", "first call"] + [f"×{column}" for column in peers] + ["GFLOP/s"]
+        if peak:
+            header.append("% peak")
+        table = []
+        for row in rows:
+            cells = [row.label + (f" [{row.info['path']}]" if row.info.get("path") else ""),
+                     _time(row.median), _time(row.info.get("first_call_s"))]
+            cells += [_ratio(peer.median / row.median) if peer else "—" for peer in peers.values()]
+            cells.append(f"{row.gflops:.1f}" if row.gflops else "—")
+            if peak:
+                cells.append(f"{100 * row.gflops / peak:.1f}%" if row.gflops else "—")
+            table.append(cells)
+        lines += ["", f"### {name} — {NETS[net_name].describe()}", ""] + _table(header, table)
+    return lines
+
+
+def _matmul_section(results):
+    groups = _by_group(results, "matmul")
+    if not groups:
+        return []
+    lines = ["", "## Matrix products (medians; ratios are times ÷ NumPy's `@`, lower is faster)"]
+    impls = sorted({r.impl for rows in groups.values() for r in rows}, key=lambda i: list(IMPLS).index(i))
+    for dtype in MATMUL_DTYPES:
+        table = []
+        for product in matmul_products():
+            rows = {r.impl: r for r in groups.get(f"matmul {dtype} {product.key} ({product.formula})", [])}
+            if not rows:
+                continue
+            numpy_row = rows.get(MATMUL_PEER)
+            cells = [f"{product.key} ({product.formula})"] + [_time(rows[i].median) if i in rows else "—"
+                                                              for i in impls]
+            for impl in ("fastnn-numba", "fastnn-numpy"):
+                ok = numpy_row and impl in rows
+                cells.append(_ratio(rows[impl].median / numpy_row.median) if ok else "—")
+            best = min(rows.values(), key=lambda r: r.median)
+            cells.append(f"{best.gflops:.0f} ({best.label})")
+            table.append(cells)
+        if table:
+            header = ["product m×k×n"] + [IMPLS_SHORT.get(i, i) for i in impls] + \
+                     ["numba ÷ NumPy@", "fastnn numpy ÷ NumPy@", "best GFLOP/s"]
+            lines += ["", f"### {dtype}", ""] + _table(header, table)
+    return lines
+
+
+IMPLS_SHORT = {"fastnn-numpy": "fastnn numpy", "fastnn-numba": "fastnn numba", "numpy": "NumPy @",
+               "torch": "PyTorch", "jax": "JAX"}
+
+
+# ---- the bars ------------------------------------------------------------------
+
+def _bars(results):
+    epochs = _by_group(results, "epoch")
+    lines = []
+    for (net_name, batch), needs in EPOCH_BARS.items():
+        rows = epochs.get(f"epoch {net_name} b={batch}", [])
+        ours = _best(rows, ("fastnn-numba",))
+        for column, need in needs.items():
+            peer = _best(rows, PEERS[column])
+            what = f"{net_name}/batch {batch}: fastnn numba fit ≥ {need:g}× {column}"
+            if ours is None or peer is None:
+                missing = "fastnn-numba" if ours is None else column
+                lines.append((what, f"no {missing} result", "n/a"))
+                continue
+            ratio = peer.median / ours.median
+            lines.append((what, f"{ratio:.2f}× ({_time(ours.median)} vs {peer.label} {_time(peer.median)})",
+                          "PASS" if ratio >= need else "FAIL"))
+    lines.append(_gemm_bar(results))
+    for impl in ("fastnn-numba", "fastnn-numba-layers"):
+        lines.append(_ahead_bar(epochs, impl))
+    return ["", "## Speed bars (issues 4 and 5)", ""] + _table(["bar", "measured", "result"], lines)
+
+
+def _gemm_bar(results):
+    what = f"numba gemm within {round((GEMM_TOLERANCE - 1) * 100)}% of NumPy's matmul at every shape"
+    ratios = []
+    for group, rows in _by_group(results, "matmul").items():
+        by_impl = {r.impl: r for r in rows}
+        if "fastnn-numba" in by_impl and MATMUL_PEER in by_impl:
+            ratios.append((by_impl["fastnn-numba"].median / by_impl[MATMUL_PEER].median, group))
+    if not ratios:
+        return what, "no fastnn-numba matmul results", "n/a"
+    worst, group = max(ratios)
+    over = sum(ratio > GEMM_TOLERANCE for ratio, _ in ratios)
+    return (what, f"worst {worst:.2f}× ({group.removeprefix('matmul ')}); {over} of {len(ratios)} shapes over",
+            "PASS" if over == 0 else "FAIL")
+
+
+def _ahead_bar(epochs, impl):
+    what = f"{IMPLS[impl]}: fit faster than the numpy backend at every case"
+    pairs = []
+    for group, rows in epochs.items():
+        ours, base = _best(rows, (impl,)), _best(rows, ("fastnn-numpy",))
+        if ours and base:
+            pairs.append((base.median / ours.median, group.removeprefix("epoch ")))
+    if not pairs:
+        return what, f"no {impl} epoch results", "n/a"
+    text = ", ".join(f"{case} {ratio:.2f}×" for ratio, case in sorted(pairs, key=lambda p: p[1]))
+    return what, text, "PASS" if all(ratio > 1 for ratio, _ in pairs) else "FAIL"
+
+
+# ---- putting it together --------------------------------------------------------
+
+def render(documents):
+    results, machines, runs = load(documents)
+    peak = _peak(results)
+    peak_gflops = peak[0] if peak else None
+    lines = _header(results, machines, runs)
+    lines += _bars(results)
+    lines += _training_section(results, "epoch", "One epoch, 60,000 MNIST-shaped samples (float32)", peak_gflops)
+    lines += _training_section(results, "step", "One mini-batch SGD step (backprop + update)", peak_gflops)
+    lines += _matmul_section(results)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="+", help="pytest-benchmark JSON files (bench.run's bench.json)")
+    parser.add_argument("--out", help="also write the Markdown here")
+    args = parser.parse_args(argv)
+    documents = []
+    for name in args.files:
+        try:
+            documents.append(json.loads(Path(name).read_text()))
+        except (OSError, ValueError) as exc:
+            sys.exit(f"bench.report: cannot read {name}: {exc}")
+    text = render(documents)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Run the whole suite fairly: one pytest process per implementation, then one merged report.
+
+    python -m bench.run                          # everything, as CI runs (environment as is)
+    python -m bench.run --openblas unset         # OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE removed
+    python -m bench.run --impl torch,jax --suite epoch --out /tmp/peers
+
+Thread pools of different libraries in one process fight over the cores and
+distort timings by up to 2× (../shared/PERF-NOTES.md), so each implementation
+gets a process of its own. Before timing, ``bench/test_peers_agree.py`` checks
+that every entry computes the same training. Writes ``OUT/<impl>.json`` (one
+pytest-benchmark file each), ``OUT/bench.json`` (merged) and ``OUT/report.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import report
+from .workloads import EPOCH_ROUNDS, IMPLS, OPENBLAS_VARS, QUIET_SHARE
+
+ROOT = Path(__file__).resolve().parent.parent
+SUMMARY = re.compile(r"\b(passed|failed|skipped|errors?|deselected|no tests ran)\b.* in [0-9.]+s")
+SUITES = {  # suite -> pytest node ids
+    "peak": ["bench/test_peak.py"],
+    "matmul": ["bench/test_matmul.py"],
+    "step": ["bench/test_sgd.py::test_step"],
+    "epoch": ["bench/test_sgd.py::test_epoch"],
+}
+
+
+def _arguments(argv):
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=".benchmarks/latest", help="output folder (default %(default)s)")
+    parser.add_argument("--impl", default=",".join(IMPLS),
+                        help="comma-separated implementations, one process each (default: all)")
+    parser.add_argument("--suite", default=",".join(SUITES),
+                        help=f"comma-separated suites: {', '.join(SUITES)} (default: all)")
+    parser.add_argument("--openblas", choices=("as-is", "unset"), default="as-is",
+                        help="as-is: the environment as CI runs it; unset: remove "
+                             f"{' and '.join(OPENBLAS_VARS)} for these processes only")
+    parser.add_argument("--epoch-rounds", type=int, default=EPOCH_ROUNDS,
+                        help="timed epochs per epoch entry (default %(default)s)")
+    parser.add_argument("--wait-quiet", type=float, default=0, metavar="MINUTES",
+                        help="before each process, wait up to MINUTES for other processes to leave "
+                             "the CPUs idle (a shared machine); default: don't wait")
+    parser.add_argument("--no-check", action="store_true", help="skip the agreement check")
+    parser.add_argument("pytest_args", nargs="*", help="passed on to pytest (after --)")
+    args = parser.parse_args(argv)
+    args.impl = _choices("--impl", args.impl, IMPLS)
+    args.suite = _choices("--suite", args.suite, SUITES)
+    return args
+
+
+def _choices(flag, text, known):
+    chosen = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in known]
+    if unknown or not chosen:
+        sys.exit(f"{flag}: unknown or empty {', '.join(unknown) or text!r}; known: {', '.join(known)}")
+    return chosen
+
+
+def _environment(mode):
+    env = dict(os.environ)
+    if mode == "unset":
+        for name in OPENBLAS_VARS:
+            env.pop(name, None)
+    return env
+
+
+def _cpu_seconds():
+    """``(busy CPU-seconds of the whole machine, CPU-seconds of our finished children)``.
+
+    Their difference over a child's run is what *other* processes took meanwhile:
+    on a shared 2-core machine that is the first thing that spoils a timing.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # user..steal
+    except (OSError, ValueError, IndexError):
+        busy = float("nan")
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return busy, children.ru_utime + children.ru_stime
+
+
+def _busy_now(seconds=1.0):
+    """The share of the CPUs busy over the next ``seconds`` (we only sleep meanwhile)."""
+    before = _cpu_seconds()[0]
+    time.sleep(seconds)
+    return max(0.0, _cpu_seconds()[0] - before) / (seconds * os.cpu_count())
+
+
+def _wait_quiet(minutes):
+    """Wait up to ``minutes`` until other processes leave the CPUs idle; warn if they don't."""
+    deadline = time.monotonic() + 60 * minutes
+    busy = _busy_now()
+    while busy > QUIET_SHARE and time.monotonic() < deadline:
+        busy = _busy_now(5.0)
+    if busy > QUIET_SHARE:
+        print(f"bench.run: warning: other processes are using {busy:.0%} of the CPUs; "
+              "timings will be disturbed", file=sys.stderr)
+
+
+def _pytest(args, env, extra):
+    """Run pytest in a fresh process; returns (exit code, seconds, summary line, others' CPU share)."""
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *extra, *args.pytest_args]
+    busy_before, ours_before = _cpu_seconds()
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    busy_after, ours_after = _cpu_seconds()
+    others = max(0.0, (busy_after - busy_before) - (ours_after - ours_before)) / (seconds * os.cpu_count())
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    summary = [line for line in lines if SUMMARY.search(line)]
+    # pytest's exit code 5: nothing collected (an implementation absent from the chosen suites)
+    code = 0 if done.returncode == 5 else done.returncode
+    if code:
+        sys.stderr.write("\n".join(lines[-40:]) + "\n")
+    return code, seconds, (summary or lines or [""])[-1].strip("= "), others
+
+
+def main(argv=None):
+    args = _arguments(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = _environment(args.openblas)
+    openblas = {name: env.get(name) for name in OPENBLAS_VARS}
+    print(f"bench.run: OpenBLAS variables ({args.openblas}): {openblas}", file=sys.stderr)
+    _wait_quiet(args.wait_quiet)
+    run = {"command": " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])]),
+           "openblas_mode": args.openblas, "openblas_env": openblas,
+           "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "processes": []}
+
+    if not args.no_check:
+        code, seconds, last, _ = _pytest(args, env, ["bench/test_peers_agree.py", "-rs"])
+        run["agreement"] = {"exit_code": code, "summary": last}
+        print(f"bench.run: agreement check: {last} ({seconds:.0f} s)", file=sys.stderr)
+
+    nodes = [node for suite in args.suite for node in SUITES[suite]]
+    merged = None
+    for i, impl in enumerate(args.impl, 1):
+        path = out / f"{impl}.json"
+        path.unlink(missing_ok=True)
+        if i > 1:
+            _wait_quiet(args.wait_quiet)
+        extra = [*nodes, "--benchmark-only", f"--impl={impl}", f"--epoch-rounds={args.epoch_rounds}",
+                 f"--benchmark-json={path}", "-rs"]
+        code, seconds, last, others = _pytest(args, env, extra)
+        print(f"bench.run: [{i}/{len(args.impl)}] {impl}: {last} ({seconds:.0f} s; other processes "
+              f"took {others:.0%} of the CPUs meanwhile)", file=sys.stderr)
+        process = {"impl": impl, "exit_code": code, "seconds": round(seconds, 1), "summary": last,
+                   "others_cpu_share": round(others, 3)}
+        run["processes"].append(process)
+        text = path.read_text() if path.exists() else ""
+        if text.strip():  # pytest-benchmark leaves an empty file when everything skipped
+            data = json.loads(text)
+            process["machine"] = data["machine_info"].get("fastnn", {})
+            if merged is None:
+                merged = data
+            else:
+                merged["benchmarks"] += data["benchmarks"]
+    if merged is None:
+        sys.exit("bench.run: no benchmark results were written")
+    merged["fastnn_run"] = run
+    (out / "bench.json").write_text(json.dumps(merged, indent=1))
+    text = report.render([merged])
+    (out / "report.md").write_text(text)
+    print(text)
+    print(f"bench.run: wrote {out / 'bench.json'} and {out / 'report.md'}", file=sys.stderr)
+    failed = [p["impl"] for p in run["processes"] if p["exit_code"]]
+    return 1 if failed or run.get("agreement", {}).get("exit_code") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

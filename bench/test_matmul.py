@@ -1,0 +1,22 @@
+"""The three products of a Dense layer (and a square 1024³), fastnn's ``gemm`` beside the peers.
+
+Shapes: the first layer of 784-30-10 and 784-128-10 at batch 10, 128 and 1024;
+float32 and float64. One group per (dtype, product).
+"""
+import pytest
+
+from . import entries
+from .timing import measure
+from .workloads import MATMUL_DTYPES, matmul_operands, matmul_products
+
+
+@pytest.mark.benchmark(max_time=0.5)
+@pytest.mark.parametrize("entry", entries.params(entries.MATMUL))
+@pytest.mark.parametrize("product", matmul_products(), ids=lambda p: p.key)
+@pytest.mark.parametrize("dtype", MATMUL_DTYPES)
+def test_matmul(benchmark, dtype, product, entry):
+    entries.require(entry)
+    A, B = matmul_operands(product, dtype)
+    fn = entries.matmul(entry, product, A, B)
+    measure(benchmark, entry, fn, f"matmul {dtype} {product.key} ({product.formula})", suite="matmul",
+            flops=product.flops, dtype=dtype, product=product.key)
