@@ -127,7 +127,10 @@ class Dense(Layer):
         host = value if isinstance(value, np.ndarray) else None
         if host is not None and not np.all(np.isfinite(host)):
             raise ValueError(f"{self!r}.{name}: contains NaN or inf")
-        return backend.asarray(value if host is None else np.ascontiguousarray(host), dtype=self.dtype)
+        P = backend.asarray(value if host is None else np.ascontiguousarray(host), dtype=self.dtype)
+        if P is value or (host is not None and isinstance(P, np.ndarray) and np.shares_memory(P, host)):
+            P = backend.xp.asarray(P, copy=True)  # training updates P in place: never the caller's array
+        return P
 
     def forward(self, X, act="identity"):
         """``act(X @ W + b)``: ``X (B, n_in) -> (B, n_out)``; keeps X for backward."""
