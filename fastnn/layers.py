@@ -122,6 +122,13 @@ class Dense(Layer):
 
     def _param(self, name, value, shape):
         backend = self._bound()
+        if not hasattr(value, "shape"):  # a list of lists, say
+            try:
+                value = np.asarray(value)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"{self!r}.{name}: expected an array, got {type(value).__name__} ({exc})") from None
+        if isinstance(value, np.ndarray) and value.dtype.kind not in "biuf":
+            raise TypeError(f"{self!r}.{name}: expected an array of numbers, got dtype {value.dtype}")
         if tuple(value.shape) != shape:
             raise ValueError(f"{self!r}.{name}: expected shape {shape}, got {tuple(value.shape)}")
         host = value if isinstance(value, np.ndarray) else None

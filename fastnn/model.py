@@ -55,7 +55,10 @@ class Sequential:
         self.dtype = dtype
         self.backend = get_backend(backend)
         self.seed = seed
-        init_seed, batch_seed = np.random.SeedSequence(seed).spawn(2)
+        try:
+            init_seed, batch_seed = np.random.SeedSequence(seed).spawn(2)
+        except (TypeError, ValueError):
+            raise TypeError(f"Sequential: seed must be None or a non-negative integer, got {seed!r}") from None
         self.batch_rng = np.random.default_rng(batch_seed)
         init_rng = np.random.default_rng(init_seed)
         for layer in self.layers:
@@ -202,6 +205,7 @@ class Sequential:
     def evaluate(self, X, y, loss=None, batch_size=4096):
         """``{"loss": float, "accuracy": float}`` on ``(X, y)``, in batches."""
         loss = get_loss(loss or self.loss or "mse")
+        batch_size = check.count("batch_size", batch_size, minimum=1)
         X = check.batch(self, X)
         T, labels = check.targets(self, y, X.shape[0])
         layers = self._training_layers(loss)
@@ -252,14 +256,14 @@ class Sequential:
         epochs = check.count("epochs", epochs, minimum=0)
         batch_size = check.count("batch_size", batch_size, minimum=1)
         loss = get_loss(loss or self.loss or "cross_entropy")
-        self.optimizer = check.optimizer(optimizer, lr, self.optimizer)
+        optimizer = check.optimizer(optimizer, lr, self.optimizer)
         if resume and not checkpoint:
             raise ValueError("fit: resume=True needs checkpoint='path.npz'")
         X = check.batch(self, X)
         T, labels = check.targets(self, y, X.shape[0])
         if validation_data is not None:
-            validation_data = check.validation_pair(validation_data)
-        self.loss = loss
+            validation_data = check.validation_pair(self, validation_data)
+        self.loss, self.optimizer = loss, optimizer  # only now: a refused call changes nothing
 
         history = History()
         first_epoch = 0

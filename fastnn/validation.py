@@ -120,7 +120,10 @@ def optimizer(optimizer, lr, previous):
     return previous if previous is not None else SGD(0.1)
 
 
-def validation_pair(data):
+def validation_pair(net, data):
+    """``(X_val, y_val)`` checked before training starts (not after the first epoch), under their names."""
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise ValueError("validation_data: expected a pair (X_val, y_val)")
-    return tuple(data)
+    X_val = batch(net, data[0], name="validation_data X_val")
+    targets(net, data[1], X_val.shape[0], name="validation_data y_val")
+    return X_val, data[1]
