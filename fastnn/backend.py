@@ -86,6 +86,8 @@ class Backend:
         Without ``C`` it returns a new array; with ``C`` it accumulates into
         ``C`` (in place where the backend allows) and returns it, so a scaled
         update is one product: ``W = gemm(X, dZ, trans_a=True, alpha=-lr, beta=1, C=W)``.
+        With ``beta=0`` the old contents of ``C`` are not read (as in BLAS), so
+        ``C`` may be an uninitialised buffer.
         The three products of a Dense layer::
 
             Z  = gemm(X, W)                 # (B, nI) @ (nI, nO)   -> (B, nO)
@@ -102,6 +104,9 @@ class Backend:
             product = alpha * product
         if C is None:
             return product
+        if beta == 0.0:
+            C[...] = product  # not 0·C: NaN/inf in an unset buffer must not leak in
+            return C
         if beta != 1.0:
             C *= beta
         C += product

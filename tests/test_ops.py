@@ -219,6 +219,19 @@ def test_gemm_accumulate(backend, shape, trans_a, trans_b, alpha, beta, layout, 
         assert out is dC
 
 
+@pytest.mark.parametrize("shape", GEMM_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_gemm_beta_zero_does_not_read_c(backend, shape, layout, rng):
+    """As in BLAS: with beta=0, C is output only, so an uninitialised buffer (NaN, inf) is fine."""
+    M, P, N = shape
+    A, B = rng.standard_normal((M, P)), rng.standard_normal((P, N))
+    C = np.full((M, N), np.nan)
+    C[0, 0] = np.inf
+    out = backend.gemm(put(backend, A, "float64"), put(backend, B, "float64"), alpha=0.5, beta=0.0,
+                       C=put(backend, C, "float64", layout))
+    assert_close(backend, out, 0.5 * ref_matmul(A, B), "float64")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gemm_alpha_without_c(backend, dtype, rng):
     A, B = rng.standard_normal((3, 4)), rng.standard_normal((4, 2))
