@@ -31,9 +31,12 @@ from fastnn.backend import ACTIVATIONS, Backend, _check_act
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 #: Activation name -> kernel code (the order of ACTIVATIONS: identity, sigmoid, relu, tanh).
 _ACT_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
-#: A product goes to the tile kernels when its batch dimension is at most this
-#: (M for X@W and dZ@Wᵀ, the reduction for Xᵀ@dZ); larger ones go to BLAS.
+#: X @ W goes to the tile kernels when the batch (M) is at most this and it has at
+#: least TILE_MIN_WORK multiply-adds (below, the call overhead decides: NumPy's is
+#: smaller); other products, and larger batches, go to BLAS (measured: the tiles
+#: win only there).
 TILE_BATCH_MAX = 32
+TILE_MIN_WORK = 50_000
 #: Multiply-adds from which a tile product is shared between threads.
 PARALLEL_MIN_WORK = 200_000
 
@@ -121,38 +124,26 @@ class NumbaBackend(Backend):
         if operands is None:
             return super().gemm(A, B, trans_a, trans_b, alpha, beta, C)
         A, trans_a, B, trans_b, M, N, P = operands
-        dtype = A.dtype.type
         if C is None:
             C, beta = np.empty((M, N), A.dtype), 0.0
-        batch = P if trans_a else M
-        if batch <= TILE_BATCH_MAX:
-            self._gemm_tiles(A, trans_a, B, trans_b, C, M, N, P, dtype(alpha), dtype(beta))
+        work = M * N * P
+        if M <= TILE_BATCH_MAX and work >= TILE_MIN_WORK and not trans_a and not trans_b:
+            # the forward product of a small batch: the register tiles beat BLAS there
+            if self.num_threads > 1 and work >= PARALLEL_MIN_WORK:
+                self._set_numba_threads()
+                _kernels.gemm_tiles_parallel(A, B, C, float(alpha), float(beta), self.num_threads)
+            else:
+                _kernels.gemm_tiles(A, B, C, float(alpha), float(beta), 0, -1)
         elif alpha == 1.0 and beta == 0.0:
             # a plain product: exactly the BLAS call NumPy makes
             with self._blas_cap:
                 np.matmul(A.T if trans_a else A, B.T if trans_b else B, out=C)
         else:
             # alpha/beta fold the scaled update into one sgemm: no temporary
+            dtype = A.dtype.type
             with self._blas_cap:
                 _kernels.blas_gemm(A, trans_a, B, trans_b, C, dtype(alpha), dtype(beta))
         return C
-
-    def _gemm_tiles(self, A, trans_a, B, trans_b, C, M, N, P, alpha, beta):
-        if trans_b:
-            # the tiles read B by rows: dZ @ Wᵀ reads a transposed copy of W (B stays small)
-            BT = np.empty((P, N), A.dtype)
-            _kernels.transpose(B, BT)
-            B = BT
-        # op(A)[i, p] = a[i*rs + p*ps]
-        rs, ps = (1, M) if trans_a else (P, 1)
-        args = (A.reshape(-1), rs, ps, B.reshape(-1), N, P, C.reshape(-1), N, M, N, alpha, beta)
-        n_tiles = _kernels.gemm_tile_count(M, N, A.dtype)
-        n_chunks = min(self.num_threads, n_tiles)
-        if n_chunks > 1 and M * N * P >= PARALLEL_MIN_WORK:
-            self._set_numba_threads()
-            _kernels.gemm_tiles_parallel(*args, n_chunks)
-        else:
-            _kernels.gemm_tiles(*args, 0, n_tiles)
 
     def _set_numba_threads(self):
         import numba

@@ -17,9 +17,8 @@ import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import get_cython_function_address, intrinsic, overload
-from numba.np.numpy_support import carray
+from numba.core import cgutils, config
+from numba.extending import get_cython_function_address, intrinsic, models, overload, register_model
 
 #: The fast-math flags of every kernel, in one place: reassociation and FMA
 #: contraction let LLVM vectorise reductions; no ``nnan``/``ninf``, so NaN and
@@ -37,40 +36,6 @@ IDENTITY, SIGMOID, RELU, TANH = 0, 1, 2, 3
 
 
 # ---- low-level helpers (LLVM intrinsics; all cache-safe) ------------------
-
-#: Bytes of one tile's accumulators: 4 rows of 4 zmm registers (16 of the 32).
-TILE_BYTES = 1024
-
-
-@intrinsic
-def _tile_accumulators(typingctx, like):
-    """A pointer to one tile's accumulators (TILE_BYTES, ``like``'s dtype) on the stack.
-
-    Accumulators there cannot alias the kernel's arguments, so LLVM keeps them
-    in vector registers (a heap array would need runtime alias checks).
-    """
-    dtype = like.dtype
-
-    def codegen(context, builder, signature, args):
-        n = TILE_BYTES // context.get_abi_sizeof(context.get_data_type(dtype))
-        return cgutils.alloca_once(builder, context.get_data_type(dtype), size=n)
-    return types.CPointer(dtype)(like), codegen
-
-
-def _lanes_intrinsic(n_bytes):
-    """An intrinsic ``f(like)``: how many elements of ``like``'s dtype fill ``n_bytes`` (a constant)."""
-    @intrinsic
-    def lanes(typingctx, like):
-        def codegen(context, builder, signature, args):
-            itemsize = context.get_abi_sizeof(context.get_data_type(like.dtype))
-            return context.get_constant(types.intp, n_bytes // itemsize)
-        return types.intp(like), codegen
-    return lanes
-
-
-#: Tile widths in elements: 4 zmm (64 float32, 32 float64) and 2 zmm for a narrow remainder.
-_wide_tile, _narrow_tile = _lanes_intrinsic(TILE_BYTES // 4), _lanes_intrinsic(TILE_BYTES // 8)
-
 
 @intrinsic
 def _ref(typingctx, value):
@@ -116,6 +81,16 @@ def _constant_intrinsic(value):
 
 
 _zero, _one = _constant_intrinsic(0), _constant_intrinsic(1)
+
+
+@intrinsic
+def _as_dtype_of(typingctx, like, x):
+    """The number ``x`` converted to ``like``'s dtype (an array's or a scalar's)."""
+    dtype = like.dtype if isinstance(like, types.Array) else like
+
+    def codegen(context, builder, signature, args):
+        return context.cast(builder, args[1], signature.args[1], dtype)
+    return dtype(like, x), codegen
 
 
 # ---- exp: a vectorisable float32 version ----------------------------------
@@ -201,109 +176,239 @@ def blas_gemm(A, trans_a, B, trans_b, C, alpha, beta):
     _xgemm(op_b, op_a, N, M, K, alpha, _data(B), B.shape[1], _data(A), A.shape[1], beta, _data(C), N)
 
 
-# ---- gemm for small batches: register-blocked tiles -----------------------
-# C (M, N) = alpha·op(A) (M, P) @ B (P, N) + beta·C, with op(A)[i, p] = a[i*rs + p*ps]
-# (rs, ps = P, 1 for A; 1, M for a stored Aᵀ) and B row-major. A tile is 4 rows of C by
-# JB columns; its 4·JB accumulators live on the stack, so LLVM keeps them in vector
-# registers while p runs (16 zmm registers for the wide tiles; JB is a constant once
-# inlined). Rows past M are computed from row M-1 weighted by zero and not stored. A
-# tile narrower than JB reads B past the tile's end (still inside B) where it can, and
-# stores only its columns.
+# ---- explicit SIMD vectors ------------------------------------------------
+# numba runs no SLP vectoriser, and LLVM keeps a tile of accumulators in registers
+# only when it can prove they alias nothing; named vector variables make the
+# register tile explicit, whatever the sizes. Masked loads and stores handle a
+# partial last vector (AVX-512 masks) instead of a slow scalar remainder.
+
+def _vector_bits():
+    """512 with AVX-512 on the CPU numba compiles for, else 256."""
+    if config.CPU_NAME and config.CPU_NAME != "host":
+        return 512 if "+avx512f" in (config.CPU_FEATURES or "") else 256
+    return 512 if llvm.get_host_cpu_features().get("avx512f") else 256
+
+
+VECTOR_BITS = _vector_bits()
+
+
+class Vec(types.Type):
+    """A native vector of floats (16 float32 / 8 float64 with AVX-512)."""
+
+    def __init__(self, dtype):
+        self.dtype, self.lanes = dtype, VECTOR_BITS // dtype.bitwidth
+        super().__init__(name=f"Vec({dtype}x{self.lanes})")
+
+
+@register_model(Vec)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.VectorType(dmm.lookup(fe_type.dtype).get_value_type(), fe_type.lanes))
+
+
+def _is_flat(a):
+    return isinstance(a, types.Array) and a.ndim == 1 and isinstance(a.dtype, types.Float)
+
+
+def _lane_mask(builder, lanes, n):
+    """``<lane < n for each lane>``: the first n lanes."""
+    index = ir.Constant(ir.VectorType(ir.IntType(64), lanes), list(range(lanes)))
+    limit = builder.insert_element(ir.Constant(index.type, ir.Undefined), n, ir.Constant(ir.IntType(32), 0))
+    limit = builder.shuffle_vector(limit, ir.Constant(index.type, ir.Undefined),
+                                   ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+    return builder.icmp_signed("<", index, limit)
+
+
+def _masked(builder, name, vector_type, *args):
+    """Call ``llvm.masked.load`` / ``llvm.masked.store`` for ``vector_type``."""
+    suffix = f"v{vector_type.count}{'f32' if isinstance(vector_type.element, ir.FloatType) else 'f64'}.p0"
+    types_ = [a.type for a in args]
+    result = vector_type if name == "load" else ir.VoidType()
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(result, types_), f"llvm.masked.{name}.{suffix}")
+    return builder.call(fn, list(args))
+
+
+@intrinsic
+def _vload(typingctx, a, i, n):
+    """Elements ``a[i : i + n]`` (n ≤ lanes; the other lanes 0) as a vector; reads nothing past them."""
+    if not (_is_flat(a) and isinstance(i, types.Integer) and isinstance(n, types.Integer)):
+        return None
+    vec = Vec(a.dtype)
+
+    def codegen(context, builder, signature, args):
+        vt = context.get_value_type(vec)
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        ptr = builder.gep(data, [context.cast(builder, args[1], signature.args[1], types.intp)])
+        mask = _lane_mask(builder, vec.lanes, context.cast(builder, args[2], signature.args[2], types.int64))
+        align = ir.Constant(ir.IntType(32), a.dtype.bitwidth // 8)
+        return _masked(builder, "load", vt, ptr, align, mask, ir.Constant(vt, None))
+    return vec(a, i, n), codegen
+
+
+@intrinsic
+def _vstore(typingctx, a, i, v, n):
+    """``a[i : i + n] = v[:n]`` (n ≤ lanes); writes nothing past them."""
+    if not (_is_flat(a) and isinstance(v, Vec) and v.dtype == a.dtype):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        ptr = builder.gep(data, [context.cast(builder, args[1], signature.args[1], types.intp)])
+        mask = _lane_mask(builder, v.lanes, context.cast(builder, args[3], signature.args[3], types.int64))
+        _masked(builder, "store", args[2].type, args[2], ptr, ir.Constant(ir.IntType(32), a.dtype.bitwidth // 8), mask)
+        return context.get_dummy_value()
+    return types.none(a, i, v, n), codegen
+
+
+@intrinsic
+def _vsplat(typingctx, x):
+    """A vector with the float ``x`` in every lane."""
+    if not isinstance(x, types.Float):
+        return None
+    vec = Vec(x)
+
+    def codegen(context, builder, signature, args):
+        vt = context.get_value_type(vec)
+        one = builder.insert_element(ir.Constant(vt, ir.Undefined), args[0], ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined),
+                                      ir.Constant(ir.VectorType(ir.IntType(32), vec.lanes), [0] * vec.lanes))
+    return vec(x), codegen
+
+
+@intrinsic
+def _vfma(typingctx, x, y, z):
+    """``x·y + z`` lane by lane, one rounding."""
+    if not (isinstance(x, Vec) and x == y == z):
+        return None
+
+    def codegen(context, builder, signature, args):
+        vt = args[0].type
+        name = f"llvm.fma.v{x.lanes}{'f32' if x.dtype == types.float32 else 'f64'}"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3), name)
+        return builder.call(fn, list(args))
+    return x(x, y, z), codegen
+
+
+@intrinsic
+def _vlanes(typingctx, a):
+    """Elements of ``a``'s dtype per vector (a compile-time constant)."""
+    lanes = VECTOR_BITS // a.dtype.bitwidth
+
+    def codegen(context, builder, signature, args):
+        return context.get_constant(types.intp, lanes)
+    return types.intp(a), codegen
+
+
+# ---- gemm for small batches: register tiles -------------------------------
+# C (M, N) = alpha·A (M, P) @ B (P, N) + beta·C, all row-major, M a small batch (the
+# forward product X @ W, where BLAS is poorest). A tile is 4 rows of C by 4 vectors
+# (64 float32 columns), or by 2 vectors for a narrow last tile: 16 (or 8)
+# accumulators in registers, and per row p of B 4 vector loads, 4 broadcasts of A and
+# 16 FMAs. Rows past M are computed from row M-1 weighted by zero and not stored.
 
 @njit(inline="always", **KERNEL)
-def _tile(a, rs, ps, b, ldb, P, c, ldc, i, M, j0, w, alpha, beta, JB):
-    acc = carray(_tile_accumulators(a), (4 * JB,))
-    zero, one = _zero(a), _one(a)
-    i1, i2, i3 = min(i + 1, M - 1), min(i + 2, M - 1), min(i + 3, M - 1)
-    w1 = one if i + 1 < M else zero
-    w2 = one if i + 2 < M else zero
-    w3 = one if i + 3 < M else zero
-    for j in range(4 * JB):
-        acc[j] = zero
-    # rows p whose full-width tile [j0, j0 + JB) lies inside b
-    p_full = P if w == JB else min(P, max(0, (b.size - j0 - JB) // ldb + 1))
-    for p in range(p_full):
-        x0 = a[U(i * rs + p * ps)]
-        x1 = a[U(i1 * rs + p * ps)] * w1
-        x2 = a[U(i2 * rs + p * ps)] * w2
-        x3 = a[U(i3 * rs + p * ps)] * w3
-        q = U(p * ldb + j0)
-        for j in range(JB):
-            v = b[q + U(j)]
-            acc[j] += x0 * v
-            acc[JB + j] += x1 * v
-            acc[2 * JB + j] += x2 * v
-            acc[3 * JB + j] += x3 * v
-    for p in range(p_full, P):
-        x0 = a[U(i * rs + p * ps)]
-        x1 = a[U(i1 * rs + p * ps)] * w1
-        x2 = a[U(i2 * rs + p * ps)] * w2
-        x3 = a[U(i3 * rs + p * ps)] * w3
-        q = U(p * ldb + j0)
-        for j in range(w):
-            v = b[q + U(j)]
-            acc[j] += x0 * v
-            acc[JB + j] += x1 * v
-            acc[2 * JB + j] += x2 * v
-            acc[3 * JB + j] += x3 * v
-    for r in range(min(4, M - i)):
-        q = U((i + r) * ldc + j0)
-        if beta == zero:
-            for j in range(w):
-                c[q + U(j)] = alpha * acc[r * JB + j]
-        else:
-            for j in range(w):
-                c[q + U(j)] = alpha * acc[r * JB + j] + beta * c[q + U(j)]
+def _a_values(a, i, M, P, p):
+    """``A[i : i+4, p]`` as 4 broadcast vectors; rows past M read row M-1 and count as 0."""
+    zero = _zero(a)
+    x0 = a[U(i * P + p)]
+    x1 = a[U(min(i + 1, M - 1) * P + p)] if i + 1 < M else zero
+    x2 = a[U(min(i + 2, M - 1) * P + p)] if i + 2 < M else zero
+    x3 = a[U(min(i + 3, M - 1) * P + p)] if i + 3 < M else zero
+    return _vsplat(x0), _vsplat(x1), _vsplat(x2), _vsplat(x3)
+
+
+@njit(inline="always", **KERNEL)
+def _lanes_left(N, j, L):
+    """How many of the L lanes from column j lie inside a row of N columns."""
+    return min(L, max(0, N - j))
+
+
+@njit(inline="always", **KERNEL)
+def _store_row(c, q, acc, n, alpha, beta):
+    """``c[q : q+n] = alpha·acc (+ beta·c)``, masked to n lanes."""
+    if beta == _zero(c):
+        out = _vfma(acc, _vsplat(alpha), _vsplat(beta))
+    else:
+        out = _vfma(acc, _vsplat(alpha), _vfma(_vload(c, q, n), _vsplat(beta), _vsplat(_zero(c))))
+    _vstore(c, q, out, n)
 
 
 @njit(**KERNEL)
-def gemm_tiles(a, rs, ps, b, ldb, P, c, ldc, M, N, alpha, beta, t0, t1):
-    """Tiles ``t0 .. t1-1`` of the product (row-tile major; see ``gemm_tile_count``)."""
-    wide, narrow = _wide_tile(a), _narrow_tile(a)
-    n_col_tiles = (N + wide - 1) // wide
-    for t in range(t0, t1):
+def _tile_4x4(a, b, c, M, N, P, i, j0, alpha, beta):
+    L = _vlanes(a)
+    n0, n1, n2, n3 = _lanes_left(N, j0, L), _lanes_left(N, j0 + L, L), _lanes_left(N, j0 + 2 * L, L), \
+        _lanes_left(N, j0 + 3 * L, L)
+    z = _vsplat(_zero(a))
+    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = z
+    c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = z
+    for p in range(P):
+        q = p * N + j0
+        b0, b1, b2, b3 = _vload(b, q, n0), _vload(b, q + L, n1), _vload(b, q + 2 * L, n2), _vload(b, q + 3 * L, n3)
+        x0, x1, x2, x3 = _a_values(a, i, M, P, p)
+        c00, c01, c02, c03 = _vfma(x0, b0, c00), _vfma(x0, b1, c01), _vfma(x0, b2, c02), _vfma(x0, b3, c03)
+        c10, c11, c12, c13 = _vfma(x1, b0, c10), _vfma(x1, b1, c11), _vfma(x1, b2, c12), _vfma(x1, b3, c13)
+        c20, c21, c22, c23 = _vfma(x2, b0, c20), _vfma(x2, b1, c21), _vfma(x2, b2, c22), _vfma(x2, b3, c23)
+        c30, c31, c32, c33 = _vfma(x3, b0, c30), _vfma(x3, b1, c31), _vfma(x3, b2, c32), _vfma(x3, b3, c33)
+    rows = ((c00, c01, c02, c03), (c10, c11, c12, c13), (c20, c21, c22, c23), (c30, c31, c32, c33))
+    for r in range(min(4, M - i)):
+        q = (i + r) * N + j0
+        v0, v1, v2, v3 = rows[r]
+        _store_row(c, q, v0, n0, alpha, beta)
+        _store_row(c, q + L, v1, n1, alpha, beta)
+        _store_row(c, q + 2 * L, v2, n2, alpha, beta)
+        _store_row(c, q + 3 * L, v3, n3, alpha, beta)
+
+
+@njit(**KERNEL)
+def _tile_4x2(a, b, c, M, N, P, i, j0, alpha, beta):
+    L = _vlanes(a)
+    n0, n1 = _lanes_left(N, j0, L), _lanes_left(N, j0 + L, L)
+    z = _vsplat(_zero(a))
+    c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = z
+    for p in range(P):
+        q = p * N + j0
+        b0, b1 = _vload(b, q, n0), _vload(b, q + L, n1)
+        x0, x1, x2, x3 = _a_values(a, i, M, P, p)
+        c00, c01, c10, c11 = _vfma(x0, b0, c00), _vfma(x0, b1, c01), _vfma(x1, b0, c10), _vfma(x1, b1, c11)
+        c20, c21, c30, c31 = _vfma(x2, b0, c20), _vfma(x2, b1, c21), _vfma(x3, b0, c30), _vfma(x3, b1, c31)
+    rows = ((c00, c01), (c10, c11), (c20, c21), (c30, c31))
+    for r in range(min(4, M - i)):
+        q = (i + r) * N + j0
+        v0, v1 = rows[r]
+        _store_row(c, q, v0, n0, alpha, beta)
+        _store_row(c, q + L, v1, n1, alpha, beta)
+
+
+@njit(inline="always", **KERNEL)
+def _tile_count(M, N, L):
+    return ((M + 3) // 4) * ((N + 4 * L - 1) // (4 * L))
+
+
+@njit(**KERNEL)
+def gemm_tiles(A, B, C, alpha, beta, t0, t1):
+    """Tiles ``t0 .. t1-1`` (t1 = -1: to the last) of ``C = alpha·A @ B + beta·C``, row-tile major."""
+    M, P = A.shape
+    N = B.shape[1]
+    a, b, c = A.ravel(), B.ravel(), C.ravel()
+    alpha, beta = _as_dtype_of(a, alpha), _as_dtype_of(a, beta)
+    L = _vlanes(a)
+    n_col_tiles = (N + 4 * L - 1) // (4 * L)
+    for t in range(t0, _tile_count(M, N, L) if t1 < 0 else t1):
         i = (t // n_col_tiles) * 4
-        j0 = (t % n_col_tiles) * wide
-        w = min(wide, N - j0)
-        if w <= narrow:
-            _tile(a, rs, ps, b, ldb, P, c, ldc, i, M, j0, w, alpha, beta, narrow)
+        j0 = (t % n_col_tiles) * 4 * L
+        if N - j0 <= 2 * L:
+            _tile_4x2(a, b, c, M, N, P, i, j0, alpha, beta)
         else:
-            _tile(a, rs, ps, b, ldb, P, c, ldc, i, M, j0, w, alpha, beta, wide)
+            _tile_4x4(a, b, c, M, N, P, i, j0, alpha, beta)
 
 
 @njit(**PARALLEL)
-def gemm_tiles_parallel(a, rs, ps, b, ldb, P, c, ldc, M, N, alpha, beta, n_chunks):
-    """All tiles of the product, in ``n_chunks`` contiguous runs shared among the threads."""
-    n_tiles = ((M + 3) // 4) * ((N + _wide_tile(a) - 1) // _wide_tile(a))
+def gemm_tiles_parallel(A, B, C, alpha, beta, n_threads):
+    """All tiles, in up to ``n_threads`` contiguous runs shared among the threads."""
+    n_tiles = _tile_count(A.shape[0], B.shape[1], _vlanes(A))
+    n_chunks = min(n_threads, n_tiles)
     for chunk in prange(n_chunks):
-        gemm_tiles(a, rs, ps, b, ldb, P, c, ldc, M, N, alpha, beta,
-                   chunk * n_tiles // n_chunks, (chunk + 1) * n_tiles // n_chunks)
-
-
-def gemm_tile_count(M, N, dtype):
-    """How many tiles ``gemm_tiles`` splits an (M, N) product of ``dtype`` into."""
-    wide = TILE_BYTES // 4 // np.dtype(dtype).itemsize
-    return ((M + 3) // 4) * ((N + wide - 1) // wide)
-
-
-@njit(**KERNEL)
-def transpose(X, XT):
-    """``XT = Xᵀ`` in 16×16 blocks (both C-contiguous): (R, S) -> (S, R)."""
-    R, S = X.shape
-    for r0 in range(0, R, 16):
-        for s0 in range(0, S, 16):
-            for r in range(r0, min(r0 + 16, R)):
-                for s in range(s0, min(s0 + 16, S)):
-                    XT[s, r] = X[r, s]
-
-
-@njit(**KERNEL)
-def axpby(X, Y, alpha, beta):
-    """``Y = alpha·X + beta·Y`` on flat views (the scaled update after a BLAS product)."""
-    x, y = X.ravel(), Y.ravel()
-    for k in range(y.size):
-        y[k] = alpha * x[k] + beta * y[k]
-
+        gemm_tiles(A, B, C, alpha, beta, chunk * n_tiles // n_chunks, (chunk + 1) * n_tiles // n_chunks)
 
 
 # ---- fused element-wise kernels ------------------------------------------

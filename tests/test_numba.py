@@ -71,39 +71,66 @@ def product_tol(dtype, p):
 
 # ---- gemm: every path against NumPy -------------------------------------
 
-# (m, p, n): small batches -> tiles (wide, narrow, padded tail, phantom rows); large -> BLAS
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Which gemm kernels ran (tiles, parallel tiles, SciPy's BLAS)."""
+    from fastnn.backends import numba_kernels
+
+    calls = []
+    for name in ("gemm_tiles", "gemm_tiles_parallel", "blas_gemm"):
+        kernel = getattr(numba_kernels, name)
+        monkeypatch.setattr(numba_kernels, name, lambda *args, _k=kernel, _n=name: (calls.append(_n), _k(*args))[1])
+    return calls
+
+
+# (m, p, n): small batches -> register tiles (one or both tile widths, a partial last
+# vector, rows past M); a large batch -> BLAS
 SMALL = [(1, 1, 1), (3, 5, 7), (10, 30, 10), (4, 20, 70), (7, 9, 100), (32, 784, 30)]
 LARGE = [(40, 33, 20)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m,p,n", SMALL + LARGE)
-def test_gemm_matches_numpy(nb, rng, reference_calls, dtype, m, p, n):
+def test_gemm_matches_numpy(nb, rng, reference_calls, kernel_calls, monkeypatch, dtype, m, p, n):
+    monkeypatch.setattr(numba_backend, "TILE_MIN_WORK", 0)  # tiles for every small batch here
+    monkeypatch.setattr(numba_backend, "PARALLEL_MIN_WORK", 10**12)
     for trans_a in (False, True):
         for trans_b in (False, True):
             A, B = operands(rng, dtype, m, p, n, trans_a, trans_b)
+            kernel_calls.clear()
             got = nb.gemm(A, B, trans_a=trans_a, trans_b=trans_b)
             assert got.shape == (m, n) and got.dtype == dtype
             np.testing.assert_allclose(got, product(A, B, trans_a, trans_b), **product_tol(dtype, p))
+            tiles = m <= numba_backend.TILE_BATCH_MAX and not trans_a and not trans_b
+            assert kernel_calls == (["gemm_tiles"] if tiles else [])  # else NumPy's matmul
             # the scaled, accumulating form updates C in place: C = -0.5·op(A)op(B) + 2·C
             C = rng.standard_normal((m, n)).astype(dtype)
             want = -0.5 * product(A, B, trans_a, trans_b) + 2.0 * C
+            kernel_calls.clear()
             out = nb.gemm(A, B, trans_a=trans_a, trans_b=trans_b, alpha=-0.5, beta=2.0, C=C)
             assert out is C
             np.testing.assert_allclose(C, want, **product_tol(dtype, p))
+            assert kernel_calls == (["gemm_tiles"] if tiles else ["blas_gemm"])
     assert reference_calls == []  # every case ran a kernel or BLAS
 
 
+def test_gemm_tiny_products_go_to_numpy(nb, rng, kernel_calls):
+    A, B = operands(rng, "float32", 10, 30, 10, False, False)
+    np.testing.assert_allclose(nb.gemm(A, B), A @ B, rtol=1e-5, atol=1e-5)
+    assert kernel_calls == []  # below TILE_MIN_WORK the call overhead decides
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gemm_parallel_tiles(rng, monkeypatch, dtype):
+def test_gemm_parallel_tiles(rng, monkeypatch, kernel_calls, dtype):
     nb = fastnn.get_backend("numba", num_threads=min(2, fastnn.get_backend("numba").max_threads))
     if nb.num_threads < 2:
         pytest.skip("only one numba thread here (NUMBA_NUM_THREADS=1): no parallel path")
+    monkeypatch.setattr(numba_backend, "TILE_MIN_WORK", 0)
     monkeypatch.setattr(numba_backend, "PARALLEL_MIN_WORK", 0)
-    for trans_a, trans_b in ((False, False), (True, False)):
-        A, B = operands(rng, dtype, 9, 6, 70, trans_a, trans_b)
-        np.testing.assert_allclose(nb.gemm(A, B, trans_a, trans_b), product(A, B, trans_a, trans_b),
-                                   **product_tol(dtype, 6))
+    for m, n in ((9, 70), (2, 130), (1, 3)):  # more tiles than threads, as many, fewer
+        A, B = operands(rng, dtype, m, 6, n, False, False)
+        np.testing.assert_allclose(nb.gemm(A, B), product(A, B, False, False), **product_tol(dtype, 6))
+    assert kernel_calls == ["gemm_tiles_parallel"] * 3
     assert nb.info()["threading_layer"] in ("omp", "tbb", "workqueue")
 
 
