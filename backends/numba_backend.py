@@ -28,7 +28,9 @@ import numpy as np
 
 from fastnn.backend import ACTIVATIONS, Backend, _check_act
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+#: The dtypes the kernels take. Compared by identity (NumPy's native float dtypes are
+#: singletons): fast, and an unusual equal dtype (byte-swapped, ...) just takes the reference.
+_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 #: Activation name -> kernel code (the order of ACTIVATIONS: identity, sigmoid, relu, tanh).
 _ACT_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 #: X @ W goes to the tile kernels when the batch (M) is at most this and it has at
@@ -45,7 +47,7 @@ _kernels = None  # backends/numba_kernels.py, imported by the first NumbaBackend
 
 def _usable(X, ndim):
     """True when a kernel can take X as it is: a non-empty C-contiguous float32/64 ndarray."""
-    return (type(X) is np.ndarray and X.ndim == ndim and X.dtype in _FLOATS
+    return (type(X) is np.ndarray and X.ndim == ndim and (X.dtype is _FLOAT32 or X.dtype is _FLOAT64)
             and X.flags.c_contiguous and X.size > 0)
 
 
@@ -62,7 +64,10 @@ def _gemm_operands(A, B, trans_a, trans_b, C):
     """``(A, trans_a, B, trans_b, M, N, P)`` for the fast paths, or None for the reference."""
     if type(A) is not np.ndarray or type(B) is not np.ndarray:
         return None
-    if A.ndim != 2 or B.ndim != 2 or A.dtype not in _FLOATS or B.dtype != A.dtype or not A.size or not B.size:
+    dtype = A.dtype
+    if (dtype is not _FLOAT32 and dtype is not _FLOAT64) or B.dtype is not dtype:
+        return None
+    if A.ndim != 2 or B.ndim != 2 or not A.size or not B.size:
         return None
     a, b = _row_major(A, trans_a), _row_major(B, trans_b)
     if a is None or b is None:
@@ -73,7 +78,7 @@ def _gemm_operands(A, B, trans_a, trans_b, C):
     if P != P_b:
         return None  # the reference raises NumPy's shape error
     if C is not None:
-        if not (type(C) is np.ndarray and C.dtype == A.dtype and C.shape == (M, N) and C.flags.c_contiguous):
+        if not (type(C) is np.ndarray and C.dtype is dtype and C.shape == (M, N) and C.flags.c_contiguous):
             return None
         if np.may_share_memory(C, A) or np.may_share_memory(C, B):
             return None
@@ -136,7 +141,10 @@ class NumbaBackend(Backend):
                 _kernels.gemm_tiles(A, B, C, float(alpha), float(beta), 0, -1)
         elif alpha == 1.0 and beta == 0.0:
             # a plain product: exactly the BLAS call NumPy makes
-            with self._blas_cap:
+            if self._blas_cap.active:
+                with self._blas_cap:
+                    np.matmul(A.T if trans_a else A, B.T if trans_b else B, out=C)
+            else:
                 np.matmul(A.T if trans_a else A, B.T if trans_b else B, out=C)
         else:
             # alpha/beta fold the scaled update into one sgemm: no temporary
@@ -160,7 +168,7 @@ class NumbaBackend(Backend):
     # ---- activations ---------------------------------------------------
     def bias_act(self, Z, b, act):
         _check_act(act)
-        fits = _usable(Z, 2) and (b is None or (_usable(b, 1) and b.dtype == Z.dtype and b.shape[0] == Z.shape[1]))
+        fits = _usable(Z, 2) and (b is None or (_usable(b, 1) and b.dtype is Z.dtype and b.shape[0] == Z.shape[1]))
         if not fits:
             return super().bias_act(Z, b, act)
         if b is None and act == "identity":
@@ -173,7 +181,7 @@ class NumbaBackend(Backend):
         _check_act(act)
         if act == "identity":
             return dY  # as the reference
-        if not (_usable(Y, 2) and _usable(dY, 2) and dY.dtype == Y.dtype and dY.shape == Y.shape):
+        if not (_usable(Y, 2) and _usable(dY, 2) and dY.dtype is Y.dtype and dY.shape == Y.shape):
             return super().act_backward(Y, dY, act)
         dZ = np.empty_like(Y)
         _kernels.act_backward(Y, dY, _ACT_CODES[act], dZ)
@@ -181,7 +189,7 @@ class NumbaBackend(Backend):
 
     # ---- losses --------------------------------------------------------
     def _loss_operands_fit(self, Z, T):
-        return _usable(Z, 2) and _usable(T, 2) and T.dtype == Z.dtype and T.shape == Z.shape
+        return _usable(Z, 2) and _usable(T, 2) and T.dtype is Z.dtype and T.shape == Z.shape
 
     def softmax_xent(self, Z, T):
         if not self._loss_operands_fit(Z, T):
@@ -240,7 +248,7 @@ class NumbaBackend(Backend):
 
 def _same(W, X):
     """X is a kernel-ready array of W's dtype and shape."""
-    return type(X) is np.ndarray and X.dtype == W.dtype and X.shape == W.shape and X.flags.c_contiguous
+    return type(X) is np.ndarray and X.dtype is W.dtype and X.shape == W.shape and X.flags.c_contiguous
 
 
 class _BlasCap:
@@ -253,13 +261,14 @@ class _BlasCap:
 
     def __init__(self, num_threads):
         self._limit = None
+        self.active = False
         try:
             from threadpoolctl import ThreadpoolController
         except ImportError:
             return
         blas = ThreadpoolController().select(user_api="blas")
         if any(lib.num_threads > num_threads for lib in blas.lib_controllers):
-            self._blas, self._limit = blas, num_threads
+            self._blas, self._limit, self.active = blas, num_threads, True
         self._saved = None
 
     def __enter__(self):
