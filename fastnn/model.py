@@ -215,15 +215,16 @@ class Sequential:
             Y = self._run(layers, X[rows, ...])
             value, _ = loss(self.backend, Y, T[rows, ...])
             total += float(value) * Y.shape[0]
-            correct += int(self._n_correct(Y, labels[rows]))
+            correct += int(self._n_correct(Y, labels[rows], loss))
         return {"loss": total / n, "accuracy": correct / n}
 
-    def _n_correct(self, Y, labels):
-        """How many rows of the raw output ``Y`` pick ``labels`` (a backend int array)."""
+    def _n_correct(self, Y, labels, loss):
+        """How many rows of ``Y``, the output of ``_training_layers(loss)``, pick ``labels`` (a backend int array)."""
         xp = self.backend.xp
         if Y.shape[1] == 1:
-            guess = xp.astype(Y[:, 0] > 0.5 if self.loss is None or self.loss.name == "mse"
-                              else Y[:, 0] > 0, labels.dtype)
+            # logits where the loss applies an activation (its layer folded in), else outputs
+            logits = loss.output_activation is not None
+            guess = xp.astype(Y[:, 0] > 0 if logits else Y[:, 0] > 0.5, labels.dtype)
         else:
             guess = xp.argmax(Y, axis=1)
         return xp.sum(xp.astype(guess == labels, xp.int64))
@@ -330,7 +331,7 @@ class Sequential:
                 raise TrainingDiverged(f"fit: the loss became {float(value)} in epoch {epoch + 1}, "
                                        f"batch {batch + 1}; training stopped before that update")
             loss_sum = loss_sum + value * Y.shape[0]
-            correct = correct + self._n_correct(Y, xp.take(labels, idx, axis=0))
+            correct = correct + self._n_correct(Y, xp.take(labels, idx, axis=0), loss)
             self.optimizer.step(backend, dense)
         return float(loss_sum), int(correct)
 

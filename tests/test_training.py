@@ -323,6 +323,24 @@ def test_one_output_binary_model(backend_name, head):
     assert scores["accuracy"] == np.mean(net.predict(X[200:]) == c[200:]) >= BAR
 
 
+@pytest.mark.parametrize("last_loss", [None, "mse", "binary_cross_entropy"])
+@pytest.mark.parametrize("loss", ["mse", "binary_cross_entropy"])
+def test_evaluate_accuracy_is_predict_accuracy(last_loss, loss):
+    """One sigmoid output: evaluate thresholds what it computed (logits for bce, outputs for mse),
+    whatever loss the model last trained with."""
+    g = np.random.default_rng(0)
+    X = g.standard_normal((200, 3))
+    y = (X[:, 0] > 0).astype(int)
+    net = fastnn.Sequential(fastnn.Dense(3, 1), fastnn.Sigmoid(), seed=0, dtype="float64")
+    layer = net.dense_layers[0]
+    layer.W, layer.b = np.array([[1.0], [0.0], [0.0]]), np.array([-0.25])  # logits in (0, 0.5) tell
+    if last_loss:
+        net.backprop(X, y, loss=last_loss)  # sets the model's loss, changes no weight
+    expected = np.mean(net.predict(X) == y)
+    assert expected == pytest.approx(np.mean((X[:, 0] - 0.25 > 0) == y))
+    assert net.evaluate(X, y, loss=loss)["accuracy"] == expected
+
+
 # ---- moving, describing ----------------------------------------------------------------
 def test_to_moves_parameters_and_optimizer_state(backend_name, data):
     X, y, X_test, _ = data
