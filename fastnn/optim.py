@@ -6,25 +6,31 @@ Weight decay applies to weights, not biases, as in Nielsen's L2 regularisation:
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
 
+def _number(value):
+    """A real number, NumPy scalars included (np.float32(0.1) is a fine lr); not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def _positive(name, value, owner):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if not _number(value) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{owner}: {name} must be a positive number, got {value!r}")
     return float(value)
 
 
 def _in_unit(name, value, owner, closed=False):
-    ok = isinstance(value, (int, float)) and (0 <= value <= 1 if closed else 0 <= value < 1)
+    ok = _number(value) and (0 <= value <= 1 if closed else 0 <= value < 1)
     if not ok:
         raise ValueError(f"{owner}: {name} must be in [0, 1{']' if closed else ')'}, got {value!r}")
     return float(value)
 
 
 def _non_negative(name, value, owner):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or not math.isfinite(value):
+    if not _number(value) or not value >= 0 or not math.isfinite(value):
         raise ValueError(f"{owner}: {name} must be a non-negative number, got {value!r}")
     return float(value)
 

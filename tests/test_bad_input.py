@@ -342,3 +342,15 @@ def test_unknown_backend_name():
         fastnn.get_backend("gpu")
     with pytest.raises(ValueError, match=r"unknown backend 'gpu'"):
         _net().to("gpu")
+
+
+def test_numpy_scalars_are_numbers(Xy):
+    """Settings from a NumPy grid (np.float32 lr, np.int64 epochs) are accepted as the numbers they are."""
+    X, y = Xy
+    optimizer = fastnn.SGD(np.float32(0.5), momentum=np.float64(0.5), weight_decay=np.float32(0))
+    assert optimizer.lr == pytest.approx(0.5) and type(optimizer.lr) is float
+    assert fastnn.Adam(np.float32(0.01), betas=(np.float32(0.9), np.float64(0.99))).betas[0] == pytest.approx(0.9)
+    history = _net().fit(X, y, epochs=np.int64(2), batch_size=np.int32(4), lr=np.float32(0.1))
+    assert len(history) == 2
+    with pytest.raises(ValueError, match=r"SGD: lr must be a positive number, got True"):
+        fastnn.SGD(True)
