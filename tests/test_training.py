@@ -6,6 +6,7 @@ dimensions, spread 3.0, so an untrained net is near chance (~0.25) and a trained
 one must clear 0.95 on held-out points.
 """
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -382,14 +383,23 @@ def test_verbose_prints_a_line_per_epoch(capsys, data):
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_divergence_raises_and_leaves_finite_weights(backend_name, data):
     X, y, _, _ = data
+    X, y = X[:100] * 100, y[:100]
     net = fastnn.Sequential(fastnn.Dense(20, 4), backend=backend_name, seed=0)
     with pytest.raises(fastnn.TrainingDiverged, match=r"epoch 1\b.*batch \d+") as info:
-        net.fit(X[:100] * 100, y[:100], epochs=3, batch_size=10, loss="mse", lr=1e3)
+        net.fit(X, y, epochs=3, batch_size=10, loss="mse", lr=1e3, shuffle=False)
     assert isinstance(info.value, FloatingPointError)
     assert "NaN" in str(info.value) or "inf" in str(info.value)
     for p in _weights(net):
         assert np.all(np.isfinite(p))
     assert np.all(np.isfinite(net.predict_proba(X[:5])))
+    # stopped before the bad batch's update: the weights of the steps before it, where finite
+    bad = int(re.search(r"batch (\d+)", str(info.value)).group(1))
+    assert bad >= 2
+    good = fastnn.Sequential(fastnn.Dense(20, 4), backend=backend_name, seed=0)
+    good.fit(X[:(bad - 1) * 10], y[:(bad - 1) * 10], epochs=1, batch_size=10, loss="mse", lr=1e3, shuffle=False)
+    if all(np.all(np.isfinite(p)) for p in _weights(good)):
+        for a, b in zip(_weights(good), _weights(net)):
+            np.testing.assert_array_equal(b, a)
 
 
 def _interrupt_on_call(n):
