@@ -33,10 +33,10 @@ from fastnn.backend import ACTIVATIONS, Backend, _check_act
 _FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 #: Activation name -> kernel code (the order of ACTIVATIONS: identity, sigmoid, relu, tanh).
 _ACT_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
-#: X @ W goes to the tile kernels when the batch (M) is at most this and it has at
-#: least TILE_MIN_WORK multiply-adds (below, the call overhead decides: NumPy's is
-#: smaller); other products, and larger batches, go to BLAS (measured: the tiles
-#: win only there).
+#: X @ W and Xᵀ @ dZ go to the register tiles when the batch is at most this and
+#: the product has at least TILE_MIN_WORK multiply-adds (below, call overhead
+#: decides, and NumPy's is smaller); dZ @ Wᵀ, larger batches, and an Xᵀ @ dZ no wider
+#: than a narrow tile go to BLAS (measured: the tiles don't win there).
 TILE_BATCH_MAX = 32
 TILE_MIN_WORK = 50_000
 #: Multiply-adds from which a tile product is shared between threads.
@@ -51,32 +51,35 @@ def _usable(X, ndim):
             and X.flags.c_contiguous and X.size > 0)
 
 
-def _row_major(X, trans):
-    """``(X, trans)`` with X C-contiguous, flipping a transposed (F-contiguous) view; None if neither."""
-    if X.flags.c_contiguous:
-        return X, trans
-    if X.flags.f_contiguous:
-        return X.T, not trans
-    return None
-
-
 def _gemm_operands(A, B, trans_a, trans_b, C):
-    """``(A, trans_a, B, trans_b, M, N, P)`` for the fast paths, or None for the reference."""
+    """``(A, trans_a, B, trans_b, M, N, P)`` for the fast paths, or None for the reference.
+
+    A transposed (F-contiguous) operand is read as the C-contiguous array it views,
+    with its flag flipped. Written for speed: this runs before every product.
+    """
     if type(A) is not np.ndarray or type(B) is not np.ndarray:
         return None
     dtype = A.dtype
-    if (dtype is not _FLOAT32 and dtype is not _FLOAT64) or B.dtype is not dtype:
+    if (dtype is not _FLOAT32 and dtype is not _FLOAT64) or B.dtype is not dtype or A.ndim != 2 or B.ndim != 2:
         return None
-    if A.ndim != 2 or B.ndim != 2 or not A.size or not B.size:
-        return None
-    a, b = _row_major(A, trans_a), _row_major(B, trans_b)
-    if a is None or b is None:
-        return None
-    (A, trans_a), (B, trans_b) = a, b
-    M, P = (A.shape[1], A.shape[0]) if trans_a else A.shape
-    P_b, N = (B.shape[1], B.shape[0]) if trans_b else B.shape
-    if P != P_b:
-        return None  # the reference raises NumPy's shape error
+    if not A.flags.c_contiguous:
+        if not A.flags.f_contiguous:
+            return None
+        A, trans_a = A.T, not trans_a
+    if not B.flags.c_contiguous:
+        if not B.flags.f_contiguous:
+            return None
+        B, trans_b = B.T, not trans_b
+    if trans_a:
+        P, M = A.shape
+    else:
+        M, P = A.shape
+    if trans_b:
+        N, P_b = B.shape
+    else:
+        P_b, N = B.shape
+    if P != P_b or not M or not N or not P:
+        return None  # the reference raises NumPy's shape error, or handles the empty product
     if C is not None:
         if not (type(C) is np.ndarray and C.dtype is dtype and C.shape == (M, N) and C.flags.c_contiguous):
             return None
@@ -119,6 +122,8 @@ class NumbaBackend(Backend):
         self.num_threads = int(num_threads)
         self.compiled = bool(compiled)
         self._blas_cap = _BlasCap(self.num_threads)
+        #: itemsize -> the widest N a narrow tile covers (Xᵀ @ dZ that narrow stays on BLAS: measured)
+        self._narrow = {4: 2 * _kernels.tile_lanes(np.float32), 8: 2 * _kernels.tile_lanes(np.float64)}
 
     def __repr__(self):
         return f"<fastnn backend 'numba' num_threads={self.num_threads} compiled={self.compiled}>"
@@ -129,28 +134,30 @@ class NumbaBackend(Backend):
         if operands is None:
             return super().gemm(A, B, trans_a, trans_b, alpha, beta, C)
         A, trans_a, B, trans_b, M, N, P = operands
-        if C is None:
-            C, beta = np.empty((M, N), A.dtype), 0.0
         work = M * N * P
-        if M <= TILE_BATCH_MAX and work >= TILE_MIN_WORK and not trans_a and not trans_b:
-            # the forward product of a small batch: the register tiles beat BLAS there
+        if not trans_b and work >= TILE_MIN_WORK and (M <= TILE_BATCH_MAX if not trans_a else
+                                                     P <= TILE_BATCH_MAX and N > self._narrow[A.itemsize]):
+            # X @ W or Xᵀ @ dZ of a small batch: the register tiles beat BLAS there
+            if C is None:
+                C, beta = np.empty((M, N), A.dtype), 0.0
             if self.num_threads > 1 and work >= PARALLEL_MIN_WORK:
                 self._set_numba_threads()
-                _kernels.gemm_tiles_parallel(A, B, C, float(alpha), float(beta), self.num_threads)
+                _kernels.gemm_tiles_parallel(A, trans_a, B, C, float(alpha), float(beta), self.num_threads)
             else:
-                _kernels.gemm_tiles(A, B, C, float(alpha), float(beta), 0, -1)
-        elif alpha == 1.0 and beta == 0.0:
-            # a plain product: exactly the BLAS call NumPy makes
-            if self._blas_cap.active:
-                with self._blas_cap:
-                    np.matmul(A.T if trans_a else A, B.T if trans_b else B, out=C)
-            else:
-                np.matmul(A.T if trans_a else A, B.T if trans_b else B, out=C)
-        else:
-            # alpha/beta fold the scaled update into one sgemm: no temporary
-            dtype = A.dtype.type
+                _kernels.gemm_tiles(A, trans_a, B, C, float(alpha), float(beta), 0, -1)
+            return C
+        if C is None and alpha == 1.0:
+            # a plain product: exactly the BLAS call NumPy makes (and nothing around it)
+            if not self._blas_cap.active:
+                return (A.T if trans_a else A) @ (B.T if trans_b else B)
             with self._blas_cap:
-                _kernels.blas_gemm(A, trans_a, B, trans_b, C, dtype(alpha), dtype(beta))
+                return (A.T if trans_a else A) @ (B.T if trans_b else B)
+        # alpha/beta fold the scaled update into one sgemm: no temporary
+        if C is None:
+            C, beta = np.empty((M, N), A.dtype), 0.0
+        dtype = A.dtype.type
+        with self._blas_cap:
+            _kernels.blas_gemm(A, trans_a, B, trans_b, C, dtype(alpha), dtype(beta))
         return C
 
     def _set_numba_threads(self):

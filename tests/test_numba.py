@@ -72,20 +72,29 @@ def product_tol(dtype, p):
 # ---- gemm: every path against NumPy -------------------------------------
 
 @pytest.fixture
-def kernel_calls(monkeypatch):
-    """Which gemm kernels ran (tiles, parallel tiles, SciPy's BLAS)."""
-    from fastnn.backends import numba_kernels
+def kernel_calls(monkeypatch, nb):
+    """Which gemm kernels the backend called (tiles, parallel tiles, SciPy's BLAS).
 
+    The backend's handle on the kernels module is swapped for a recording proxy;
+    the module itself is untouched (compiled kernels look their callees up there).
+    """
+    kernels = numba_backend._kernels
     calls = []
-    for name in ("gemm_tiles", "gemm_tiles_parallel", "blas_gemm"):
-        kernel = getattr(numba_kernels, name)
-        monkeypatch.setattr(numba_kernels, name, lambda *args, _k=kernel, _n=name: (calls.append(_n), _k(*args))[1])
+
+    class Recorder:
+        def __getattr__(self, name):
+            kernel = getattr(kernels, name)
+            if name not in ("gemm_tiles", "gemm_tiles_parallel", "blas_gemm"):
+                return kernel
+            return lambda *args: (calls.append(name), kernel(*args))[1]
+
+    monkeypatch.setattr(numba_backend, "_kernels", Recorder())
     return calls
 
 
 # (m, p, n): small batches -> register tiles (one or both tile widths, a partial last
 # vector, rows past M); a large batch -> BLAS
-SMALL = [(1, 1, 1), (3, 5, 7), (10, 30, 10), (4, 20, 70), (7, 9, 100), (32, 784, 30)]
+SMALL = [(1, 1, 1), (3, 5, 7), (10, 30, 10), (4, 20, 70), (7, 9, 100), (32, 784, 30), (70, 5, 40)]
 LARGE = [(40, 33, 20)]
 
 
@@ -101,7 +110,8 @@ def test_gemm_matches_numpy(nb, rng, reference_calls, kernel_calls, monkeypatch,
             got = nb.gemm(A, B, trans_a=trans_a, trans_b=trans_b)
             assert got.shape == (m, n) and got.dtype == dtype
             np.testing.assert_allclose(got, product(A, B, trans_a, trans_b), **product_tol(dtype, p))
-            tiles = m <= numba_backend.TILE_BATCH_MAX and not trans_a and not trans_b
+            tiles = not trans_b and (m <= numba_backend.TILE_BATCH_MAX if not trans_a else
+                                     p <= numba_backend.TILE_BATCH_MAX and n > nb._narrow[A.itemsize])
             assert kernel_calls == (["gemm_tiles"] if tiles else [])  # else NumPy's matmul
             # the scaled, accumulating form updates C in place: C = -0.5·op(A)op(B) + 2·C
             C = rng.standard_normal((m, n)).astype(dtype)
