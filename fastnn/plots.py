@@ -1,0 +1,96 @@
+"""PNG figures for the ``fastnn`` command: training curves, a confusion matrix, misclassified digits.
+
+>>> from fastnn import plots
+>>> plots.training_curves(history, "curves.png")      # loss and accuracy, train vs test
+
+matplotlib is an optional extra (``pip install 'fastnn[plot]'``); without it
+every function raises ``ImportError`` with that advice. Figures are drawn
+without pyplot (no GUI, no global state) and written atomically.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .datasets._files import atomic_writer
+
+
+def _figure(**kwargs):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("plots need matplotlib: pip install 'fastnn[plot]' (or pip install matplotlib)") \
+            from None
+    return Figure(**kwargs)
+
+
+def require_matplotlib():
+    """Raise the ``ImportError`` the plots would, now (before a long training run)."""
+    _figure()
+
+
+def _save(fig, path):
+    with atomic_writer(path) as f:
+        fig.savefig(f, format="png", dpi=100)
+
+
+def training_curves(history, path, title=None):
+    """Loss and accuracy per epoch, training vs test (``val_*``), side by side, to ``path``."""
+    h = history.history if hasattr(history, "history") else history
+    epochs = h["epoch"]
+    fig = _figure(figsize=(10, 4), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    loss_ax.plot(epochs, h["loss"], "o-", label="train")
+    if "val_loss" in h:
+        loss_ax.plot(epochs, h["val_loss"], "s-", label="test")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
+    acc_ax.plot(epochs, 100 * np.asarray(h["accuracy"]), "o-", label="train")
+    if "val_accuracy" in h:
+        acc_ax.plot(epochs, 100 * np.asarray(h["val_accuracy"]), "s-", label="test")
+    if "val_accuracy" in h:
+        best = int(np.argmax(h["val_accuracy"]))
+        acc_ax.axvline(epochs[best], color="grey", linestyle=":",
+                       label=f"best test: {100 * h['val_accuracy'][best]:.2f}% (epoch {epochs[best]})")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def confusion_matrix(matrix, path, title="confusion matrix"):
+    """``matrix[true, predicted]`` counts as a heat map with the counts written in, to ``path``."""
+    matrix = np.asarray(matrix)
+    n = matrix.shape[0]
+    fig = _figure(figsize=(6.5, 5.5), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    threshold = matrix.max() / 2
+    for i in range(n):
+        for j in range(n):
+            if matrix[i, j]:
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if matrix[i, j] > threshold else "black")
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=title)
+    _save(fig, path)
+
+
+def misclassified(X, y_true, y_pred, path, limit=36):
+    """A grid of up to ``limit`` misclassified 28x28 digits, each titled "true -> predicted", to ``path``."""
+    wrong = np.flatnonzero(np.asarray(y_true) != np.asarray(y_pred))[:limit]
+    columns = 6
+    rows = max(1, -(-len(wrong) // columns))
+    fig = _figure(figsize=(columns * 1.3, rows * 1.5 + 0.5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, i in zip(axes, wrong):
+        ax.imshow(np.asarray(X[i]).reshape(28, 28), cmap="gray_r", vmin=0, vmax=1)
+        ax.set_title(f"{y_true[i]} \u2192 {y_pred[i]}", fontsize=10)
+    total = int(np.sum(np.asarray(y_true) != np.asarray(y_pred)))
+    fig.suptitle(f"misclassified: {len(wrong)} of {total} shown (true \u2192 predicted)"
+                 if total else "no misclassified digits")
+    _save(fig, path)

@@ -1,0 +1,400 @@
+"""The ``fastnn`` command: end to end in subprocesses on small slices, plus its pieces in-process.
+
+Every run uses ``--backend numpy`` (no compile time) and the bundled sample.
+"""
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import cli
+from fastnn.datasets import load_mnist_sample
+
+EPOCH_LINE = re.compile(r"^epoch +(\d+): loss (\d+\.\d{4})  train acc (\d\.\d{4})  test acc (\d\.\d{4})  "
+                        r"\d+\.\d\d s  [\d,]+ samples/s$")
+BEST_LINE = re.compile(r"^best epoch (\d+): test acc (\d\.\d{4}) \(last epoch (\d+): test acc (\d\.\d{4}), ")
+
+
+def fastnn_cmd(*args, env=None, cwd=None):
+    """``python -m fastnn ARGS`` in a subprocess; returns the CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("FASTNN_BACKEND", None)
+    return subprocess.run([sys.executable, "-m", "fastnn", *map(str, args)], capture_output=True,
+                          text=True, env=full_env, cwd=cwd, timeout=120)
+
+
+def assert_one_line_error(result, status, *fragments):
+    assert result.returncode == status, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("fastnn"), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def run_main(capsys, *args):
+    """``cli.main(args)`` in-process; returns ``(status, stdout, stderr)``."""
+    try:
+        status = cli.main([str(a) for a in args])
+    except SystemExit as exc:  # argparse
+        status = exc.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def has_module(name):
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
+
+
+needs_matplotlib = pytest.mark.skipif(not has_module("matplotlib"),
+                                      reason="matplotlib is not installed (pip install 'fastnn[plot]')")
+needs_pillow = pytest.mark.skipif(not has_module("PIL"), reason="Pillow is not installed (pip install 'fastnn[image]')")
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return load_mnist_sample()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One quiet training run (1 epoch, 500 images) in a subprocess: the model file and the output."""
+    folder = tmp_path_factory.mktemp("trained")
+    model = folder / "m.npz"
+    result = fastnn_cmd("train", "--epochs", 1, "--limit", 500, "--quiet", "--save", model,
+                        "--backend", "numpy")
+    return model, result
+
+
+# ---- train ---------------------------------------------------------------------------
+def test_train_end_to_end_quiet(trained, sample):
+    model, result = trained
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2, lines  # --quiet: no header, no per-epoch lines
+    best = BEST_LINE.match(lines[0])
+    assert best and best.group(1) == "1" and best.group(3) == "1"
+    assert lines[1] == f"model saved to {model}"
+    net = fastnn.load(model, backend="numpy")
+    assert [d.n_out for d in net.dense_layers] == [100, 10] and net.loss.name == "cross_entropy"
+    # the printed test accuracy is the saved model's
+    scores = net.evaluate(sample.X_test, sample.y_test)
+    assert abs(scores["accuracy"] - float(best.group(2))) < 1e-4
+    assert scores["accuracy"] > 0.4  # 500 images, one epoch: far above chance (0.1)
+
+
+def test_train_prints_a_line_per_epoch_and_plots(tmp_path):
+    plot = tmp_path / "curves.png"
+    args = ["train", "--epochs", 2, "--limit", 300, "--hidden", 20, "--backend", "numpy"]
+    if has_module("matplotlib"):
+        args += ["--plot", plot]
+    result = fastnn_cmd(*args)
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr  # no progress bar when stderr is not a terminal
+    lines = result.stdout.splitlines()
+    assert lines[0] == "data: MNIST sample (bundled): 300 training / 1,000 test images"
+    assert lines[1].startswith("model: 784-20-10 relu, output logits, loss cross_entropy, init he_normal, "
+                               "backend numpy")
+    assert lines[2] == "training: sgd lr 0.3, batch 16, 2 epochs, seed 0"
+    epochs = [EPOCH_LINE.match(line) for line in lines[3:5]]
+    assert all(epochs) and [m.group(1) for m in epochs] == ["1", "2"]
+    best = BEST_LINE.match(lines[5])
+    assert best and best.group(4) == epochs[1].group(4)
+    assert max(float(m.group(4)) for m in epochs) == float(best.group(2))
+    if has_module("matplotlib"):
+        assert lines[-1] == f"curves written to {plot}"
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
+
+
+@needs_matplotlib
+def test_train_plot_is_written(tmp_path, capsys):
+    plot = tmp_path / "c.png"
+    status, out, _ = run_main(capsys, "train", "--epochs", 2, "--limit", 200, "--hidden", 10,
+                              "--backend", "numpy", "--quiet", "--plot", plot)
+    assert status == 0 and out.endswith(f"curves written to {plot}\n")
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_same_seed_same_run(tmp_path, capsys):
+    outputs = []
+    for name in ("a.npz", "b.npz"):
+        status, out, _ = run_main(capsys, "train", "--epochs", 2, "--limit", 200, "--hidden", 16,
+                                  "--backend", "numpy", "--quiet", "--seed", 3, "--save", tmp_path / name)
+        assert status == 0
+        outputs.append(out.splitlines()[0].split(", ")[0])  # without the timing
+    a, b = (fastnn.load(tmp_path / n, backend="numpy") for n in ("a.npz", "b.npz"))
+    assert outputs[0] == outputs[1]
+    assert all(np.array_equal(x.W, y.W) for x, y in zip(a.dense_layers, b.dense_layers))
+
+
+def test_resume_continues_to_the_same_weights(tmp_path, capsys):
+    common = ["train", "--limit", 200, "--hidden", 16, "--backend", "numpy", "--quiet"]
+    assert run_main(capsys, *common, "--epochs", 3, "--save", tmp_path / "straight.npz")[0] == 0
+    ckpt = tmp_path / "run.npz"
+    assert run_main(capsys, *common, "--epochs", 1, "--save", ckpt, "--checkpoint", ckpt)[0] == 0
+    status, out, _ = run_main(capsys, *common, "--epochs", 3, "--save", ckpt, "--resume")
+    assert status == 0 and out.startswith("best epoch")
+    straight, resumed = (fastnn.load(p, backend="numpy") for p in (tmp_path / "straight.npz", ckpt))
+    for x, y in zip(straight.dense_layers, resumed.dense_layers):
+        assert np.array_equal(x.W, y.W) and np.array_equal(x.b, y.b)
+
+
+def _parse(*args):
+    return cli.build_parser().parse_args(["train", *args])
+
+
+def _fail(message):
+    raise AssertionError(message)
+
+
+def test_nielsen_network_py_line():
+    args = _parse(*"--layers 784,30,10 --activation sigmoid --loss mse --epochs 30 --batch-size 10 "
+                  "--lr 3.0 --init normal".split())
+    opt = cli._optimizer(args, _fail)
+    assert (opt.kind, opt.lr, opt.momentum, opt.weight_decay) == ("sgd", 3.0, 0.0, 0.0)
+    net = cli.build_network(cli._layer_sizes(args, _fail), args.activation, args.loss, args.init, "numpy", 0)
+    kinds = [type(layer).__name__ for layer in net.layers]
+    assert kinds == ["Dense", "Sigmoid", "Dense", "Sigmoid"]  # network.py: sigmoid everywhere
+    assert [d.init for d in net.dense_layers] == ["normal", "normal"]
+    assert (args.epochs, args.batch_size) == (30, 10)
+
+
+def test_nielsen_network2_line():
+    args = _parse(*"--layers 784,30,10 --activation sigmoid --loss binary_cross_entropy --epochs 30 "
+                  "--batch-size 10 --lr 0.5 --weight-decay 0.0001 --init lecun_normal".split())
+    opt = cli._optimizer(args, _fail)
+    assert (opt.lr, opt.momentum, opt.weight_decay) == (0.5, 0.0, 0.0001)
+    net = cli.build_network([784, 30, 10], args.activation, args.loss, args.init, "numpy", 0)
+    assert type(net.layers[-1]).__name__ == "Sigmoid"  # folded into the loss in fit
+
+
+@pytest.mark.parametrize("loss, last", [("mse", "Sigmoid"), ("cross_entropy", "Dense"),
+                                        ("binary_cross_entropy", "Sigmoid")])
+@pytest.mark.parametrize("activation", ["sigmoid", "relu", "tanh"])
+def test_network_shape_per_loss(loss, last, activation):
+    net = cli.build_network([784, 12, 8, 10], activation, loss, "auto", "numpy", 0)
+    names = [type(layer).__name__ for layer in net.layers]
+    hidden = {"sigmoid": "Sigmoid", "relu": "ReLU", "tanh": "Tanh"}[activation]
+    assert names[:4] == ["Dense", hidden, "Dense", hidden] and names[4] == "Dense" and names[-1] == last
+    assert {d.init for d in net.dense_layers} == {cli.AUTO_INIT[activation]}
+
+
+def test_hidden_repeats_and_comma_lists():
+    assert cli._layer_sizes(_parse("--hidden", "64,32", "--hidden", "16"), _fail) == [784, 64, 32, 16, 10]
+    assert cli._layer_sizes(_parse(), _fail) == [784, 100, 10]
+    assert cli._layer_sizes(_parse("--layers", "784,10"), _fail) == [784, 10]
+
+
+def test_adam_and_momentum_options():
+    assert cli._optimizer(_parse("--optimizer", "adam"), _fail).lr == 0.001
+    opt = cli._optimizer(_parse("--momentum", "0.9", "--lr", "0.05", "--weight-decay", "1e-4"), _fail)
+    assert (opt.momentum, opt.lr, opt.weight_decay) == (0.9, 0.05, 1e-4)
+
+
+# ---- evaluate and predict ----------------------------------------------------------------
+def test_evaluate(trained, tmp_path, sample):
+    model, _ = trained
+    args = ["evaluate", model, "--backend", "numpy"]
+    if has_module("matplotlib"):
+        args += ["--plot", tmp_path / "ev"]
+    result = fastnn_cmd(*args)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    net = fastnn.load(model, backend="numpy")
+    predicted = net.predict(sample.X_test)
+    correct = int(np.sum(predicted == sample.y_test))
+    assert f"accuracy: {correct / 1000:.4f} ({correct:,} / 1,000), loss " in out
+    for digit in range(10):
+        hits = int(np.sum((predicted == digit) & (sample.y_test == digit)))
+        assert f"  {digit}: {hits / 100:.4f} ({hits} / 100)" in out
+    rows = out.split("columns: predicted):\n")[1].splitlines()[1:11]
+    matrix = np.array([[int(v) for v in row.split()[1:]] for row in rows])
+    assert matrix.shape == (10, 10) and matrix.sum(axis=1).tolist() == [100] * 10
+    assert np.trace(matrix) == correct
+    assert np.array_equal(matrix, cli.confusion(sample.y_test, predicted))
+    if has_module("matplotlib"):
+        for suffix in ("-confusion.png", "-misclassified.png"):
+            assert (tmp_path / f"ev{suffix}").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_predict_npy(trained, tmp_path, sample):
+    model, _ = trained
+    images = np.round(sample.X_test[:3] * 255).astype(np.uint8)  # grey levels 0-255, as stored
+    np.save(tmp_path / "three.npy", images)
+    np.save(tmp_path / "one.npy", sample.X_test[7].reshape(28, 28))  # floats in [0, 1], one image
+    result = fastnn_cmd("predict", model, tmp_path / "three.npy", tmp_path / "one.npy", "--backend", "numpy")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 8
+    expected = fastnn.load(model, backend="numpy").predict(np.concatenate([sample.X_test[:3], sample.X_test[7:8]]))
+    names = [f"{tmp_path / 'three.npy'}[{i}]" for i in range(3)] + [str(tmp_path / "one.npy")]
+    for name, digit, head, probs in zip(names, expected, lines[0::2], lines[1::2]):
+        assert head.startswith(f"{name}: {digit} (probability ")
+        values = [float(part.split(":")[1]) for part in probs.split()]
+        assert len(values) == 10 and abs(sum(values) - 1) < 0.01 and np.argmax(values) == digit
+
+
+@needs_pillow
+def test_predict_png(trained, tmp_path, sample):
+    from PIL import Image
+
+    from fastnn.datasets.images import load_digit_image
+
+    model, _ = trained
+    x = sample.X_test[11].reshape(28, 28)
+    ink = Image.fromarray((255 * x).astype(np.uint8)).resize((140, 140), Image.Resampling.BILINEAR)
+    paper = 255 - np.asarray(ink)  # dark digit on white, 140x140 on a 200x300 page
+    page = np.full((200, 300), 255, dtype=np.uint8)
+    page[30:170, 20:160] = paper
+    path = tmp_path / "digit.png"
+    Image.fromarray(page).save(path)
+    result = fastnn_cmd("predict", model, path, "--backend", "numpy")
+    assert result.returncode == 0, result.stderr
+    digit = int(fastnn.load(model, backend="numpy").predict(load_digit_image(path).reshape(1, 784))[0])
+    assert result.stdout.startswith(f"{path}: {digit} (probability ")
+
+
+# ---- info --------------------------------------------------------------------------------
+def test_info_lists_every_backend():
+    result = fastnn_cmd("info")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith(f"fastnn {fastnn.__version__} (")
+    assert f"numpy {np.__version__}" in out and "Python " in out
+    for name, (available, reason) in fastnn.available_backends().items():
+        if available:
+            assert f"\n  {name}: available\n" in out
+        else:
+            assert f"\n  {name}: unavailable: {reason}\n" in out
+    assert "\n    numpy: " in out  # the numpy backend's info() dict
+    assert "full MNIST: " in out
+
+
+# ---- errors: one line, no traceback --------------------------------------------------------
+def test_bad_flag_in_a_subprocess():
+    assert_one_line_error(fastnn_cmd("train", "--epochs", "0"), 2, "fastnn train: error:", "--epochs",
+                          "an integer >= 1")
+
+
+def test_corrupt_model_in_a_subprocess(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04 this is not really a zip file")
+    assert_one_line_error(fastnn_cmd("evaluate", bad, "--backend", "numpy"), 1, "fastnn evaluate: error:",
+                          str(bad), "corrupt")
+
+
+@pytest.mark.parametrize("args, status, fragment", [
+    (["train", "--lr", "-1"], 2, "--lr: expected a number > 0"),
+    (["train", "--momentum", "1"], 2, "--momentum: expected a number in [0, 1)"),
+    (["train", "--layers", "784,x,10"], 2, "comma-separated integers"),
+    (["train", "--layers", "784,30,9"], 2, "784 inputs first and 10 outputs last"),
+    (["train", "--hidden", "5", "--layers", "784,10"], 2, "not allowed with"),
+    (["train", "--activation", "gelu"], 2, "invalid choice: 'gelu'"),
+    (["train", "--resume"], 2, "--resume needs --checkpoint"),
+    (["train", "--optimizer", "adam", "--momentum", "0.5"], 2, "--momentum applies to --optimizer sgd"),
+    (["train", "--backend", "nope", "--limit", "10"], 1, "unknown backend 'nope'"),
+    (["train", "--backend", "numpy", "--threads", "2"], 1, "--threads applies to the numba backend"),
+    (["train", "--save", "/no/such/folder/m.npz"], 1, "the folder /no/such/folder does not exist"),
+    (["train", "--data", "/no/such/folder"], 1, "--data /no/such/folder: not a folder"),
+    (["train", "--data", "sample", "--download"], 1, "--download goes with --data mnist"),
+    (["evaluate", "/no/such/model.npz", "--backend", "numpy"], 1, "model file not found: /no/such/model.npz"),
+    (["bogus"], 2, "invalid choice: 'bogus'"),
+    ([], 2, "choose a command"),
+])
+def test_errors_are_one_line(capsys, args, status, fragment):
+    code, out, err = run_main(capsys, *args)
+    assert code == status
+    assert len(err.strip().splitlines()) == 1 and fragment in err, err
+
+
+def test_unavailable_backend_is_one_line(capsys):
+    unavailable = [n for n, (ok, _) in fastnn.available_backends().items() if not ok]
+    if not unavailable:
+        pytest.skip("every backend is available here")
+    code, _, err = run_main(capsys, "train", "--backend", unavailable[0], "--limit", "10")
+    assert code == 1 and "is unavailable" in err and len(err.strip().splitlines()) == 1
+
+
+def test_full_mnist_missing_says_where(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("FASTNN_DATA", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    code, _, err = run_main(capsys, "train", "--data", "mnist", "--backend", "numpy")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert str(tmp_path / ".cache" / "fastnn") in err and "--data sample" in err
+
+
+def test_model_of_the_wrong_shape(capsys, tmp_path):
+    net = fastnn.Sequential(fastnn.Dense(4, 3), backend="numpy")
+    net.save(tmp_path / "small.npz")
+    code, _, err = run_main(capsys, "evaluate", tmp_path / "small.npz", "--backend", "numpy")
+    assert code == 1 and "takes 4 inputs and gives 3 outputs; MNIST needs 784 and 10" in err
+
+
+def test_bad_predict_inputs(capsys, trained, tmp_path):
+    model, _ = trained
+    np.save(tmp_path / "wide.npy", np.zeros((2, 785)))
+    np.save(tmp_path / "big.npy", np.full(784, 300.0))
+    (tmp_path / "text.png").write_text("hello")
+    for path, fragment in [(tmp_path / "wide.npy", "shape (2, 785)"), (tmp_path / "big.npy", "0-255 or 0-1"),
+                           (tmp_path / "missing.npy", "no such file")]:
+        code, _, err = run_main(capsys, "predict", model, path, "--backend", "numpy")
+        assert code == 1 and fragment in err and len(err.strip().splitlines()) == 1
+    if has_module("PIL"):
+        code, _, err = run_main(capsys, "predict", model, tmp_path / "text.png", "--backend", "numpy")
+        assert code == 1 and "not an image Pillow can read" in err
+
+
+def test_missing_matplotlib_is_one_line_before_training(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    code, out, err = run_main(capsys, "train", "--plot", tmp_path / "c.png", "--backend", "numpy")
+    assert code == 1 and "pip install 'fastnn[plot]'" in err and len(err.strip().splitlines()) == 1
+    assert out == ""  # refused before loading data or training
+
+
+def test_missing_pillow_is_one_line(capsys, trained, tmp_path, monkeypatch):
+    model, _ = trained
+    (tmp_path / "d.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    code, _, err = run_main(capsys, "predict", model, tmp_path / "d.png", "--backend", "numpy")
+    assert code == 1 and "pip install 'fastnn[image]'" in err
+
+
+@pytest.mark.skipif(shutil.which("fastnn") is None, reason="the fastnn console script is not on PATH")
+def test_console_script():
+    result = subprocess.run(["fastnn", "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == f"fastnn {fastnn.__version__}"
+
+
+def test_progress_bar_on_a_terminal(monkeypatch, capsys):
+    pytest.importorskip("tqdm", reason="tqdm is not installed (pip install 'fastnn[progress]')")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    progress = cli._Progress(epochs=2, n_samples=100, quiet=False)
+    assert progress.bar is not None
+    for epoch in (1, 2):
+        progress(epoch, {"loss": 0.5, "accuracy": 0.8, "val_loss": 0.6, "val_accuracy": 0.75, "seconds": 0.1})
+    progress.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert [EPOCH_LINE.match(line).group(1) for line in lines] == ["1", "2"]
+    assert "2/2" in terminal.getvalue()  # the bar reached the last epoch
+    quiet = cli._Progress(epochs=2, n_samples=100, quiet=True)
+    assert quiet.bar is None
