@@ -388,7 +388,7 @@ def _report_training(args, history, checkpoint):
     i = history["epoch"].index(best)
     _say(f"best epoch {best}: test acc {history['val_accuracy'][i]:.4f} "
                f"(last epoch {history['epoch'][-1]}: test acc {history['val_accuracy'][-1]:.4f}, "
-               f"{sum(history['seconds']) / len(history):.2f} s per epoch)")
+               f"median {np.median(history['seconds']):.2f} s per epoch)")
     if checkpoint:
         _say(f"checkpoint: {checkpoint}")
 

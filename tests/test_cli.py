@@ -139,6 +139,23 @@ def test_same_seed_same_run(tmp_path, capsys):
     assert all(np.array_equal(x.W, y.W) for x, y in zip(a.dense_layers, b.dense_layers))
 
 
+def test_train_and_evaluate_on_idx_files(tmp_path, capsys, sample):
+    from fastnn.datasets import write_idx
+
+    pixels = np.round(sample.X_train * 255).astype(np.uint8).reshape(-1, 28, 28)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", pixels[:300])
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", sample.y_train[:300].astype(np.uint8))
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", pixels[300:400])
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", sample.y_train[300:400].astype(np.uint8))
+    model = tmp_path / "m.npz"
+    status, out, err = run_main(capsys, "train", "--data", tmp_path, "--epochs", 2, "--hidden", 16,
+                                "--backend", "numpy", "--save", model)
+    assert status == 0, err
+    assert out.startswith(f"data: MNIST from {tmp_path}: 300 training / 100 test images\n")
+    status, out, err = run_main(capsys, "evaluate", model, "--data", tmp_path, "--backend", "numpy")
+    assert status == 0 and "test set: 100 images" in out
+
+
 def test_resume_continues_to_the_same_weights(tmp_path, capsys):
     common = ["train", "--limit", 200, "--hidden", 16, "--backend", "numpy", "--quiet"]
     assert run_main(capsys, *common, "--epochs", 3, "--save", tmp_path / "straight.npz")[0] == 0
