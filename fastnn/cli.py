@@ -351,9 +351,9 @@ def cmd_train(args, parser_error):
     if not args.quiet:
         _say(f"data: {data_text}: {len(y):,} training / {len(data.y_test):,} test images")
         _say(f"model: {_describe_net(net)}, loss {args.loss}, init {init}, "
-                   f"backend {_backend_text(backend)}")
+             f"backend {_backend_text(backend)}")
         _say(f"training: {_optimizer_text(optimizer)}, batch {args.batch_size}, "
-                   f"{args.epochs} epochs, seed {args.seed}")
+             f"{args.epochs} epochs, seed {args.seed}")
         if args.resume:
             _say(f"resuming from {checkpoint}" if os.path.exists(checkpoint)
                  else f"no checkpoint at {checkpoint} yet: starting at epoch 1")
@@ -387,8 +387,8 @@ def _report_training(args, history, checkpoint):
     best = history.best_epoch()
     i = history["epoch"].index(best)
     _say(f"best epoch {best}: test acc {history['val_accuracy'][i]:.4f} "
-               f"(last epoch {history['epoch'][-1]}: test acc {history['val_accuracy'][-1]:.4f}, "
-               f"median {np.median(history['seconds']):.2f} s per epoch)")
+         f"(last epoch {history['epoch'][-1]}: test acc {history['val_accuracy'][-1]:.4f}, "
+         f"median {np.median(history['seconds']):.2f} s per epoch)")
     if checkpoint:
         _say(f"checkpoint: {checkpoint}")
 
@@ -433,7 +433,7 @@ def cmd_evaluate(args, parser_error):
     matrix = confusion(y, predicted)
     correct = int(np.trace(matrix))
     _say(f"model: {args.model}: {_describe_net(net)}, loss {net.loss.name if net.loss else 'unknown'}, "
-               f"backend {_backend_text(net.backend)}")
+         f"backend {_backend_text(net.backend)}")
     _say(f"data: {data_text}, test set: {len(y):,} images")
     loss = f", loss {net.evaluate(X, y)['loss']:.4f}" if net.loss else ""
     _say(f"accuracy: {correct / len(y):.4f} ({correct:,} / {len(y):,}){loss}")
@@ -534,7 +534,7 @@ def cmd_info(args, parser_error):
 
     _say(f"fastnn {__version__} ({os.path.dirname(package_file)})")
     _say(f"Python {platform.python_version()} ({platform.python_implementation()}) on "
-               f"{platform.platform()}, {os.cpu_count()} CPUs")
+         f"{platform.platform()}, {os.cpu_count()} CPUs")
     _say(f"numpy {np.__version__}")
     _say("backends:")
     for name, (available, reason) in available_backends().items():
@@ -555,8 +555,8 @@ def cmd_info(args, parser_error):
                 _say(f"    {key}: {_value_text(value)}")
     auto = get_backend("auto").name
     _say(f"default backend: {os.environ.get('FASTNN_BACKEND') or 'numpy'}"
-               f"{' (FASTNN_BACKEND)' if os.environ.get('FASTNN_BACKEND') else ''}; "
-               f"the command's --backend auto picks {auto}")
+         f"{' (FASTNN_BACKEND)' if os.environ.get('FASTNN_BACKEND') else ''}; "
+         f"the command's --backend auto picks {auto}")
     extras = {"tqdm": "tqdm", "matplotlib": "matplotlib", "Pillow": "pillow", "scikit-learn": "scikit-learn"}
     _say("optional: " + ", ".join(f"{label} {_package_version(dist)}" for label, dist in extras.items()))
     try:

@@ -168,6 +168,26 @@ def test_resume_continues_to_the_same_weights(tmp_path, capsys):
         assert np.array_equal(x.W, y.W) and np.array_equal(x.b, y.b)
 
 
+def test_ctrl_c_keeps_the_last_epoch_and_saves(tmp_path, capsys, monkeypatch):
+    from fastnn.model import Sequential
+
+    real, calls = Sequential._epoch_layers, []
+
+    def interrupted_in_epoch_2(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Sequential, "_epoch_layers", interrupted_in_epoch_2)
+    model = tmp_path / "m.npz"
+    status, out, err = run_main(capsys, "train", "--epochs", 5, "--limit", 100, "--hidden", 8,
+                                "--backend", "numpy", "--quiet", "--save", model)
+    assert status == 0 and "interrupted (Ctrl-C) in epoch 2" in err
+    assert out.splitlines()[0] == "interrupted: kept the weights of epoch 1"
+    assert out.splitlines()[1].startswith("best epoch 1: ") and model.exists()
+
+
 def _parse(*args):
     return cli.build_parser().parse_args(["train", *args])
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from ._files import atomic_writer
 from .idx import IDXError, read_idx
-from .split import MNISTSplit, from_uint8
+from .split import from_uint8
 
 #: role -> (file name without .gz, SHA-256 of the .gz, size of the .gz in bytes)
 FILES = {

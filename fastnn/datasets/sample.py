@@ -6,7 +6,7 @@ from importlib import resources
 
 import numpy as np
 
-from .split import MNISTSplit, from_uint8
+from .split import from_uint8
 
 SAMPLE_FILE = "mnist_sample.npz"
 _KEYS = ("x_train", "y_train", "x_test", "y_test")
