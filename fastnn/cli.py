@@ -107,7 +107,7 @@ def _train_parser(sub):
     p = sub.add_parser("train", help="train an MLP on MNIST", description=(
         "Train a multi-layer perceptron on MNIST; prints a line per epoch (loss, train and test "
         "accuracy, time, samples/s) and the best epoch. Defaults: 784-100-10 ReLU, softmax "
-        "cross-entropy, SGD lr 0.3, batch 16, 10 epochs, seed 0: about 95.5%% test accuracy "
+        "cross-entropy, SGD lr 0.3, batch 16, 10 epochs, seed 0: about 95.5% test accuracy "
         "on the bundled sample in a few seconds."))
     _add_data_options(p, "training data")
     _add_backend_option(p)
