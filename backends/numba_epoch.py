@@ -13,7 +13,7 @@ makes every later process start at once::
     warmup()                      # compiles (or loads) the kernels; returns seconds
 
 Threads: up to the backend's ``num_threads`` when a batch carries enough work to
-share (``TWO_THREADS_FROM``), else one; the threads meet at spin barriers that a
+share (``WORK_PER_THREAD``), else one; the threads meet at spin barriers that a
 Python-side abort flag can always release, so an error cannot leave one waiting.
 """
 from __future__ import annotations
@@ -32,8 +32,9 @@ from . import numba_epoch_simd as simd
 
 _ACTS = {"identity": 0, "sigmoid": 1, "relu": 2, "tanh": 3}
 _LOSSES = {MSE: 0, CrossEntropy: 1, BinaryCrossEntropy: 2}
-#: Multiply-adds per batch (forward) from which a second thread pays for its barriers.
-TWO_THREADS_FROM = 500_000
+#: Multiply-adds per batch (forward) each thread needs to pay for its barriers: measured on
+#: 2 cores, 100-32-10 at batch 10 (35k) gains from a second thread, 30-30-10 (12k) loses.
+WORK_PER_THREAD = 15_000
 #: Multiply-adds per compiled call: Ctrl-C is noticed between calls (~20 ms apart).
 CHUNK_WORK = 2e9
 
@@ -191,9 +192,10 @@ class EpochTrainer:
         return float(sum(a * b for a, b in zip(self.dims[:-1], self.dims[1:])))
 
     def _threads_for(self, bs):
-        if self.threads < 2 or bs * self._macs_per_row < TWO_THREADS_FROM:
-            return 1
-        return self.threads
+        """As many threads as the work per batch pays for, each owning at least one vector of
+        the layer they split (the first layer's units; its inputs for a one-layer model)."""
+        split = -(-self.dims[1] // self.vw) if len(self.dims) > 2 else self.dims[0] // 4
+        return max(1, min(self.threads, split, int(bs * self._macs_per_row // WORK_PER_THREAD)))
 
     # ---- buffers and the layout table -------------------------------------------
     def _prepare(self, n, bs, P):
@@ -207,7 +209,7 @@ class EpochTrainer:
         up = lambda x, m: -(-x // m) * m  # noqa: E731
         bsp = up(min(bs, n), mr)
         npo = [up(d, vw) for d in dims[1:]]
-        lay = np.zeros(kern.REC0 + kern.REC * L, dtype=np.int64)
+        lay = np.zeros(kern.REC0 + kern.REC * L + P, dtype=np.int64)
         lay[[kern.H_L, kern.H_NI, kern.H_NO, kern.H_N, kern.H_LOSS, kern.H_BSP]] = \
             [L, dims[0], dims[-1], n, self.loss_code, bsp]
         lay[kern.H_OPT] = _opt_kind(self.optimizer)
@@ -222,15 +224,28 @@ class EpochTrainer:
         for i in range(L):
             rec = kern.REC0 + kern.REC * i
             rows = dims[0] if i == 0 else npo[i - 1]
-            at_W, p_off = take(rows * npo[i], p_off)
+            if i == 0 and L > 1:
+                # The first layer's columns are split between the threads: each thread's block
+                # is stored apart (writes to the two halves of one row-major W cost 1.7x).
+                blocks = []
+                for t in range(P):
+                    u0, u1 = npo[0] // vw * t // P, npo[0] // vw * (t + 1) // P
+                    at, p_off = take(rows * (u1 - u0) * vw, p_off)
+                    blocks.append((at, u0 * vw, (u1 - u0) * vw))
+                lay[kern.REC0 + kern.REC * L: kern.REC0 + kern.REC * L + P] = [at for at, _, _ in blocks]
+                at_W = blocks[0][0]
+            else:
+                at_W, p_off = take(rows * npo[i], p_off)
+                blocks = [(at_W, 0, npo[i])]
             at_b, p_off = take(npo[i], p_off)
-            self._params_at.append((at_W, rows, at_b))
+            self._params_at.append((blocks, rows, at_b))
             lay[rec + kern.F_NOUT], lay[rec + kern.F_NPO], lay[rec + kern.F_NV] = dims[i + 1], npo[i], npo[i] // vw
             lay[rec + kern.F_ACT], lay[rec + kern.F_W], lay[rec + kern.F_B] = self.acts[i], at_W, at_b
             lay[rec + kern.F_MASK], w_off = take(npo[i], w_off)
             if i < L - 1:
                 lay[rec + kern.F_Y], w_off = take(bsp * npo[i], w_off)
                 lay[rec + kern.F_DZ], w_off = take(bsp * npo[i], w_off)
+                lay[rec + kern.F_DS], w_off = take(bsp * npo[i], w_off)  # −lr·dZ (plain SGD)
             if i > 0 or L == 1:
                 lay[rec + kern.F_PSIZE] = up(bsp * npo[i], align)
                 lay[rec + kern.F_PART], w_off = take(2 * P * lay[rec + kern.F_PSIZE], w_off)
@@ -241,10 +256,10 @@ class EpochTrainer:
         block = up(bsp * npo[-1], align)
         lay[last + kern.F_Y], lay[last + kern.F_DZ], lay[kern.H_TP] = w_off, w_off + block, w_off + 2 * block
         lay[kern.H_G] = w_off + 3 * block  # scratch: a gradient tile, or one layer's bias gradient
-        private = 3 * block + up(max(kern.MK * 4 * vw, max(npo)), align)
+        private = 3 * block + up(kern.MK * max(npo), align)
         lay[kern.H_PRIV] = private
         w_off += P * private
-        lay[kern.H_IOTA], lay[kern.H_ROWS] = 0, bsp
+        lay[kern.H_IOTA], lay[kern.H_ROWS], lay[kern.H_W0T] = 0, bsp, kern.REC0 + kern.REC * L
 
         self.params = _aligned(p_off, self.dtype)
         self.S1 = _aligned(p_off if lay[kern.H_OPT] else 1, self.dtype)
@@ -265,27 +280,34 @@ class EpochTrainer:
         self._key = key
 
     # ---- parameters in and out ----------------------------------------------------
-    def _views(self, flat):
-        """(W, b) views of the real (unpadded) parameters inside a flat buffer, per layer."""
-        views = []
-        for i, (at_W, rows, at_b) in enumerate(self._params_at):
-            npo = self._npo[i]
-            W = flat[at_W: at_W + rows * npo].reshape(rows, npo)[:self.dims[i], :self.dims[i + 1]]
-            views.append((W, flat[at_b: at_b + self.dims[i + 1]]))
-        return views
+    def _pieces(self, flat):
+        """Per layer ``([(view, columns), ...] of W, view of b)``: where the real (unpadded)
+        parameters are inside a flat buffer (W in column blocks where threads split it)."""
+        pieces = []
+        for i, (blocks, rows, at_b) in enumerate(self._params_at):
+            n_in, n_out = self.dims[i], self.dims[i + 1]
+            W = []
+            for at, c0, width in blocks:
+                real = max(0, min(width, n_out - c0))
+                if real:
+                    W.append((flat[at: at + rows * width].reshape(rows, width)[:n_in, :real], slice(c0, c0 + real)))
+            pieces.append((W, flat[at_b: at_b + n_out]))
+        return pieces
 
     def _copy_in(self):
         opt, h = self.optimizer, self.h
-        h[:] = 0
-        for i, (W, b) in enumerate(self._views(self.params)):
-            layer = self.net.dense_layers[i]
-            W[...] = layer.W
+        for layer, (W, b) in zip(self.net.dense_layers, self._pieces(self.params)):
+            for view, cols in W:
+                view[...] = layer.W[:, cols]
             b[...] = layer.b
         for slot, flat in zip(_state_slots(opt), (self.S1, self.S2)):
-            for i, (W, b) in enumerate(self._views(flat)):
-                for name, view in (("W", W), ("b", b)):
-                    value = opt.state.get(f"{i}.{name}", {}).get(slot)
-                    view[...] = 0 if value is None else value
+            for i, (W, b) in enumerate(self._pieces(flat)):
+                value = opt.state.get(f"{i}.W", {}).get(slot)
+                for view, cols in W:
+                    view[...] = 0 if value is None else value[:, cols]
+                value = opt.state.get(f"{i}.b", {}).get(slot)
+                b[...] = 0 if value is None else value
+        h[:] = 0
         h[:, 0] = _opt_kind(opt)
         h[:, 1] = opt.lr
         h[:, 4] = opt.weight_decay
@@ -297,26 +319,29 @@ class EpochTrainer:
 
     def _copy_out(self, applied):
         opt = self.optimizer
-        for i, (W, b) in enumerate(self._views(self.params)):
-            layer = self.net.dense_layers[i]
-            for name, value in (("_W", W), ("_b", b)):
-                target = getattr(layer, name)
-                if isinstance(target, np.ndarray) and target.flags.writeable and target.shape == value.shape:
-                    np.copyto(target, value)
-                else:
-                    setattr(layer, name, np.ascontiguousarray(value))
-        if applied == 0:
+        for layer, (W, b) in zip(self.net.dense_layers, self._pieces(self.params)):
+            layer._W = _store(layer._W, W, (layer.n_in, layer.n_out), self.dtype)
+            layer._b = _store(layer._b, [(b, slice(None))], (layer.n_out,), self.dtype)
+        if applied == 0:  # no step taken: the optimizer state stays as it was (maybe absent)
             return
         for slot, flat in zip(_state_slots(opt), (self.S1, self.S2)):
-            for i, (W, b) in enumerate(self._views(flat)):
-                for name, view in (("W", W), ("b", b)):
+            for i, (W, b) in enumerate(self._pieces(flat)):
+                for name, parts, shape in (("W", W, W[0][0].shape[:1] + (self.dims[i + 1],)),
+                                           ("b", [(b, slice(None))], b.shape)):
                     entry = opt.state.setdefault(f"{i}.{name}", {})
-                    if isinstance(entry.get(slot), np.ndarray) and entry[slot].shape == view.shape:
-                        np.copyto(entry[slot], view)
-                    else:
-                        entry[slot] = np.ascontiguousarray(view)
+                    entry[slot] = _store(entry.get(slot), parts, shape, self.dtype)
         if isinstance(opt, Adam):
             opt.t += applied
+
+
+def _store(target, parts, shape, dtype):
+    """``target`` (in place when it is a writeable array of that shape) filled from the pieces."""
+    if not (isinstance(target, np.ndarray) and target.shape == shape and target.dtype == dtype
+            and target.flags.writeable):
+        target = np.empty(shape, dtype=dtype)
+    for view, cols in parts:
+        target[..., cols] = view
+    return target
 
 
 def _state_slots(opt):

@@ -53,38 +53,58 @@ def _fwd_tile(nv):
 
 
 def _upd_tile(mk, nv):
-    """G[m, :] = Σ_r A[row r, k+m] · D[r, j0:j0+nv·VW] for m < mk, into the scratch G (mk, nv·VW)."""
+    """The update of W[k0:k1, nv vectors from j0] with dW[k, j] = Σ_r A[row r, k] · D[r, j], mk rows at a time.
+
+    Plain SGD (``sgd``): D holds −lr·dZ already, so W ← keep·W + Σ_r A·D in registers
+    (keep = 1 − lr·weight_decay). Otherwise each block of dW goes through the scratch G
+    to the optimizer step.
+    """
     out = ["@njit(**_JIT)",
-           f"def upd_{mk}x{nv}(A, abase, rows, astride, nrows, k, D, dbase, ldd, j0, G, gbase):",
+           f"def upd_{mk}x{nv}(A, abase, rows, astride, nrows, k0, k1, D, dbase, ldd, j0, P, S1, S2, pbase, ldw,"
+           " h, decays, sgd, keep, G, gbase):",
            "    VW = vwidth(D)",
-           "    zero = vsplat(D, 0.0)"]
-    out += ["    " + "; ".join(f"a{m}_{v} = zero" for v in range(nv)) for m in range(mk)]
-    out += ["    for r in range(nrows):",
-            "        d = dbase + r * ldd + j0",
-            "        " + "; ".join(f"d{v} = vload(D, d + {v} * VW)" for v in range(nv)),
-            "        p = abase + rows[r] * astride + k"]
+           "    zero, c = vsplat(D, 0.0), vsplat(D, keep)",
+           f"    for k in range(k0, k1, {mk}):",
+           "        o = pbase + k * ldw + j0",
+           "        if sgd:"]
     for m in range(mk):
-        out += [f"        s = vbroadcast(A, p + {m})",
-                "        " + "; ".join(f"a{m}_{v} = vfma(s, d{v}, a{m}_{v})" for v in range(nv))]
-    out += ["    " + "; ".join(f"vstore(G, gbase + {m * nv + v} * VW, a{m}_{v})" for v in range(nv))
+        out += ["            " + "; ".join(f"a{m}_{v} = vmul(c, vload(P, o + {m} * ldw + {v} * VW))"
+                                          for v in range(nv))]
+    out += ["        else:"]
+    out += ["            " + "; ".join(f"a{m}_{v} = zero" for v in range(nv)) for m in range(mk)]
+    out += ["        for r in range(nrows):",
+            "            d = dbase + r * ldd + j0",
+            "            " + "; ".join(f"d{v} = vload(D, d + {v} * VW)" for v in range(nv)),
+            "            p = abase + rows[r] * astride + k"]
+    for m in range(mk):
+        out += [f"            s = vbroadcast(A, p + {m})",
+                "            " + "; ".join(f"a{m}_{v} = vfma(s, d{v}, a{m}_{v})" for v in range(nv))]
+    out += ["        if sgd:"]
+    out += ["            " + "; ".join(f"vstore(P, o + {m} * ldw + {v} * VW, a{m}_{v})" for v in range(nv))
             for m in range(mk)]
+    out += ["        else:"]
+    out += ["            " + "; ".join(f"vstore(G, gbase + {m * nv + v} * VW, a{m}_{v})" for v in range(nv))
+            for m in range(mk)]
+    out += [f"            apply_step(P, S1, S2, o, ldw, G, gbase, rt({mk}), rt({nv}), h, decays)"]
     return "\n".join(out)
 
 
 def _dx_tile(mk):
-    """O[r0+m, k+q] = Σ_j D[r0+m, j] · W[k+q, j] over nv vectors of j (dX = dZ @ Wᵀ)."""
+    """O[r0+m, k+q] = Σ_j D[r0+m, j] · W[k+q, j] over nv vectors of j, for k from k0 to k1 by mk."""
     out = ["@njit(**_JIT)",
-           f"def dx_{MR}x{mk}(D, dbase, ldd, r0, nv, W, wbase, ldw, k, O, obase, ldo):",
+           f"def dx_{MR}x{mk}(D, dbase, ldd, r0, nv, W, wbase, ldw, k0, k1, O, obase, ldo):",
            "    VW = vwidth(W)",
-           "    zero = vsplat(W, 0.0)"]
-    out += ["    " + "; ".join(f"a{m}_{q} = zero" for q in range(mk)) for m in range(MR)]
-    out += ["    for v in range(nv):",
-            "        j = v * VW"]
-    out += [f"        d{m} = vload(D, dbase + (r0 + {m}) * ldd + j)" for m in range(MR)]
-    out += [f"        w{q} = vload(W, wbase + (k + {q}) * ldw + j)" for q in range(mk)]
-    out += ["        " + "; ".join(f"a{m}_{q} = vfma(d{m}, w{q}, a{m}_{q})" for q in range(mk)) for m in range(MR)]
-    out += ["    o = obase + r0 * ldo + k"]
-    out += ["    " + "; ".join(f"O[o + {m} * ldo + {q}] = vsum(a{m}_{q})" for q in range(mk)) for m in range(MR)]
+           "    zero = vsplat(W, 0.0)",
+           f"    for k in range(k0, k1, {mk}):"]
+    out += ["        " + "; ".join(f"a{m}_{q} = zero" for q in range(mk)) for m in range(MR)]
+    out += ["        for v in range(nv):",
+            "            j = v * VW"]
+    out += [f"            d{m} = vload(D, dbase + (r0 + {m}) * ldd + j)" for m in range(MR)]
+    out += [f"            w{q} = vload(W, wbase + (k + {q}) * ldw + j)" for q in range(mk)]
+    out += ["            " + "; ".join(f"a{m}_{q} = vfma(d{m}, w{q}, a{m}_{q})" for q in range(mk))
+            for m in range(MR)]
+    out += ["        o = obase + r0 * ldo + k"]
+    out += ["        " + "; ".join(f"O[o + {m} * ldo + {q}] = vsum(a{m}_{q})" for q in range(mk)) for m in range(MR)]
     return "\n".join(out)
 
 
@@ -110,9 +130,10 @@ def source():
     head = parts[0].replace("MR = 0", f"MR = {MR}").replace("MK = 0", f"MK = {MK}")
     body = parts[1]
     for mk in (MK, 1):
+        bounds = "k0, kmain" if mk == MK else "kmain, k1"
         body = body.replace(f"# <<UPDATE {mk}>>", _indent(_dispatch(
-            f"upd_{mk}x", "A, abase, rows, astride, nrows, k, D, dbase, ldd, v * VW, G, gbase",
-            f"apply_step(P, S1, S2, pbase + k * ldw + v * VW, ldw, G, gbase, rt({mk}), rt(NV), h, decays)"), 8))
+            f"upd_{mk}x", f"A, abase, rows, astride, nrows, {bounds}, D, dbase, ldd, v * VW, P, S1, S2, pbase, ldw, "
+            "h, decays, sgd, keep, G, gbase"), 4))
     body = body.replace("# <<FORWARD>>", _indent(_dispatch(
         f"fwd_{MR}x", "A, abase, rows, astride, r0, k0, k1, W, wbase, ldw, v * VW, B, bbase, Z, zbase, ldz"), 8))
     body = body.replace("dx_MRxMK", f"dx_{MR}x{MK}").replace("dx_MRx1", f"dx_{MR}x1")

@@ -25,8 +25,10 @@ from fastnn.backends.numba_epoch_simd import (
     rt, vmask_pos, vmax, vmaxlanes, vmul, vsplat, vsqrt, vstore, vsub, vsum, vwidth)
 
 # Without nnan/ninf: the NaN/inf test of the loss must survive optimisation.
+# Without NRT: no reference counting of the arrays passed to every tile call. Its atomic
+# increments on one shared counter made two threads slower than one.
 _ENTRY = dict(cache=True, nogil=True, fastmath={"contract", "nsz", "arcp"}, error_model="numpy",
-              boundscheck=False)
+              boundscheck=False, _nrt=False)
 # Called from jitted code only: no Python wrapper to build (compile time).
 _JIT = dict(_ENTRY, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 
@@ -35,9 +37,9 @@ MK = 0  # rows of W per update tile (set by the generator)
 SPIN = 2000  # busy polls of a barrier before yielding the core to the thread it waits for
 
 # ---- the layout table: numba_epoch.py writes it with these names -------------------
-H_L, H_NI, H_NO, H_N, H_LOSS, H_OPT, H_BSP, H_ROWS, H_IOTA, H_TP, H_PRIV, H_ZERO, H_NINF, H_G = range(14)
+H_L, H_NI, H_NO, H_N, H_LOSS, H_OPT, H_BSP, H_ROWS, H_IOTA, H_TP, H_PRIV, H_ZERO, H_NINF, H_G, H_W0T = range(15)
 REC0, REC = 16, 16  # layer i's record starts at lay[REC0 + REC * i]
-F_NOUT, F_NPO, F_NV, F_ACT, F_W, F_B, F_Y, F_DZ, F_PART, F_PSIZE, F_MASK = range(11)
+F_NOUT, F_NPO, F_NV, F_ACT, F_W, F_B, F_Y, F_DZ, F_PART, F_PSIZE, F_MASK, F_DS = range(12)
 # h (float64, one row per thread): hyper-parameters, and Adam's corrections of the batch
 HY_KIND, HY_LR, HY_MU, HY_NEST, HY_WD, HY_B1, HY_B2, HY_EPS, HY_T0, HY_C1, HY_C2 = range(11)
 ACT_IDENTITY, ACT_SIGMOID, ACT_RELU, ACT_TANH = range(4)
@@ -74,7 +76,7 @@ def act_grad(code, y, dy, one):
 @njit(**_JIT)
 def apply_step(P, S1, S2, pbase, ldp, G, gbase, rows, nv, h, decays):
     """The optimizer step (as SGD.step / Adam.step) on the block P[rows, nv vectors] from the
-    gradient block G (rows·nv vectors, contiguous); ``decays``: weight decay applies here."""
+    gradient block G (rows of nv vectors, contiguous); ``decays``: weight decay applies here."""
     VW = vwidth(P)
     wd, b1, b2 = h[HY_WD], h[HY_B1], h[HY_B2]
     kind, decays = int(h[HY_KIND]), decays and wd != 0.0
@@ -118,30 +120,37 @@ def forward(A, abase, rows, astride, nrows, k0, k1, W, wbase, ldw, v0, v1, B, bb
 @njit(**_JIT)
 def update(A, abase, rows, astride, nrows, k0, k1, D, dbase, ldd, v0, v1, P, S1, S2, pbase, ldw, h, decays,
            G, gbase):
-    """The optimizer step on P[k0:k1, vectors v0:v1] with gradient A[rows, k0:k1]ᵀ @ D (G: scratch)."""
+    """The optimizer step on P[k0:k1, vectors v0:v1] with gradient A[rows, k0:k1]ᵀ @ D.
+
+    For plain SGD, D must hold −lr·dZ (see ``scale``); G is scratch for the other optimizers.
+    """
     VW = vwidth(P)
-    k = k0
-    while k + MK <= k1:
-        v = v0
-        # <<UPDATE 4>>
-        k += MK
-    while k < k1:
-        v = v0
-        # <<UPDATE 1>>
-        k += 1
+    sgd = int(h[HY_KIND]) == OPT_SGD
+    keep = 1.0 - h[HY_LR] * h[HY_WD] if sgd and decays else 1.0
+    kmain = k0 + (k1 - k0) // MK * MK
+    v = v0
+    # <<UPDATE 4>>
+    v = v0
+    # <<UPDATE 1>>
 
 
 @njit(**_JIT)
 def backward_x(D, dbase, ldd, nrows, nv, W, wbase, ldw, k0, k1, O, obase, ldo):
     """O[:nrows, k0:k1] = D[:nrows, :nv vectors] @ W[k0:k1, :nv vectors]ᵀ  (dX = dZ Wᵀ)."""
+    kmain = k0 + (k1 - k0) // MK * MK
     for r0 in range(0, nrows, MR):
-        k = k0
-        while k + MK <= k1:
-            dx_MRxMK(D, dbase, ldd, r0, nv, W, wbase, ldw, k, O, obase, ldo)
-            k += MK
-        while k < k1:
-            dx_MRx1(D, dbase, ldd, r0, nv, W, wbase, ldw, k, O, obase, ldo)
-            k += 1
+        dx_MRxMK(D, dbase, ldd, r0, nv, W, wbase, ldw, k0, kmain, O, obase, ldo)
+        dx_MRx1(D, dbase, ldd, r0, nv, W, wbase, ldw, kmain, k1, O, obase, ldo)
+
+
+@njit(**_JIT)
+def scale(work, src, dst, ld, nrows, v0, v1, h):
+    """dst = −lr · src on vectors v0:v1 (plain SGD: the updates then add A·dst to W directly)."""
+    VW = vwidth(work)
+    c = vsplat(work, -h[HY_LR])
+    for r in range(nrows):
+        for v in range(v0, v1):
+            vstore(work, dst + r * ld + v * VW, vmul(c, vload(work, src + r * ld + v * VW)))
 
 
 @njit(**_JIT)
@@ -292,6 +301,7 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
     npo_l, nv_l, act_l = lay[last + F_NPO], lay[last + F_NV], lay[last + F_ACT]
     y_l, dz_l, tp = lay[last + F_Y] + priv, lay[last + F_DZ] + priv, lay[H_TP] + priv
     g_at = lay[H_G] + priv  # scratch for gradient blocks
+    sgd = lay[H_OPT] == OPT_SGD
     nb = atomic_load(sync, 8 * tid)  # barriers passed so far: the numbering goes on across calls
     loss_sum, correct, bad, applied, status = 0.0, 0, -1, 0, 0
     for b in range(first, first + nbatch):
@@ -316,11 +326,11 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
             else:
                 forward(X, rt(0), rows, nI, Rp, f0, f1, params, lay[REC0 + F_W], npo_l, rt(0), nv_l,
                         work, lay[H_ZERO], work, pb, npo_l)
-        else:
+        else:  # this thread's columns u0:u1 of the first layer, its own block of W
             u0, u1 = _own(lay[REC0 + F_NV], tid, P)
             npo = lay[REC0 + F_NPO]
-            forward(X, rt(0), rows, nI, Rp, rt(0), nI, params, lay[REC0 + F_W], npo, u0, u1,
-                    params, lay[REC0 + F_B], work, lay[REC0 + F_Y], npo)
+            forward(X, rt(0), rows, nI, Rp, rt(0), nI, params, lay[lay[H_W0T] + tid], (u1 - u0) * VW, rt(0), u1 - u0,
+                    params, lay[REC0 + F_B] + u0 * VW, work, lay[REC0 + F_Y] + u0 * VW, npo)
             activate(work, lay[REC0 + F_Y], npo, Rp, u0, u1, lay[REC0 + F_ACT], lay[REC0 + F_MASK])
         for i in range(1, L):
             rec, prev = REC0 + REC * i, REC0 + REC * (i - 1)
@@ -371,6 +381,8 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
         if tid == 0:
             bias_step(work, dz_l, npo_l, Rp, rt(0), nv_l, params, S1, S2, lay[last + F_B], h, g_at)
         if L == 1:
+            if sgd:
+                scale(work, dz_l, dz_l, npo_l, Rp, rt(0), nv_l, h)
             f0, f1 = _own(nI, tid, P)
             update(X, rt(0), rows, nI, Rp, f0, f1, work, dz_l, npo_l, rt(0), nv_l, params, S1, S2,
                    lay[last + F_W], npo_l, h, rt(True), work, g_at)
@@ -379,6 +391,8 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
             p0, p1 = _own(lay[prev + F_NV], tid, P)
             backward_x(work, dz_l, npo_l, Rp, nv_l, params, lay[last + F_W], npo_l, p0 * VW, p1 * VW,
                        work, lay[prev + F_DZ], lay[prev + F_NPO])
+            if sgd:
+                scale(work, dz_l, dz_l, npo_l, Rp, rt(0), nv_l, h)
             update(work, lay[prev + F_Y], iota, lay[prev + F_NPO], Rp, p0 * VW, p1 * VW, work, dz_l, npo_l,
                    rt(0), nv_l, params, S1, S2, lay[last + F_W], npo_l, h, rt(True), work, g_at)
         # ---- the hidden layers, top down: own units, then dX and the update by own input rows
@@ -388,9 +402,12 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
             u0, u1 = _own(lay[rec + F_NV], tid, P)
             act_backward(work, lay[rec + F_Y], lay[rec + F_DZ], npo, Rp, u0, u1, lay[rec + F_ACT])
             bias_step(work, lay[rec + F_DZ], npo, Rp, u0, u1, params, S1, S2, lay[rec + F_B], h, g_at)
+            if sgd:  # others still read this layer's dZ for their dX: scale into a copy
+                scale(work, lay[rec + F_DZ], lay[rec + F_DS], npo, Rp, u0, u1, h)
+            du = lay[rec + F_DS] if sgd else lay[rec + F_DZ]
             if i == 0:
-                update(X, rt(0), rows, nI, Rp, rt(0), nI, work, lay[rec + F_DZ], npo, u0, u1, params, S1, S2,
-                       lay[rec + F_W], npo, h, rt(True), work, g_at)
+                update(X, rt(0), rows, nI, Rp, rt(0), nI, work, du + u0 * VW, npo, rt(0), u1 - u0,
+                       params, S1, S2, lay[lay[H_W0T] + tid], (u1 - u0) * VW, h, rt(True), work, g_at)
             else:
                 if P > 1:
                     nb += 1
@@ -402,7 +419,7 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
                 ldp = lay[prev + F_NPO]
                 backward_x(work, lay[rec + F_DZ], npo, Rp, lay[rec + F_NV], params, lay[rec + F_W], npo,
                            q0 * VW, q1 * VW, work, lay[prev + F_DZ], ldp)
-                update(work, lay[prev + F_Y], iota, ldp, Rp, q0 * VW, q1 * VW, work, lay[rec + F_DZ], npo,
+                update(work, lay[prev + F_Y], iota, ldp, Rp, q0 * VW, q1 * VW, work, du, npo,
                        rt(0), lay[rec + F_NV], params, S1, S2, lay[rec + F_W], npo, h, rt(True), work, g_at)
         if status:
             break

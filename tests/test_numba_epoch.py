@@ -141,7 +141,7 @@ def test_float32_a_few_batches_of_nielsens_network():
 
 @pytest.mark.parametrize("opt", ["sgd", "adam+wd"])
 def test_two_threads_same_as_reference(opt, monkeypatch):
-    monkeypatch.setattr(numba_epoch, "TWO_THREADS_FROM", 0)
+    monkeypatch.setattr(numba_epoch, "WORK_PER_THREAD", 1)
     ref, comp, ref_hist, comp_hist = _fit_both([9, 40, 35, 3], "relu", "cross_entropy", OPTIMIZERS[opt], 6,
                                                threads=2)
     assert comp.backend.epoch_trainer(comp, comp.loss, comp.optimizer)._threads_for(6) == 2
@@ -149,11 +149,16 @@ def test_two_threads_same_as_reference(opt, monkeypatch):
 
 
 def test_thread_count_follows_the_work_per_batch():
-    net = _net([784, 128, 10], "relu", _Compiled(2), dtype="float32")
-    trainer = numba_epoch.make_epoch_trainer(net.backend, net, fastnn.losses.get_loss("cross_entropy"), SGD(0.1))
-    assert trainer._threads_for(1) == 1 and trainer._threads_for(100) == 2
-    single = numba_epoch.make_epoch_trainer(_Compiled(1), net, fastnn.losses.get_loss("cross_entropy"), SGD(0.1))
-    assert single._threads_for(1000) == 1
+    loss = fastnn.losses.get_loss("cross_entropy")
+
+    def threads(sizes, batch_size, available=2):
+        net = _net(sizes, "relu", _Compiled(available), dtype="float32")
+        return numba_epoch.make_epoch_trainer(net.backend, net, loss, SGD(0.1))._threads_for(batch_size)
+
+    assert threads([784, 30, 10], 10) == 2 and threads([784, 128, 10], 1024) == 2
+    assert threads([30, 30, 10], 10) == 1      # too little work per batch
+    assert threads([784, 16, 10], 100) == 1    # one vector of hidden units: nothing to split
+    assert threads([784, 128, 10], 1024, available=1) == 1
 
 
 # ---- behaviour: assigned weights, validation, checkpoints, divergence, fallback ----
@@ -194,7 +199,7 @@ def test_validation_and_checkpoint_resume(tmp_path):
 @pytest.mark.filterwarnings("ignore:overflow encountered")
 @pytest.mark.parametrize("threads", [1, 2])
 def test_nan_loss_stops_with_finite_weights(threads, monkeypatch):
-    monkeypatch.setattr(numba_epoch, "TWO_THREADS_FROM", 0)
+    monkeypatch.setattr(numba_epoch, "WORK_PER_THREAD", 1)
     X, y = _data([5, 9, 3], n=60)
     X[40:] = 1e200  # the loss of batch 6 (rows 40..47) overflows
     stops = []
@@ -232,7 +237,7 @@ def test_verbose_names_the_compiled_path(capsys):
 
 # ---- threads never hang: a failing or interrupted thread releases the others ----
 def _trainer_with_two_threads(monkeypatch):
-    monkeypatch.setattr(numba_epoch, "TWO_THREADS_FROM", 0)
+    monkeypatch.setattr(numba_epoch, "WORK_PER_THREAD", 1)
     monkeypatch.setattr(numba_epoch, "CHUNK_WORK", 1.0)  # one batch per call
     X, y = _data([5, 9, 3], n=40)
     net = _net([5, 9, 3], "relu", _Compiled(2))
