@@ -53,14 +53,15 @@ def _fwd_tile(nv):
 
 
 def _upd_tile(mk, nv):
-    """The update of W[k0:k1, nv vectors from j0] with dW[k, j] = Σ_r A[row r, k] · D[r, j], mk rows at a time.
+    """The update of W[k0:k1, nv vectors from j0] with dW[k, j] = Σ_{r0<=r<r1} A[row r, k] · D[r, j], mk rows of W
+    at a time.
 
     Plain SGD (``sgd``): D holds −lr·dZ already, so W ← keep·W + Σ_r A·D in registers
     (keep = 1 − lr·weight_decay). Otherwise each block of dW goes through the scratch G
     to the optimizer step.
     """
     out = ["@njit(**_JIT)",
-           f"def upd_{mk}x{nv}(A, abase, rows, astride, nrows, k0, k1, D, dbase, ldd, j0, P, S1, S2, pbase, ldw,"
+           f"def upd_{mk}x{nv}(A, abase, rows, astride, r0, r1, k0, k1, D, dbase, ldd, j0, P, S1, S2, pbase, ldw,"
            " h, decays, sgd, keep, G, gbase):",
            "    VW = vwidth(D)",
            "    zero, c = vsplat(D, 0.0), vsplat(D, keep)",
@@ -72,7 +73,7 @@ def _upd_tile(mk, nv):
                                           for v in range(nv))]
     out += ["        else:"]
     out += ["            " + "; ".join(f"a{m}_{v} = zero" for v in range(nv)) for m in range(mk)]
-    out += ["        for r in range(nrows):",
+    out += ["        for r in range(r0, r1):",
             "            d = dbase + r * ldd + j0",
             "            " + "; ".join(f"d{v} = vload(D, d + {v} * VW)" for v in range(nv)),
             "            p = abase + rows[r] * astride + k"]
@@ -132,8 +133,8 @@ def source():
     for mk in (MK, 1):
         bounds = "k0, kmain" if mk == MK else "kmain, k1"
         body = body.replace(f"# <<UPDATE {mk}>>", _indent(_dispatch(
-            f"upd_{mk}x", f"A, abase, rows, astride, nrows, {bounds}, D, dbase, ldd, v * VW, P, S1, S2, pbase, ldw, "
-            "h, decays, sgd, keep, G, gbase"), 4))
+            f"upd_{mk}x", f"A, abase, rows, astride, r0, r1, {bounds}, D, dbase, ldd, v * VW, P, S1, S2, pbase, "
+            "ldw, h, decays, sgd, keep, G, gbase"), 8))
     body = body.replace("# <<FORWARD>>", _indent(_dispatch(
         f"fwd_{MR}x", "A, abase, rows, astride, r0, k0, k1, W, wbase, ldw, v * VW, B, bbase, Z, zbase, ldz"), 8))
     body = body.replace("dx_MRxMK", f"dx_{MR}x{MK}").replace("dx_MRx1", f"dx_{MR}x1")

@@ -34,6 +34,7 @@ _JIT = dict(_ENTRY, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 
 MR = 0  # rows of the batch per tile (set by the generator)
 MK = 0  # rows of W per update tile (set by the generator)
+ROW_CHUNK = 64  # rows of the batch per pass of a plain SGD update
 SPIN = 2000  # busy polls of a barrier before yielding the core to the thread it waits for
 
 # ---- the layout table: numba_epoch.py writes it with these names -------------------
@@ -128,10 +129,14 @@ def update(A, abase, rows, astride, nrows, k0, k1, D, dbase, ldd, v0, v1, P, S1,
     sgd = int(h[HY_KIND]) == OPT_SGD
     keep = 1.0 - h[HY_LR] * h[HY_WD] if sgd and decays else 1.0
     kmain = k0 + (k1 - k0) // MK * MK
-    v = v0
-    # <<UPDATE 4>>
-    v = v0
-    # <<UPDATE 1>>
+    # SGD adds to W as it goes: take the batch in chunks of rows whose D stays in L1 (large batches)
+    chunk = ROW_CHUNK if sgd else nrows
+    for r0 in range(0, nrows, chunk):
+        r1 = min(r0 + chunk, nrows)
+        v = v0
+        # <<UPDATE 4>>
+        v = v0
+        # <<UPDATE 1>>
 
 
 @njit(**_JIT)
