@@ -33,14 +33,14 @@ from fastnn.backend import ACTIVATIONS, Backend, _check_act
 _FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 #: Activation name -> kernel code (the order of ACTIVATIONS: identity, sigmoid, relu, tanh).
 _ACT_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
-#: X @ W and Xᵀ @ dZ go to the register tiles when the batch is at most this and
-#: the product has at least TILE_MIN_WORK multiply-adds (below, call overhead
-#: decides, and NumPy's is smaller); dZ @ Wᵀ, larger batches, and an Xᵀ @ dZ no wider
-#: than a narrow tile go to BLAS (measured: the tiles don't win there).
+#: X @ W goes to the register tiles when the batch (M) is at most this and the
+#: product has at least TILE_MIN_WORK multiply-adds (below, call overhead decides,
+#: and NumPy's is smaller). Xᵀ @ dZ, dZ @ Wᵀ and larger batches go to BLAS:
+#: measured, tiles did not beat it there.
 TILE_BATCH_MAX = 32
 TILE_MIN_WORK = 50_000
 #: Multiply-adds from which a tile product is shared between threads.
-PARALLEL_MIN_WORK = 200_000
+PARALLEL_MIN_WORK = 400_000
 
 _kernels = None  # backends/numba_kernels.py, imported by the first NumbaBackend
 
@@ -122,8 +122,6 @@ class NumbaBackend(Backend):
         self.num_threads = int(num_threads)
         self.compiled = bool(compiled)
         self._blas_cap = _BlasCap(self.num_threads)
-        #: itemsize -> the widest N a narrow tile covers (Xᵀ @ dZ that narrow stays on BLAS: measured)
-        self._narrow = {4: 2 * _kernels.tile_lanes(np.float32), 8: 2 * _kernels.tile_lanes(np.float64)}
 
     def __repr__(self):
         return f"<fastnn backend 'numba' num_threads={self.num_threads} compiled={self.compiled}>"
@@ -135,16 +133,15 @@ class NumbaBackend(Backend):
             return super().gemm(A, B, trans_a, trans_b, alpha, beta, C)
         A, trans_a, B, trans_b, M, N, P = operands
         work = M * N * P
-        if not trans_b and work >= TILE_MIN_WORK and (M <= TILE_BATCH_MAX if not trans_a else
-                                                     P <= TILE_BATCH_MAX and N > self._narrow[A.itemsize]):
-            # X @ W or Xᵀ @ dZ of a small batch: the register tiles beat BLAS there
+        if M <= TILE_BATCH_MAX and work >= TILE_MIN_WORK and not trans_a and not trans_b:
+            # X @ W of a small batch: the register tiles beat BLAS there
             if C is None:
                 C, beta = np.empty((M, N), A.dtype), 0.0
             if self.num_threads > 1 and work >= PARALLEL_MIN_WORK:
                 self._set_numba_threads()
-                _kernels.gemm_tiles_parallel(A, trans_a, B, C, float(alpha), float(beta), self.num_threads)
+                _kernels.gemm_tiles_parallel(A, B, C, float(alpha), float(beta), self.num_threads)
             else:
-                _kernels.gemm_tiles(A, trans_a, B, C, float(alpha), float(beta), 0, -1)
+                _kernels.gemm_tiles(A, B, C, float(alpha), float(beta), 0, -1)
             return C
         if C is None and alpha == 1.0:
             # a plain product: exactly the BLAS call NumPy makes (and nothing around it)

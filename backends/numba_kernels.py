@@ -300,21 +300,20 @@ def _vlanes(typingctx, a):
 
 
 # ---- gemm for small batches: register tiles -------------------------------
-# C (M, N) = alpha·op(A) (M, P) @ B (P, N) + beta·C, all row-major, with a small batch
-# in M (X @ W) or in P (Xᵀ @ dZ), where BLAS is poorest: op(A)[i, p] = a[i·rs + p·ps],
-# (rs, ps) = (P, 1) for A, (1, M) for Aᵀ. A tile is 4 rows of C by 4 vectors
+# C (M, N) = alpha·A (M, P) @ B (P, N) + beta·C, all row-major, M a small batch (the
+# forward product X @ W, where BLAS is poorest). A tile is 4 rows of C by 4 vectors
 # (64 float32 columns), or by 2 vectors for a narrow last tile: 16 (or 8)
 # accumulators in registers, and per row p of B 4 vector loads, 4 broadcasts of A and
 # 16 FMAs. Rows past M are computed from row M-1 weighted by zero and not stored.
 
 @njit(inline="always", **KERNEL)
-def _a_values(a, rs, ps, i, M, p):
-    """``op(A)[i : i+4, p]`` as 4 broadcast vectors; rows past M count as 0 (and read row M-1)."""
+def _a_values(a, i, M, P, p):
+    """``A[i : i+4, p]`` as 4 broadcast vectors; rows past M count as 0 (and read row M-1)."""
     zero = _zero(a)
-    x0 = a[U(min(i, M - 1) * rs + p * ps)] if i < M else zero
-    x1 = a[U(min(i + 1, M - 1) * rs + p * ps)] if i + 1 < M else zero
-    x2 = a[U(min(i + 2, M - 1) * rs + p * ps)] if i + 2 < M else zero
-    x3 = a[U(min(i + 3, M - 1) * rs + p * ps)] if i + 3 < M else zero
+    x0 = a[U(i * P + p)]
+    x1 = a[U(min(i + 1, M - 1) * P + p)] if i + 1 < M else zero
+    x2 = a[U(min(i + 2, M - 1) * P + p)] if i + 2 < M else zero
+    x3 = a[U(min(i + 3, M - 1) * P + p)] if i + 3 < M else zero
     return _vsplat(x0), _vsplat(x1), _vsplat(x2), _vsplat(x3)
 
 
@@ -335,7 +334,7 @@ def _store_row(c, q, acc, n, alpha, beta):
 
 
 @njit(**KERNEL)
-def _tile_4x4(a, rs, ps, b, c, M, N, P, i, j0, alpha, beta):
+def _tile_4x4(a, b, c, M, N, P, i, j0, alpha, beta):
     L = _vlanes(a)
     n0, n1, n2, n3 = _lanes_left(N, j0, L), _lanes_left(N, j0 + L, L), _lanes_left(N, j0 + 2 * L, L), \
         _lanes_left(N, j0 + 3 * L, L)
@@ -345,7 +344,7 @@ def _tile_4x4(a, rs, ps, b, c, M, N, P, i, j0, alpha, beta):
     for p in range(P):
         q = p * N + j0
         b0, b1, b2, b3 = _vload(b, q, n0), _vload(b, q + L, n1), _vload(b, q + 2 * L, n2), _vload(b, q + 3 * L, n3)
-        x0, x1, x2, x3 = _a_values(a, rs, ps, i, M, p)
+        x0, x1, x2, x3 = _a_values(a, i, M, P, p)
         c00, c01, c02, c03 = _vfma(x0, b0, c00), _vfma(x0, b1, c01), _vfma(x0, b2, c02), _vfma(x0, b3, c03)
         c10, c11, c12, c13 = _vfma(x1, b0, c10), _vfma(x1, b1, c11), _vfma(x1, b2, c12), _vfma(x1, b3, c13)
         c20, c21, c22, c23 = _vfma(x2, b0, c20), _vfma(x2, b1, c21), _vfma(x2, b2, c22), _vfma(x2, b3, c23)
@@ -361,7 +360,7 @@ def _tile_4x4(a, rs, ps, b, c, M, N, P, i, j0, alpha, beta):
 
 
 @njit(**KERNEL)
-def _tile_4x2(a, rs, ps, b, c, M, N, P, i, j0, alpha, beta):
+def _tile_4x2(a, b, c, M, N, P, i, j0, alpha, beta):
     L = _vlanes(a)
     n0, n1 = _lanes_left(N, j0, L), _lanes_left(N, j0 + L, L)
     z = _vsplat(_zero(a))
@@ -369,7 +368,7 @@ def _tile_4x2(a, rs, ps, b, c, M, N, P, i, j0, alpha, beta):
     for p in range(P):
         q = p * N + j0
         b0, b1 = _vload(b, q, n0), _vload(b, q + L, n1)
-        x0, x1, x2, x3 = _a_values(a, rs, ps, i, M, p)
+        x0, x1, x2, x3 = _a_values(a, i, M, P, p)
         c00, c01, c10, c11 = _vfma(x0, b0, c00), _vfma(x0, b1, c01), _vfma(x1, b0, c10), _vfma(x1, b1, c11)
         c20, c21, c30, c31 = _vfma(x2, b0, c20), _vfma(x2, b1, c21), _vfma(x3, b0, c30), _vfma(x3, b1, c31)
     rows = ((c00, c01), (c10, c11), (c20, c21), (c30, c31))
@@ -386,11 +385,10 @@ def _tile_count(M, N, L):
 
 
 @njit(**KERNEL)
-def gemm_tiles(A, trans_a, B, C, alpha, beta, t0, t1):
-    """Tiles ``t0 .. t1-1`` (t1 = -1: to the last) of ``C = alpha·op(A) @ B + beta·C``, row-tile major."""
-    M, N = C.shape
-    P = B.shape[0]
-    rs, ps = (1, M) if trans_a else (P, 1)
+def gemm_tiles(A, B, C, alpha, beta, t0, t1):
+    """Tiles ``t0 .. t1-1`` (t1 = -1: to the last) of ``C = alpha·A @ B + beta·C``, row-tile major."""
+    M, P = A.shape
+    N = B.shape[1]
     a, b, c = A.ravel(), B.ravel(), C.ravel()
     alpha, beta = _as_dtype_of(a, alpha), _as_dtype_of(a, beta)
     L = _vlanes(a)
@@ -399,23 +397,18 @@ def gemm_tiles(A, trans_a, B, C, alpha, beta, t0, t1):
         i = (t // n_col_tiles) * 4
         j0 = (t % n_col_tiles) * 4 * L
         if N - j0 <= 2 * L:
-            _tile_4x2(a, rs, ps, b, c, M, N, P, i, j0, alpha, beta)
+            _tile_4x2(a, b, c, M, N, P, i, j0, alpha, beta)
         else:
-            _tile_4x4(a, rs, ps, b, c, M, N, P, i, j0, alpha, beta)
+            _tile_4x4(a, b, c, M, N, P, i, j0, alpha, beta)
 
 
 @njit(**PARALLEL)
-def gemm_tiles_parallel(A, trans_a, B, C, alpha, beta, n_threads):
+def gemm_tiles_parallel(A, B, C, alpha, beta, n_threads):
     """All tiles, in up to ``n_threads`` contiguous runs shared among the threads."""
     n_tiles = _tile_count(C.shape[0], C.shape[1], _vlanes(A))
     n_chunks = min(n_threads, n_tiles)
     for chunk in prange(n_chunks):
-        gemm_tiles(A, trans_a, B, C, alpha, beta, chunk * n_tiles // n_chunks, (chunk + 1) * n_tiles // n_chunks)
-
-
-def tile_lanes(dtype):
-    """Elements of ``dtype`` per vector in the tiles (16 float32 with AVX-512)."""
-    return VECTOR_BITS // (8 * np.dtype(dtype).itemsize)
+        gemm_tiles(A, B, C, alpha, beta, chunk * n_tiles // n_chunks, (chunk + 1) * n_tiles // n_chunks)
 
 
 # ---- fused element-wise kernels ------------------------------------------
