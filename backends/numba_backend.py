@@ -128,6 +128,14 @@ class NumbaBackend(Backend):
 
     # ---- dense algebra -------------------------------------------------
     def gemm(self, A, B, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, C=None):
+        if (C is None and alpha == 1.0 and type(A) is np.ndarray and type(B) is np.ndarray
+                and (A.dtype is _FLOAT32 or A.dtype is _FLOAT64) and B.dtype is A.dtype
+                and A.ndim == 2 and B.ndim == 2 and not self._blas_cap.active
+                and (trans_a or trans_b or A.shape[0] > TILE_BATCH_MAX)):
+            # the common plain product on BLAS, with as little Python around it as possible:
+            # exactly NumPy's call (any strides; a shape mismatch raises NumPy's error, as
+            # the reference does)
+            return (A.T if trans_a else A) @ (B.T if trans_b else B)
         operands = _gemm_operands(A, B, trans_a, trans_b, C)
         if operands is None:
             return super().gemm(A, B, trans_a, trans_b, alpha, beta, C)

@@ -175,12 +175,13 @@ def test_gemm_falls_back_to_the_reference(nb, ref, rng, reference_calls, case):
     assert reference_calls.count("gemm") == 2  # the numpy backend's call and the fallback
 
 
-def test_gemm_shape_mismatch_gives_the_reference_error(nb, ref):
-    A, B = np.ones((3, 4)), np.ones((5, 2))
+@pytest.mark.parametrize("trans_a", [False, True])
+def test_gemm_shape_mismatch_gives_the_reference_error(nb, ref, trans_a):
+    A, B = (np.ones((4, 3)) if trans_a else np.ones((3, 4))), np.ones((5, 2))
     with pytest.raises(ValueError) as expected:
-        ref.gemm(A, B)
+        ref.gemm(A, B, trans_a=trans_a)
     with pytest.raises(ValueError) as got:
-        nb.gemm(A, B)
+        nb.gemm(A, B, trans_a=trans_a)
     assert str(got.value) == str(expected.value)
 
 
