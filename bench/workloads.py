@@ -56,6 +56,8 @@ SGD_CASES = [("A", 10), ("A", 128), ("B", 10), ("B", 128), ("B", 1024)]
 
 #: Epoch benchmarks: rounds after one warm-up epoch (which holds any JIT compile).
 EPOCH_ROUNDS = 5
+#: An entry whose warm-up epoch is slow gets fewer rounds (at least one), about this many seconds.
+EPOCH_BUDGET_S = 60.0
 
 
 def epoch_flops(net, n_samples=N_SAMPLES):
