@@ -302,9 +302,10 @@ def _vlanes(typingctx, a):
 # ---- gemm for small batches: register tiles -------------------------------
 # C (M, N) = alpha·A (M, P) @ B (P, N) + beta·C, all row-major, M a small batch (the
 # forward product X @ W, where BLAS is poorest). A tile is 4 rows of C by 4 vectors
-# (64 float32 columns), or by 2 vectors for a narrow last tile: 16 (or 8)
-# accumulators in registers, and per row p of B 4 vector loads, 4 broadcasts of A and
-# 16 FMAs. Rows past M are computed from row M-1 weighted by zero and not stored.
+# (64 float32 columns), or by 2 vectors for a narrow last tile, and 2 rows for the
+# last 1 or 2 rows of a batch: up to 16 accumulators in registers, and per row p of B
+# 4 vector loads, 4 broadcasts of A and 16 FMAs. Rows past M (a tile's 3rd row of a
+# batch of 11, say) are computed from row M-1 weighted by zero and not stored.
 
 @njit(inline="always", **KERNEL)
 def _a_values(a, i, M, P, p):
@@ -315,6 +316,13 @@ def _a_values(a, i, M, P, p):
     x2 = a[U(min(i + 2, M - 1) * P + p)] if i + 2 < M else zero
     x3 = a[U(min(i + 3, M - 1) * P + p)] if i + 3 < M else zero
     return _vsplat(x0), _vsplat(x1), _vsplat(x2), _vsplat(x3)
+
+
+@njit(inline="always", **KERNEL)
+def _a_values2(a, i, M, P, p):
+    """``A[i : i+2, p]`` as 2 broadcast vectors; a row past M counts as 0."""
+    x1 = a[U(min(i + 1, M - 1) * P + p)] if i + 1 < M else _zero(a)
+    return _vsplat(a[U(i * P + p)]), _vsplat(x1)
 
 
 @njit(inline="always", **KERNEL)
@@ -379,6 +387,49 @@ def _tile_4x2(a, b, c, M, N, P, i, j0, alpha, beta):
         _store_row(c, q + L, v1, n1, alpha, beta)
 
 
+@njit(**KERNEL)
+def _tile_2x4(a, b, c, M, N, P, i, j0, alpha, beta):
+    # the last rows of a batch that leaves 1 or 2 (a batch of 10: 4 + 4 + 2): half the FMAs of a 4-row tile
+    L = _vlanes(a)
+    n0, n1, n2, n3 = _lanes_left(N, j0, L), _lanes_left(N, j0 + L, L), _lanes_left(N, j0 + 2 * L, L), \
+        _lanes_left(N, j0 + 3 * L, L)
+    z = _vsplat(_zero(a))
+    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = z
+    for p in range(P):
+        q = p * N + j0
+        b0, b1, b2, b3 = _vload(b, q, n0), _vload(b, q + L, n1), _vload(b, q + 2 * L, n2), _vload(b, q + 3 * L, n3)
+        x0, x1 = _a_values2(a, i, M, P, p)
+        c00, c01, c02, c03 = _vfma(x0, b0, c00), _vfma(x0, b1, c01), _vfma(x0, b2, c02), _vfma(x0, b3, c03)
+        c10, c11, c12, c13 = _vfma(x1, b0, c10), _vfma(x1, b1, c11), _vfma(x1, b2, c12), _vfma(x1, b3, c13)
+    rows = ((c00, c01, c02, c03), (c10, c11, c12, c13))
+    for r in range(min(2, M - i)):
+        q = (i + r) * N + j0
+        v0, v1, v2, v3 = rows[r]
+        _store_row(c, q, v0, n0, alpha, beta)
+        _store_row(c, q + L, v1, n1, alpha, beta)
+        _store_row(c, q + 2 * L, v2, n2, alpha, beta)
+        _store_row(c, q + 3 * L, v3, n3, alpha, beta)
+
+
+@njit(**KERNEL)
+def _tile_2x2(a, b, c, M, N, P, i, j0, alpha, beta):
+    L = _vlanes(a)
+    n0, n1 = _lanes_left(N, j0, L), _lanes_left(N, j0 + L, L)
+    z = _vsplat(_zero(a))
+    c00 = c01 = c10 = c11 = z
+    for p in range(P):
+        q = p * N + j0
+        b0, b1 = _vload(b, q, n0), _vload(b, q + L, n1)
+        x0, x1 = _a_values2(a, i, M, P, p)
+        c00, c01, c10, c11 = _vfma(x0, b0, c00), _vfma(x0, b1, c01), _vfma(x1, b0, c10), _vfma(x1, b1, c11)
+    rows = ((c00, c01), (c10, c11))
+    for r in range(min(2, M - i)):
+        q = (i + r) * N + j0
+        v0, v1 = rows[r]
+        _store_row(c, q, v0, n0, alpha, beta)
+        _store_row(c, q + L, v1, n1, alpha, beta)
+
+
 @njit(inline="always", **KERNEL)
 def _tile_count(M, N, L):
     return ((M + 3) // 4) * ((N + 4 * L - 1) // (4 * L))
@@ -396,8 +447,13 @@ def gemm_tiles(A, B, C, alpha, beta, t0, t1):
     for t in range(t0, _tile_count(M, N, L) if t1 < 0 else t1):
         i = (t // n_col_tiles) * 4
         j0 = (t % n_col_tiles) * 4 * L
-        if N - j0 <= 2 * L:
+        narrow, short = N - j0 <= 2 * L, M - i <= 2
+        if narrow and short:
+            _tile_2x2(a, b, c, M, N, P, i, j0, alpha, beta)
+        elif narrow:
             _tile_4x2(a, b, c, M, N, P, i, j0, alpha, beta)
+        elif short:
+            _tile_2x4(a, b, c, M, N, P, i, j0, alpha, beta)
         else:
             _tile_4x4(a, b, c, M, N, P, i, j0, alpha, beta)
 

@@ -92,9 +92,9 @@ def kernel_calls(monkeypatch, nb):
     return calls
 
 
-# (m, p, n): small batches -> register tiles (one or both tile widths, a partial last
+# (m, p, n): small batches -> register tiles (wide and narrow, 4- and 2-row, a partial last
 # vector, rows past M); a large batch -> BLAS
-SMALL = [(1, 1, 1), (3, 5, 7), (10, 30, 10), (4, 20, 70), (7, 9, 100), (32, 784, 30)]
+SMALL = [(1, 1, 1), (3, 5, 7), (10, 30, 10), (4, 20, 70), (7, 9, 100), (6, 7, 100), (32, 784, 30)]
 LARGE = [(40, 33, 20)]
 
 
