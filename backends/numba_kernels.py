@@ -480,9 +480,11 @@ def bias_act(Z, b, has_bias, act, Y):
             z, y = Z[i], Y[i]
             for j in range(n):
                 y[j] = z[j] + b[j]
-    else:
-        Y[:] = Z
     y = Y.ravel()
+    if not has_bias:
+        z = Z.ravel()
+        for k in range(y.size):  # (not Y[:] = Z: numba's slice assignment takes seconds to compile)
+            y[k] = z[k]
     zero, one = _zero(Z), _one(Z)
     if act == SIGMOID:
         for k in range(y.size):
