@@ -24,9 +24,10 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
+
+from .files import atomic_writer
 
 FORMAT = "fastnn-model"
 VERSION = 1
@@ -47,56 +48,11 @@ def _describe(net):
             "dtype": net.dtype, "layers": [layer.config() for layer in net.layers], "loss": loss}
 
 
-def _new_file_mode(path):
-    """The permissions the saved file gets: the old file's, else 0o666 less the umask.
-
-    ``mkstemp`` creates its file 0o600; without this a saved model would be
-    unreadable to anyone else even where the user's umask says otherwise.
-    """
-    with contextlib.suppress(OSError):
-        return os.stat(path).st_mode & 0o777
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _fsync_folder(folder):
-    """Make the rename itself durable (POSIX); folders cannot be opened on Windows."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path, arrays, meta):
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot save to {path}: the folder {folder} does not exist")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"cannot save to {path}: it is a folder; give a file name like model.npz")
     payload = dict(arrays)
     payload["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    mode = _new_file_mode(path)
-    fd, tmp = tempfile.mkstemp(prefix=".fastnn-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)  # to a file object: no ".npz" appended
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_folder(folder)
+    with atomic_writer(path) as f:
+        np.savez(f, **payload)  # to a file object: no ".npz" appended
 
 
 def _param_arrays(net):

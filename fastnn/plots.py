@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .datasets._files import atomic_writer
+from .files import atomic_writer
 
 
 def _figure(**kwargs):

@@ -23,7 +23,7 @@ import zlib
 
 import numpy as np
 
-from ._files import atomic_writer
+from ..files import atomic_writer
 
 #: type code -> dtype (big-endian, as stored)
 IDX_TYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),

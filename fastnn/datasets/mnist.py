@@ -20,7 +20,7 @@ import urllib.request
 
 import numpy as np
 
-from ._files import atomic_writer
+from ..files import atomic_writer
 from .idx import IDXError, read_idx
 from .split import from_uint8
 
