@@ -49,12 +49,10 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-import sys
 import warnings
 
 import numpy as np
 
-from .backend import get_backend
 from .layers import Dense, Identity, ReLU, Sigmoid, Tanh
 from .losses import get_loss
 from .model import Sequential, TrainingDiverged

@@ -20,7 +20,6 @@ so a file written on one backend loads on any other.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys

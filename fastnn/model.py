@@ -20,7 +20,6 @@ from .backend import get_backend
 from .history import History
 from .layers import Activation, Dense, Layer, Softmax
 from .losses import get_loss
-from .optim import SGD, Optimizer
 from . import validation as check
 
 
