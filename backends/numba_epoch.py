@@ -114,19 +114,23 @@ class EpochTrainer:
     def __call__(self, X, T, labels, order, batch_size):
         X, T, labels, order = self._checked(X, T, labels, order)
         n, bs = X.shape[0], int(batch_size)
-        P = self._threads_for(bs)
-        self._prepare(n, bs, P)
-        self._copy_in()
         kern = codegen.load()
         nbatch = -(-n // bs)
         per_call = max(1, int(CHUNK_WORK / max(1.0, bs * self._macs_per_row)))
-        chunks = [(first, min(per_call, nbatch - first)) for first in range(0, nbatch, per_call)]
         args = (X.reshape(-1), T.reshape(-1), labels, order)
-        self.sync[:] = 0
-        self.last_threads = P
-        total, correct, bad, applied = self._run_threads(kern, args, bs, chunks, P)
-        self._copy_out(applied)
-        return total, correct, bad
+        total, correct, bad, done = 0.0, 0, -1, 0
+        P = self._threads_for(bs)
+        while True:
+            self._prepare(n, bs, P)
+            self._copy_in()
+            self.last_threads = P
+            chunks = [(first, min(per_call, nbatch - first)) for first in range(done, nbatch, per_call)]
+            loss, hits, bad, applied, contended = self._run_threads(kern, args, bs, chunks, P)
+            self._copy_out(applied)
+            total, correct, done = total + loss, correct + hits, done + applied
+            if not contended:
+                return total, correct, bad
+            P = 1  # another process takes a core: the rest of this epoch on one thread
 
     def _checked(self, X, T, labels, order):
         n = X.shape[0]
@@ -143,8 +147,11 @@ class EpochTrainer:
         return X, T, labels, order
 
     def _run_threads(self, kern, args, bs, chunks, P):
-        total, correct, bad, applied = 0.0, 0, -1, 0
+        """Run the chunks on P threads: (loss, hits, bad batch, batches applied, contended)."""
+        total, correct, bad, applied, status = 0.0, 0, -1, 0, kern.STATUS_DONE
         errors, workers = [], []
+        self.sync[:] = 0
+        self.out[:] = 0
 
         def call(tid, first, count):
             kern.epoch(*args, first, count, bs, self.params, self.S1, self.S2, self.work, self.iwork,
@@ -155,7 +162,7 @@ class EpochTrainer:
             try:
                 for first, count in chunks:
                     o = call(tid, first, count)
-                    if o[kern.OUT_STATUS] or o[kern.OUT_BAD] >= 0:
+                    if o[kern.OUT_STATUS] != kern.STATUS_DONE or o[kern.OUT_BAD] >= 0:
                         break
             except BaseException as exc:  # noqa: BLE001 - reported by the main thread
                 errors.append(exc)
@@ -172,19 +179,17 @@ class EpochTrainer:
                 total += o[kern.OUT_LOSS]
                 correct += int(o[kern.OUT_CORRECT])
                 applied += int(o[kern.OUT_APPLIED])
-                if o[kern.OUT_STATUS]:
-                    break
-                if o[kern.OUT_BAD] >= 0:
-                    bad = int(o[kern.OUT_BAD])
+                status, bad = int(o[kern.OUT_STATUS]), int(o[kern.OUT_BAD])
+                if status != kern.STATUS_DONE or bad >= 0:
                     break
         except BaseException:
             self.sync[8 * P] = 1
             raise
         finally:
             _join(workers, self.sync, P)
-        if errors or (P > 1 and self.out[0][kern.OUT_STATUS]):
+        if errors or status == kern.STATUS_ABORTED:
             raise RuntimeError(f"compiled epoch: a worker thread failed: {errors[0] if errors else 'aborted'}")
-        return total, correct, bad, applied
+        return total, correct, bad, applied, status == kern.STATUS_CONTENDED
 
     # ---- threads --------------------------------------------------------------
     @property
@@ -275,7 +280,7 @@ class EpochTrainer:
         self.lay = lay
         self.h = np.zeros((P, 16))
         self.out = np.zeros((P, 8))
-        self.sync = np.zeros(8 * (P + 1), dtype=np.int64)
+        self.sync = np.zeros(8 * (P + 2), dtype=np.int64)  # see the template: counts, abort, stop
         self._npo = npo
         self._key = key
 

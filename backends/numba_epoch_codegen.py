@@ -105,7 +105,11 @@ def _dx_tile(mk):
     out += ["            " + "; ".join(f"a{m}_{q} = vfma(d{m}, w{q}, a{m}_{q})" for q in range(mk))
             for m in range(MR)]
     out += ["        o = obase + r0 * ldo + k"]
-    out += ["        " + "; ".join(f"O[o + {m} * ldo + {q}] = vsum(a{m}_{q})" for q in range(mk)) for m in range(MR)]
+    if mk == 4:  # four sums per row in one add tree
+        out += [f"        vstore4(O, o + {m} * ldo, vsum4(a{m}_0, a{m}_1, a{m}_2, a{m}_3))" for m in range(MR)]
+    else:
+        out += ["        " + "; ".join(f"O[o + {m} * ldo + {q}] = vsum(a{m}_{q})" for q in range(mk))
+                for m in range(MR)]
     return "\n".join(out)
 
 

@@ -21,8 +21,8 @@ import math
 from numba import njit
 
 from fastnn.backends.numba_epoch_simd import (
-    atomic_load, atomic_store, cpu_relax, sched_yield, vadd, vbroadcast, vdiv, vexp, vfma, vload,
-    rt, vmask_pos, vmax, vmaxlanes, vmul, vsplat, vsqrt, vstore, vsub, vsum, vwidth)
+    atomic_load, atomic_store, cpu_relax, cycles, sched_yield, vadd, vbroadcast, vdiv, vexp, vfma, vload,
+    rt, vmask_pos, vmax, vmaxlanes, vmul, vsplat, vsqrt, vstore, vstore4, vsub, vsum, vsum4, vwidth)
 
 # Without nnan/ninf: the NaN/inf test of the loss must survive optimisation.
 # Without NRT: no reference counting of the arrays passed to every tile call. Its atomic
@@ -35,7 +35,8 @@ _JIT = dict(_ENTRY, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 MR = 0  # rows of the batch per tile (set by the generator)
 MK = 0  # rows of W per update tile (set by the generator)
 ROW_CHUNK = 64  # rows of the batch per pass of a plain SGD update
-SPIN = 2000  # busy polls of a barrier before yielding the core to the thread it waits for
+SPIN = 200  # busy polls of a barrier before yielding the core (sooner: 2000 made a 2-thread epoch 8x
+#            slower beside one busy process on 2 cores; 200 costs nothing measurable when idle)
 
 # ---- the layout table: numba_epoch.py writes it with these names -------------------
 H_L, H_NI, H_NO, H_N, H_LOSS, H_OPT, H_BSP, H_ROWS, H_IOTA, H_TP, H_PRIV, H_ZERO, H_NINF, H_G, H_W0T = range(15)
@@ -47,7 +48,14 @@ ACT_IDENTITY, ACT_SIGMOID, ACT_RELU, ACT_TANH = range(4)
 LOSS_MSE, LOSS_XENT, LOSS_BXENT = range(3)
 OPT_SGD, OPT_MOMENTUM, OPT_ADAM = range(3)
 # out (float64, 8 per thread)
-OUT_LOSS, OUT_CORRECT, OUT_BAD, OUT_APPLIED, OUT_STATUS = range(5)
+OUT_LOSS, OUT_CORRECT, OUT_BAD, OUT_APPLIED, OUT_STATUS, OUT_LONG = range(6)  # OUT_LONG: long waits so far
+# OUT_STATUS: all batches done (or a bad one); Python raised the abort flag; the threads stopped
+# early because another process takes the cores (Python goes on with one thread)
+STATUS_DONE, STATUS_ABORTED, STATUS_CONTENDED = range(3)
+# sync (int64): thread t's barrier count at 8·t, the abort flag at 8·P, a stop request at 8·P + 8
+WAIT_OK, WAIT_ABORTED, WAIT_LONG = range(3)
+LONG_WAIT = 5_000_000  # cycles (~2 ms): a partner this late was not running (the cores are shared)
+LONG_WAITS_TO_STOP = 3
 
 
 # ---- element-wise pieces ---------------------------------------------------------
@@ -269,19 +277,34 @@ def batch_loss(work, ybase, dbase, tbase, nbase, ld, nv, nO, R, Rp, kind, code, 
 
 @njit(**_JIT)
 def barrier(sync, tid, P, n):
-    """Wait until all P threads passed barrier number n; False if Python raised the abort flag."""
+    """Wait until all P threads passed barrier number n: WAIT_OK, WAIT_LONG (it took long:
+    the partner was off its core), or WAIT_ABORTED if Python raised the abort flag."""
     atomic_store(sync, 8 * tid, n)
+    started = cycles()
     for u in range(P):
         spins = 0
         while atomic_load(sync, 8 * u) < n:
             if atomic_load(sync, 8 * P) != 0:
-                return False
+                return WAIT_ABORTED
             spins += 1
             if spins < SPIN:
                 cpu_relax()
             else:
                 sched_yield()
-    return True
+    return WAIT_LONG if cycles() - started > LONG_WAIT else WAIT_OK
+
+
+@njit(**_JIT)
+def _meet(sync, tid, P, n, first, b):
+    """Barrier n of batch b: (status, 1 if the wait was long). After the batch's first barrier,
+    stop if asked to: every thread reads the request after the same barrier, so all stop at
+    batch b with none of it applied."""
+    got = barrier(sync, tid, P, n)
+    if got == WAIT_ABORTED:
+        return STATUS_ABORTED, 0
+    if first and atomic_load(sync, 8 * P + 8) == b + 1:
+        return STATUS_CONTENDED, 0
+    return STATUS_DONE, 1 if got == WAIT_LONG else 0
 
 
 @njit(**_JIT)
@@ -308,8 +331,12 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
     g_at = lay[H_G] + priv  # scratch for gradient blocks
     sgd = lay[H_OPT] == OPT_SGD
     nb = atomic_load(sync, 8 * tid)  # barriers passed so far: the numbering goes on across calls
-    loss_sum, correct, bad, applied, status = 0.0, 0, -1, 0, 0
+    loss_sum, correct, bad, applied, status = 0.0, 0, -1, 0, STATUS_DONE
+    long_waits = int(out[OUT_LONG])  # counted across the calls of one run
     for b in range(first, first + nbatch):
+        if long_waits == LONG_WAITS_TO_STOP:  # ask all to stop before batch b (read after its 1st barrier)
+            atomic_store(sync, 8 * P + 8, b + 1)
+            long_waits += 1
         start = b * bs
         R = min(bs, N - start)
         Rp = (R + MR - 1) // MR * MR
@@ -350,9 +377,10 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
                         rt(0), lay[rec + F_NV], work, lay[H_ZERO], work, pb, npo)
             if P > 1:
                 nb += 1
-                if not barrier(sync, tid, P, nb):
-                    status = 1
+                status, late = _meet(sync, tid, P, nb, i == 1, b)
+                if status:
                     break
+                long_waits += late
             pb = lay[rec + F_PART] + par * P * lay[rec + F_PSIZE]
             if i < L - 1:
                 u0, u1 = _own(lay[rec + F_NV], tid, P)
@@ -366,9 +394,10 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
         if L == 1:
             if P > 1:
                 nb += 1
-                if not barrier(sync, tid, P, nb):
-                    status = 1
+                status, late = _meet(sync, tid, P, nb, True, b)
+                if status:
                     break
+                long_waits += late
             pb = lay[REC0 + F_PART] + par * P * lay[REC0 + F_PSIZE]
             reduce(work, pb, lay[REC0 + F_PSIZE], P, Rp, npo_l, rt(0), nv_l, params, rt(-1),
                    act_l, lay[REC0 + F_MASK], y_l)
@@ -416,9 +445,10 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
             else:
                 if P > 1:
                     nb += 1
-                    if not barrier(sync, tid, P, nb):
-                        status = 1
+                    status, late = _meet(sync, tid, P, nb, False, b)
+                    if status:
                         break
+                    long_waits += late
                 prev = rec - REC
                 q0, q1 = _own(lay[prev + F_NV], tid, P)
                 ldp = lay[prev + F_NPO]
@@ -432,4 +462,5 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
         correct += hits
         applied += 1
     out[OUT_LOSS], out[OUT_CORRECT], out[OUT_BAD] = loss_sum, correct, bad
-    out[OUT_APPLIED], out[OUT_STATUS] = applied, status
+    out[OUT_APPLIED], out[OUT_STATUS], out[OUT_LONG] = applied, status, long_waits
+    h[HY_T0] += applied  # Adam's step count for the next call of this run

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -148,6 +149,12 @@ def test_two_threads_same_as_reference(opt, monkeypatch):
     _assert_same(ref, comp, ref_hist, comp_hist)
 
 
+@pytest.mark.parametrize("opt", ["adam+wd", "nesterov"])
+def test_an_epoch_in_many_calls_same_as_reference(opt, monkeypatch):
+    monkeypatch.setattr(numba_epoch, "CHUNK_WORK", 1.0)  # one batch per compiled call
+    _assert_same(*_fit_both([5, 19, 3], "tanh", "cross_entropy", OPTIMIZERS[opt], 4))
+
+
 def test_thread_count_follows_the_work_per_batch():
     loss = fastnn.losses.get_loss("cross_entropy")
 
@@ -261,6 +268,27 @@ def test_a_failing_worker_cannot_hang_the_epoch(monkeypatch):
     thread.start()
     thread.join(timeout=60)
     assert done and "worker lost" in str(done[0].value)
+
+
+def test_a_thread_off_its_core_hands_the_epoch_to_one_thread(monkeypatch):
+    """Another process on the cores: the barriers wait long, the epoch goes on with one thread."""
+    X, y = _data([5, 9, 3], n=120)
+    ref = _net([5, 9, 3], "relu", "numpy")
+    ref_hist = ref.fit(X, y, epochs=2, batch_size=8, loss="cross_entropy", optimizer=Adam(0.01))
+    net, _, _ = _trainer_with_two_threads(monkeypatch)
+    kern = numba_epoch.codegen.load()
+    real = kern.epoch
+
+    def epoch(*args):
+        if args[-2] == 1:  # the worker: late for every call, as if descheduled
+            time.sleep(0.01)
+        return real(*args)
+
+    monkeypatch.setattr(kern, "epoch", epoch)
+    hist = net.fit(X, y, epochs=2, batch_size=8, loss="cross_entropy", optimizer=Adam(0.01))
+    trainer = net.backend.epoch_trainer(net, net.loss, net.optimizer)
+    assert trainer._threads_for(8) == 2
+    _assert_same(ref, net, ref_hist, hist)
 
 
 def test_ctrl_c_keeps_the_last_completed_epoch(monkeypatch):
