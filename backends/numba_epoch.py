@@ -29,6 +29,7 @@ from fastnn.optim import SGD, Adam
 
 from . import numba_epoch_codegen as codegen
 from . import numba_epoch_simd as simd
+from .numba_epoch_layout import Layout
 
 _ACTS = {"identity": 0, "sigmoid": 1, "relu": 2, "tanh": 3}
 _LOSSES = {MSE: 0, CrossEntropy: 1, BinaryCrossEntropy: 2}
@@ -107,7 +108,7 @@ class EpochTrainer:
         self.description = (f"compiled whole epoch ({simd.VECTOR_BITS}-bit SIMD kernels, "
                             f"{'1 thread' if self.threads == 1 else f'up to {self.threads} threads'} "
                             f"by the work per batch)")
-        self._key = None
+        self._key, self.layout = None, None
         self.last_threads = None
 
     # ---- the call -------------------------------------------------------------
@@ -121,12 +122,14 @@ class EpochTrainer:
         total, correct, bad, done = 0.0, 0, -1, 0
         P = self._threads_for(bs)
         while True:
-            self._prepare(n, bs, P)
-            self._copy_in()
+            if self._key != (n, bs, P):
+                self.layout, self._key = Layout(kern, self.dims, self.acts, self.loss_code, self.optimizer,
+                                                self.dtype, n, bs, P), (n, bs, P)
+            self.layout.copy_in(self.net.dense_layers, self.optimizer)
             self.last_threads = P
             chunks = [(first, min(per_call, nbatch - first)) for first in range(done, nbatch, per_call)]
             loss, hits, bad, applied, contended = self._run_threads(kern, args, bs, chunks, P)
-            self._copy_out(applied)
+            self.layout.copy_out(self.net.dense_layers, self.optimizer, applied)
             total, correct, done = total + loss, correct + hits, done + applied
             if not contended:
                 return total, correct, bad
@@ -149,14 +152,14 @@ class EpochTrainer:
     def _run_threads(self, kern, args, bs, chunks, P):
         """Run the chunks on P threads: (loss, hits, bad batch, batches applied, contended)."""
         total, correct, bad, applied, status = 0.0, 0, -1, 0, kern.STATUS_DONE
-        errors, workers = [], []
-        self.sync[:] = 0
-        self.out[:] = 0
+        errors, workers, buf = [], [], self.layout
+        buf.sync[:] = 0
+        buf.out[:] = 0
 
         def call(tid, first, count):
-            kern.epoch(*args, first, count, bs, self.params, self.S1, self.S2, self.work, self.iwork,
-                       self.lay, self.h[tid], self.sync, self.out[tid], tid, P)
-            return self.out[tid]
+            kern.epoch(*args, first, count, bs, buf.params, buf.S1, buf.S2, buf.work, buf.iwork, buf.lay,
+                       buf.h[tid], buf.sync, buf.out[tid], tid, P)
+            return buf.out[tid]
 
         def worker(tid):
             try:
@@ -166,7 +169,7 @@ class EpochTrainer:
                         break
             except BaseException as exc:  # noqa: BLE001 - reported by the main thread
                 errors.append(exc)
-                self.sync[8 * P] = 1  # releases the other threads' barriers
+                buf.sync[8 * P] = 1  # releases the other threads' barriers
 
         if P > 1:
             call(0, 0, 0)  # compile (or load) in this thread before anyone waits at a barrier
@@ -183,10 +186,10 @@ class EpochTrainer:
                 if status != kern.STATUS_DONE or bad >= 0:
                     break
         except BaseException:
-            self.sync[8 * P] = 1
+            buf.sync[8 * P] = 1
             raise
         finally:
-            _join(workers, self.sync, P)
+            _join(workers, buf.sync, P)
         if errors or status == kern.STATUS_ABORTED:
             raise RuntimeError(f"compiled epoch: a worker thread failed: {errors[0] if errors else 'aborted'}")
         return total, correct, bad, applied, status == kern.STATUS_CONTENDED
@@ -201,173 +204,6 @@ class EpochTrainer:
         the layer they split (the first layer's units; its inputs for a one-layer model)."""
         split = -(-self.dims[1] // self.vw) if len(self.dims) > 2 else self.dims[0] // 4
         return max(1, min(self.threads, split, int(bs * self._macs_per_row // WORK_PER_THREAD)))
-
-    # ---- buffers and the layout table -------------------------------------------
-    def _prepare(self, n, bs, P):
-        key = (n, bs, P)
-        if key == self._key:
-            return
-        kern = codegen.load()
-        dims, vw, mr = self.dims, self.vw, kern.MR
-        L = len(dims) - 1
-        align = 64 // self.dtype.itemsize
-        up = lambda x, m: -(-x // m) * m  # noqa: E731
-        bsp = up(min(bs, n), mr)
-        npo = [up(d, vw) for d in dims[1:]]
-        lay = np.zeros(kern.REC0 + kern.REC * L + P, dtype=np.int64)
-        lay[[kern.H_L, kern.H_NI, kern.H_NO, kern.H_N, kern.H_LOSS, kern.H_BSP]] = \
-            [L, dims[0], dims[-1], n, self.loss_code, bsp]
-        lay[kern.H_OPT] = _opt_kind(self.optimizer)
-        p_off, w_off = 0, 0
-
-        def take(size, counter):
-            return counter, counter + up(size, align)
-
-        self._params_at = []
-        w_off = up(max(npo), align)  # the zero region: [0, max npo)
-        lay[kern.H_ZERO] = 0
-        for i in range(L):
-            rec = kern.REC0 + kern.REC * i
-            rows = dims[0] if i == 0 else npo[i - 1]
-            if i == 0 and L > 1:
-                # The first layer's columns are split between the threads: each thread's block
-                # is stored apart (writes to the two halves of one row-major W cost 1.7x).
-                blocks = []
-                for t in range(P):
-                    u0, u1 = npo[0] // vw * t // P, npo[0] // vw * (t + 1) // P
-                    at, p_off = take(rows * (u1 - u0) * vw, p_off)
-                    blocks.append((at, u0 * vw, (u1 - u0) * vw))
-                lay[kern.REC0 + kern.REC * L: kern.REC0 + kern.REC * L + P] = [at for at, _, _ in blocks]
-                at_W = blocks[0][0]
-            else:
-                at_W, p_off = take(rows * npo[i], p_off)
-                blocks = [(at_W, 0, npo[i])]
-            at_b, p_off = take(npo[i], p_off)
-            self._params_at.append((blocks, rows, at_b))
-            lay[rec + kern.F_NOUT], lay[rec + kern.F_NPO], lay[rec + kern.F_NV] = dims[i + 1], npo[i], npo[i] // vw
-            lay[rec + kern.F_ACT], lay[rec + kern.F_W], lay[rec + kern.F_B] = self.acts[i], at_W, at_b
-            lay[rec + kern.F_MASK], w_off = take(npo[i], w_off)
-            if i < L - 1:
-                lay[rec + kern.F_Y], w_off = take(bsp * npo[i], w_off)
-                lay[rec + kern.F_DZ], w_off = take(bsp * npo[i], w_off)
-                lay[rec + kern.F_DS], w_off = take(bsp * npo[i], w_off)  # −lr·dZ (plain SGD)
-            if i > 0 or L == 1:
-                lay[rec + kern.F_PSIZE] = up(bsp * npo[i], align)
-                lay[rec + kern.F_PART], w_off = take(2 * P * lay[rec + kern.F_PSIZE], w_off)
-        lay[kern.H_NINF], w_off = take(npo[-1], w_off)
-        # per-thread private region: the last layer's Y and dZ, and the batch's target rows
-        last = kern.REC0 + kern.REC * (L - 1)
-        w_off = up(w_off, align)
-        block = up(bsp * npo[-1], align)
-        lay[last + kern.F_Y], lay[last + kern.F_DZ], lay[kern.H_TP] = w_off, w_off + block, w_off + 2 * block
-        lay[kern.H_G] = w_off + 3 * block  # scratch: a gradient tile, or one layer's bias gradient
-        private = 3 * block + up(kern.MK * max(npo), align)
-        lay[kern.H_PRIV] = private
-        w_off += P * private
-        lay[kern.H_IOTA], lay[kern.H_ROWS], lay[kern.H_W0T] = 0, bsp, kern.REC0 + kern.REC * L
-
-        self.params = _aligned(p_off, self.dtype)
-        self.S1 = _aligned(p_off if lay[kern.H_OPT] else 1, self.dtype)
-        self.S2 = _aligned(p_off if lay[kern.H_OPT] == kern.OPT_ADAM else 1, self.dtype)
-        self.work = _aligned(w_off, self.dtype)
-        for i in range(L):
-            rec = kern.REC0 + kern.REC * i
-            self.work[lay[rec + kern.F_MASK]: lay[rec + kern.F_MASK] + dims[i + 1]] = 1
-        ninf = self.work[lay[kern.H_NINF]: lay[kern.H_NINF] + npo[-1]]
-        ninf[dims[-1]:] = -np.inf
-        self.iwork = np.zeros(bsp * (1 + P), dtype=np.int64)
-        self.iwork[:bsp] = np.arange(bsp)
-        self.lay = lay
-        self.h = np.zeros((P, 16))
-        self.out = np.zeros((P, 8))
-        self.sync = np.zeros(8 * (P + 2), dtype=np.int64)  # see the template: counts, abort, stop
-        self._npo = npo
-        self._key = key
-
-    # ---- parameters in and out ----------------------------------------------------
-    def _pieces(self, flat):
-        """Per layer ``([(view, columns), ...] of W, view of b)``: where the real (unpadded)
-        parameters are inside a flat buffer (W in column blocks where threads split it)."""
-        pieces = []
-        for i, (blocks, rows, at_b) in enumerate(self._params_at):
-            n_in, n_out = self.dims[i], self.dims[i + 1]
-            W = []
-            for at, c0, width in blocks:
-                real = max(0, min(width, n_out - c0))
-                if real:
-                    W.append((flat[at: at + rows * width].reshape(rows, width)[:n_in, :real], slice(c0, c0 + real)))
-            pieces.append((W, flat[at_b: at_b + n_out]))
-        return pieces
-
-    def _copy_in(self):
-        opt, h = self.optimizer, self.h
-        for layer, (W, b) in zip(self.net.dense_layers, self._pieces(self.params)):
-            for view, cols in W:
-                view[...] = layer.W[:, cols]
-            b[...] = layer.b
-        for slot, flat in zip(_state_slots(opt), (self.S1, self.S2)):
-            for i, (W, b) in enumerate(self._pieces(flat)):
-                value = opt.state.get(f"{i}.W", {}).get(slot)
-                for view, cols in W:
-                    view[...] = 0 if value is None else value[:, cols]
-                value = opt.state.get(f"{i}.b", {}).get(slot)
-                b[...] = 0 if value is None else value
-        h[:] = 0
-        h[:, 0] = _opt_kind(opt)
-        h[:, 1] = opt.lr
-        h[:, 4] = opt.weight_decay
-        if isinstance(opt, SGD):
-            h[:, 2], h[:, 3] = opt.momentum, float(opt.nesterov)
-        else:
-            h[:, 5], h[:, 6] = opt.betas
-            h[:, 7], h[:, 8] = opt.eps, opt.t
-
-    def _copy_out(self, applied):
-        opt = self.optimizer
-        for layer, (W, b) in zip(self.net.dense_layers, self._pieces(self.params)):
-            layer._W = _store(layer._W, W, (layer.n_in, layer.n_out), self.dtype)
-            layer._b = _store(layer._b, [(b, slice(None))], (layer.n_out,), self.dtype)
-        if applied == 0:  # no step taken: the optimizer state stays as it was (maybe absent)
-            return
-        for slot, flat in zip(_state_slots(opt), (self.S1, self.S2)):
-            for i, (W, b) in enumerate(self._pieces(flat)):
-                for name, parts, shape in (("W", W, W[0][0].shape[:1] + (self.dims[i + 1],)),
-                                           ("b", [(b, slice(None))], b.shape)):
-                    entry = opt.state.setdefault(f"{i}.{name}", {})
-                    entry[slot] = _store(entry.get(slot), parts, shape, self.dtype)
-        if isinstance(opt, Adam):
-            opt.t += applied
-
-
-def _store(target, parts, shape, dtype):
-    """``target`` (in place when it is a writeable array of that shape) filled from the pieces."""
-    if not (isinstance(target, np.ndarray) and target.shape == shape and target.dtype == dtype
-            and target.flags.writeable):
-        target = np.empty(shape, dtype=dtype)
-    for view, cols in parts:
-        target[..., cols] = view
-    return target
-
-
-def _state_slots(opt):
-    """The optimizer's state slots, as SGD.step / Adam.step name them."""
-    if isinstance(opt, Adam):
-        return ("M", "V")
-    return ("V",) if opt.momentum else ()
-
-
-def _opt_kind(opt):
-    if isinstance(opt, Adam):
-        return 2
-    return 1 if opt.momentum else 0
-
-
-def _aligned(n, dtype):
-    """A zeroed 1-D array of n elements starting on a 64-byte boundary."""
-    raw = np.zeros(n + 64 // np.dtype(dtype).itemsize, dtype=dtype)
-    skip = (-raw.ctypes.data % 64) // raw.itemsize
-    return raw[skip: skip + n]
-
 
 def _available_threads(backend):
     threads = getattr(backend, "num_threads", None)

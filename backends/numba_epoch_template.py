@@ -1,3 +1,4 @@
+# flake8: noqa -- a template: numba_epoch_codegen.py inserts the unrolled tiles and writes the module
 """Kernels of fastnn's compiled epoch (made from numba_epoch_template.py by numba_epoch_codegen.py).
 
 One call of :func:`epoch` trains a run of mini-batches as thread ``tid`` of ``P``.

@@ -1,0 +1,177 @@
+"""Buffers of the compiled epoch: where every layer's pieces live, and the copies in and out.
+
+The kernels (``numba_epoch_template.py``) see flat, 64-byte aligned arrays and an int64
+table ``lay`` of offsets (its field names come from the kernel module). Widths are
+padded to whole SIMD vectors; the padding stays exactly 0. The parameters are copied in
+from the layers and the optimizer before every run and back after it, so weights
+assigned between fits are used and checkpoints see the current values.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from fastnn.optim import SGD, Adam
+
+from . import numba_epoch_simd as simd
+
+
+class Layout:
+    """The buffers for one (rows N, batch size, threads P) of one model."""
+
+    def __init__(self, kern, dims, acts, loss_code, optimizer, dtype, n, bs, P):
+        self.dims, self.dtype = dims, np.dtype(dtype)
+        vw, mr = simd.width(self.dtype), kern.MR
+        L = len(dims) - 1
+        align = 64 // self.dtype.itemsize
+        up = lambda x, m: -(-x // m) * m  # noqa: E731
+        bsp = up(min(bs, n), mr)
+        npo = [up(d, vw) for d in dims[1:]]
+        lay = np.zeros(kern.REC0 + kern.REC * L + P, dtype=np.int64)
+        lay[[kern.H_L, kern.H_NI, kern.H_NO, kern.H_N, kern.H_LOSS, kern.H_BSP]] = \
+            [L, dims[0], dims[-1], n, loss_code, bsp]
+        lay[kern.H_OPT] = opt_kind(optimizer)
+        p_off = 0
+
+        def take(size, counter):
+            return counter, counter + up(size, align)
+
+        self._params_at = []
+        w_off = up(max(npo), align)  # the zero region: [0, max npo)
+        lay[kern.H_ZERO] = 0
+        for i in range(L):
+            rec = kern.REC0 + kern.REC * i
+            rows = dims[0] if i == 0 else npo[i - 1]
+            if i == 0 and L > 1:
+                # The first layer's columns are split between the threads: each thread's block
+                # is stored apart (writes to the two halves of one row-major W cost 1.7x).
+                blocks = []
+                for t in range(P):
+                    u0, u1 = npo[0] // vw * t // P, npo[0] // vw * (t + 1) // P
+                    at, p_off = take(rows * (u1 - u0) * vw, p_off)
+                    blocks.append((at, u0 * vw, (u1 - u0) * vw))
+                lay[kern.REC0 + kern.REC * L: kern.REC0 + kern.REC * L + P] = [at for at, _, _ in blocks]
+                at_W = blocks[0][0]
+            else:
+                at_W, p_off = take(rows * npo[i], p_off)
+                blocks = [(at_W, 0, npo[i])]
+            at_b, p_off = take(npo[i], p_off)
+            self._params_at.append((blocks, rows, at_b))
+            lay[rec + kern.F_NOUT], lay[rec + kern.F_NPO], lay[rec + kern.F_NV] = dims[i + 1], npo[i], npo[i] // vw
+            lay[rec + kern.F_ACT], lay[rec + kern.F_W], lay[rec + kern.F_B] = acts[i], at_W, at_b
+            lay[rec + kern.F_MASK], w_off = take(npo[i], w_off)
+            if i < L - 1:
+                lay[rec + kern.F_Y], w_off = take(bsp * npo[i], w_off)
+                lay[rec + kern.F_DZ], w_off = take(bsp * npo[i], w_off)
+                lay[rec + kern.F_DS], w_off = take(bsp * npo[i], w_off)  # −lr·dZ (plain SGD)
+            if i > 0 or L == 1:
+                lay[rec + kern.F_PSIZE] = up(bsp * npo[i], align)
+                lay[rec + kern.F_PART], w_off = take(2 * P * lay[rec + kern.F_PSIZE], w_off)
+        lay[kern.H_NINF], w_off = take(npo[-1], w_off)
+        # per-thread private region: the last layer's Y and dZ, the batch's target rows, scratch
+        last = kern.REC0 + kern.REC * (L - 1)
+        block = up(bsp * npo[-1], align)
+        lay[last + kern.F_Y], lay[last + kern.F_DZ], lay[kern.H_TP] = w_off, w_off + block, w_off + 2 * block
+        lay[kern.H_G] = w_off + 3 * block  # a gradient tile, or one layer's bias gradient
+        lay[kern.H_PRIV] = 3 * block + up(kern.MK * max(npo), align)
+        w_off += P * lay[kern.H_PRIV]
+        lay[kern.H_IOTA], lay[kern.H_ROWS], lay[kern.H_W0T] = 0, bsp, kern.REC0 + kern.REC * L
+
+        self.params = aligned(p_off, self.dtype)
+        self.S1 = aligned(p_off if lay[kern.H_OPT] else 1, self.dtype)
+        self.S2 = aligned(p_off if lay[kern.H_OPT] == kern.OPT_ADAM else 1, self.dtype)
+        self.work = aligned(w_off, self.dtype)
+        for i in range(L):
+            mask = lay[kern.REC0 + kern.REC * i + kern.F_MASK]
+            self.work[mask: mask + dims[i + 1]] = 1
+        self.work[lay[kern.H_NINF] + dims[-1]: lay[kern.H_NINF] + npo[-1]] = -np.inf
+        self.iwork = np.zeros(bsp * (1 + P), dtype=np.int64)
+        self.iwork[:bsp] = np.arange(bsp)
+        self.lay = lay
+        self.h = aligned(P * 16, np.float64).reshape(P, 16)  # a row (two cache lines) per thread
+        self.out = aligned(P * 8, np.float64).reshape(P, 8)
+        self.sync = np.zeros(8 * (P + 2), dtype=np.int64)  # see the template: counts, abort, stop
+
+    # ---- parameters in and out ----------------------------------------------------
+    def pieces(self, flat):
+        """Per layer ``([(view, columns), ...] of W, view of b)``: where the real (unpadded)
+        parameters are inside a flat buffer (W in column blocks where threads split it)."""
+        pieces = []
+        for i, (blocks, rows, at_b) in enumerate(self._params_at):
+            n_in, n_out = self.dims[i], self.dims[i + 1]
+            W = []
+            for at, c0, width in blocks:
+                real = max(0, min(width, n_out - c0))
+                if real:
+                    W.append((flat[at: at + rows * width].reshape(rows, width)[:n_in, :real], slice(c0, c0 + real)))
+            pieces.append((W, flat[at_b: at_b + n_out]))
+        return pieces
+
+    def copy_in(self, dense_layers, opt):
+        """Parameters, optimizer state and hyper-parameters into the buffers."""
+        for layer, (W, b) in zip(dense_layers, self.pieces(self.params)):
+            for view, cols in W:
+                view[...] = layer.W[:, cols]
+            b[...] = layer.b
+        for slot, flat in zip(state_slots(opt), (self.S1, self.S2)):
+            for i, (W, b) in enumerate(self.pieces(flat)):
+                value = opt.state.get(f"{i}.W", {}).get(slot)
+                for view, cols in W:
+                    view[...] = 0 if value is None else value[:, cols]
+                value = opt.state.get(f"{i}.b", {}).get(slot)
+                b[...] = 0 if value is None else value
+        h = self.h  # the HY_* fields of the template
+        h[:] = 0
+        h[:, 0], h[:, 1], h[:, 4] = opt_kind(opt), opt.lr, opt.weight_decay
+        if isinstance(opt, SGD):
+            h[:, 2], h[:, 3] = opt.momentum, float(opt.nesterov)
+        else:
+            h[:, 5], h[:, 6] = opt.betas
+            h[:, 7], h[:, 8] = opt.eps, opt.t
+
+    def copy_out(self, dense_layers, opt, applied):
+        """Parameters (and, after a step, the optimizer state) back where SGD/Adam keep them."""
+        for layer, (W, b) in zip(dense_layers, self.pieces(self.params)):
+            layer._W = _store(layer._W, W, (layer.n_in, layer.n_out), self.dtype)
+            layer._b = _store(layer._b, [(b, slice(None))], (layer.n_out,), self.dtype)
+        if applied == 0:  # no step taken: the optimizer state stays as it was (maybe absent)
+            return
+        for slot, flat in zip(state_slots(opt), (self.S1, self.S2)):
+            for i, (W, b) in enumerate(self.pieces(flat)):
+                for name, parts, shape in (("W", W, (self.dims[i], self.dims[i + 1])),
+                                           ("b", [(b, slice(None))], b.shape)):
+                    entry = opt.state.setdefault(f"{i}.{name}", {})
+                    entry[slot] = _store(entry.get(slot), parts, shape, self.dtype)
+        if isinstance(opt, Adam):
+            opt.t += applied
+
+
+def _store(target, parts, shape, dtype):
+    """``target`` (in place when it is a writeable array of that shape) filled from the pieces."""
+    if not (isinstance(target, np.ndarray) and target.shape == shape and target.dtype == dtype
+            and target.flags.writeable):
+        target = np.empty(shape, dtype=dtype)
+    for view, cols in parts:
+        target[..., cols] = view
+    return target
+
+
+def state_slots(opt):
+    """The optimizer's state slots, as SGD.step / Adam.step name them."""
+    if isinstance(opt, Adam):
+        return ("M", "V")
+    return ("V",) if opt.momentum else ()
+
+
+def opt_kind(opt):
+    if isinstance(opt, Adam):
+        return 2
+    return 1 if opt.momentum else 0
+
+
+def aligned(n, dtype):
+    """A zeroed 1-D array of n elements starting on a 64-byte boundary."""
+    raw = np.zeros(n + 64 // np.dtype(dtype).itemsize, dtype=dtype)
+    skip = (-raw.ctypes.data % 64) // raw.itemsize
+    return raw[skip: skip + n]
+
+
