@@ -15,6 +15,7 @@ from importlib import metadata
 
 import pytest
 
+from .machine import CpuWatch
 from .workloads import EPOCH_ROUNDS, IMPLS, OPENBLAS_VARS
 
 LIBRARIES = ("fastnn", "numpy", "scipy", "numba", "llvmlite", "torch", "jax", "jaxlib",
@@ -35,6 +36,7 @@ def pytest_configure(config):
     if unknown:
         raise pytest.UsageError(f"--impl: unknown {', '.join(unknown)}; known: {', '.join(IMPLS)}")
     config._bench_impls = set(chosen)
+    config._bench_cpu_watch = CpuWatch()
 
 
 def pytest_collection_modifyitems(config, items):
@@ -96,4 +98,6 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "blas": _blas(),
         "impls": sorted(config._bench_impls) or "all",
         "command": " ".join([os.path.basename(sys.executable), "-m", "pytest", *sys.argv[1:]]),
+        # what other processes took of the CPUs during this session: above a few % timings are off
+        "others_cpu_share": config._bench_cpu_watch.others_share(),
     }

@@ -138,18 +138,18 @@ def _header(results, machines, runs):
             verdict = "ok" if agreement["exit_code"] == 0 else "**FAILED**"
             lines.append(f"- peers compute the same training (bench/test_peers_agree.py): {verdict}, "
                          f"{agreement['summary']}")
-        shares = {p["impl"]: p["others_cpu_share"] for p in run.get("processes", []) if "others_cpu_share" in p}
-        if shares:
-            noisy = max(shares.values()) > QUIET_SHARE
-            lines.append(("- **" if noisy else "- ") + "CPU share taken by other processes during each "
-                         "implementation's run: " + ", ".join(f"{impl} {share:.0%}" for impl, share in shares.items())
-                         + (" — timings disturbed, rerun on a quiet machine**" if noisy else ""))
         failed = [p["impl"] for p in run.get("processes", []) if p.get("exit_code")]
         if failed:
             lines.append(f"- **processes that failed: {', '.join(failed)}**")
     if not runs:
         commands = sorted({m.get("command", "?") for m in machines})
         lines += [f"- command: `{command}`" for command in commands]
+    shares = {_impls(m): m["others_cpu_share"] for m in machines if m.get("others_cpu_share") is not None}
+    if shares:
+        noisy = max(shares.values()) > QUIET_SHARE
+        lines.append(("- **" if noisy else "- ") + "CPU share other processes took during each process: "
+                     + ", ".join(f"{impls} {share:.0%}" for impls, share in shares.items())
+                     + (" — timings disturbed: rerun on a quiet machine**" if noisy else ""))
     peak = _peak(results)
     if peak:
         best, rows = peak
@@ -160,6 +160,11 @@ def _header(results, machines, runs):
     lines.append("- GFLOP/s = 6 × parameters × samples ÷ median (issue 5's convention; it counts the first "
                  "layer's dX, which training needn't compute, so it can exceed the GEMM peak)")
     return lines
+
+
+def _impls(machine):
+    impls = machine.get("impls", "all")
+    return impls if isinstance(impls, str) else ",".join(impls)
 
 
 def _peak(results):

@@ -17,13 +17,13 @@ import datetime
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from . import report
+from .machine import busy_share
 from .workloads import EPOCH_ROUNDS, IMPLS, OPENBLAS_VARS, QUIET_SHARE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,57 +75,30 @@ def _environment(mode):
     return env
 
 
-def _cpu_seconds():
-    """``(busy CPU-seconds of the whole machine, CPU-seconds of our finished children)``.
-
-    Their difference over a child's run is what *other* processes took meanwhile:
-    on a shared 2-core machine that is the first thing that spoils a timing.
-    """
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # user..steal
-    except (OSError, ValueError, IndexError):
-        busy = float("nan")
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return busy, children.ru_utime + children.ru_stime
-
-
-def _busy_now(seconds=1.0):
-    """The share of the CPUs busy over the next ``seconds`` (we only sleep meanwhile)."""
-    before = _cpu_seconds()[0]
-    time.sleep(seconds)
-    return max(0.0, _cpu_seconds()[0] - before) / (seconds * os.cpu_count())
-
-
 def _wait_quiet(minutes):
     """Wait up to ``minutes`` until other processes leave the CPUs idle; warn if they don't."""
     deadline = time.monotonic() + 60 * minutes
-    busy = _busy_now()
+    busy = busy_share()
     while busy > QUIET_SHARE and time.monotonic() < deadline:
-        busy = _busy_now(5.0)
+        busy = busy_share(5.0)
     if busy > QUIET_SHARE:
         print(f"bench.run: warning: other processes are using {busy:.0%} of the CPUs; "
               "timings will be disturbed", file=sys.stderr)
 
 
 def _pytest(args, env, extra):
-    """Run pytest in a fresh process; returns (exit code, seconds, summary line, others' CPU share)."""
+    """Run pytest in a fresh process; returns (exit code, seconds, summary line)."""
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *extra, *args.pytest_args]
-    busy_before, ours_before = _cpu_seconds()
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
-    busy_after, ours_after = _cpu_seconds()
-    others = max(0.0, (busy_after - busy_before) - (ours_after - ours_before)) / (seconds * os.cpu_count())
     lines = (done.stdout + done.stderr).strip().splitlines()
     summary = [line for line in lines if SUMMARY.search(line)]
     # pytest's exit code 5: nothing collected (an implementation absent from the chosen suites)
     code = 0 if done.returncode == 5 else done.returncode
     if code:
         sys.stderr.write("\n".join(lines[-40:]) + "\n")
-    return code, seconds, (summary or lines or [""])[-1].strip("= "), others
+    return code, seconds, (summary or lines or [""])[-1].strip("= ")
 
 
 def main(argv=None):
@@ -141,7 +114,7 @@ def main(argv=None):
            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "processes": []}
 
     if not args.no_check:
-        code, seconds, last, _ = _pytest(args, env, ["bench/test_peers_agree.py", "-rs"])
+        code, seconds, last = _pytest(args, env, ["bench/test_peers_agree.py", "-rs"])
         run["agreement"] = {"exit_code": code, "summary": last}
         print(f"bench.run: agreement check: {last} ({seconds:.0f} s)", file=sys.stderr)
 
@@ -154,20 +127,21 @@ def main(argv=None):
             _wait_quiet(args.wait_quiet)
         extra = [*nodes, "--benchmark-only", f"--impl={impl}", f"--epoch-rounds={args.epoch_rounds}",
                  f"--benchmark-json={path}", "-rs"]
-        code, seconds, last, others = _pytest(args, env, extra)
-        print(f"bench.run: [{i}/{len(args.impl)}] {impl}: {last} ({seconds:.0f} s; other processes "
-              f"took {others:.0%} of the CPUs meanwhile)", file=sys.stderr)
-        process = {"impl": impl, "exit_code": code, "seconds": round(seconds, 1), "summary": last,
-                   "others_cpu_share": round(others, 3)}
+        code, seconds, last = _pytest(args, env, extra)
+        process = {"impl": impl, "exit_code": code, "seconds": round(seconds, 1), "summary": last}
         run["processes"].append(process)
         text = path.read_text() if path.exists() else ""
         if text.strip():  # pytest-benchmark leaves an empty file when everything skipped
             data = json.loads(text)
             process["machine"] = data["machine_info"].get("fastnn", {})
+            share = process["machine"].get("others_cpu_share")
+            if share is not None:
+                last += f"; other processes took {share:.0%} of the CPUs meanwhile"
             if merged is None:
                 merged = data
             else:
                 merged["benchmarks"] += data["benchmarks"]
+        print(f"bench.run: [{i}/{len(args.impl)}] {impl}: {last} ({seconds:.0f} s)", file=sys.stderr)
     if merged is None:
         sys.exit("bench.run: no benchmark results were written")
     merged["fastnn_run"] = run
