@@ -38,6 +38,9 @@ _LOSSES = {MSE: 0, CrossEntropy: 1, BinaryCrossEntropy: 2}
 WORK_PER_THREAD = 15_000
 #: Multiply-adds per compiled call: Ctrl-C is noticed between calls (~20 ms apart).
 CHUNK_WORK = 2e9
+#: A barrier wait this long (cycles, ~2 ms) means the partner thread was off its core: when such
+#: waits take a quarter of the time, another process shares the cores and one thread goes on.
+LONG_WAIT_CYCLES = 5_000_000
 
 
 def make_epoch_trainer(backend, net, loss, optimizer):
@@ -124,7 +127,7 @@ class EpochTrainer:
         while True:
             if self._key != (n, bs, P):
                 self.layout, self._key = Layout(kern, self.dims, self.acts, self.loss_code, self.optimizer,
-                                                self.dtype, n, bs, P), (n, bs, P)
+                                                self.dtype, n, bs, P, LONG_WAIT_CYCLES), (n, bs, P)
             self.layout.copy_in(self.net.dense_layers, self.optimizer)
             self.last_threads = P
             chunks = [(first, min(per_call, nbatch - first)) for first in range(done, nbatch, per_call)]

@@ -18,7 +18,7 @@ from . import numba_epoch_simd as simd
 class Layout:
     """The buffers for one (rows N, batch size, threads P) of one model."""
 
-    def __init__(self, kern, dims, acts, loss_code, optimizer, dtype, n, bs, P):
+    def __init__(self, kern, dims, acts, loss_code, optimizer, dtype, n, bs, P, long_wait):
         self.dims, self.dtype = dims, np.dtype(dtype)
         vw, mr = simd.width(self.dtype), kern.MR
         L = len(dims) - 1
@@ -29,7 +29,7 @@ class Layout:
         lay = np.zeros(kern.REC0 + kern.REC * L + P, dtype=np.int64)
         lay[[kern.H_L, kern.H_NI, kern.H_NO, kern.H_N, kern.H_LOSS, kern.H_BSP]] = \
             [L, dims[0], dims[-1], n, loss_code, bsp]
-        lay[kern.H_OPT] = opt_kind(optimizer)
+        lay[kern.H_OPT], lay[kern.H_LONG] = opt_kind(optimizer), long_wait
         p_off = 0
 
         def take(size, counter):

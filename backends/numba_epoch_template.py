@@ -40,7 +40,8 @@ SPIN = 200  # busy polls of a barrier before yielding the core (sooner: 2000 mad
 #            slower beside one busy process on 2 cores; 200 costs nothing measurable when idle)
 
 # ---- the layout table: numba_epoch.py writes it with these names -------------------
-H_L, H_NI, H_NO, H_N, H_LOSS, H_OPT, H_BSP, H_ROWS, H_IOTA, H_TP, H_PRIV, H_ZERO, H_NINF, H_G, H_W0T = range(15)
+H_L, H_NI, H_NO, H_N, H_LOSS, H_OPT, H_BSP, H_ROWS, H_IOTA, H_TP, H_PRIV, H_ZERO, H_NINF, H_G, H_W0T, \
+    H_LONG = range(16)
 REC0, REC = 16, 16  # layer i's record starts at lay[REC0 + REC * i]
 F_NOUT, F_NPO, F_NV, F_ACT, F_W, F_B, F_Y, F_DZ, F_PART, F_PSIZE, F_MASK, F_DS = range(12)
 # h (float64, one row per thread): hyper-parameters, and Adam's corrections of the batch
@@ -49,13 +50,14 @@ ACT_IDENTITY, ACT_SIGMOID, ACT_RELU, ACT_TANH = range(4)
 LOSS_MSE, LOSS_XENT, LOSS_BXENT = range(3)
 OPT_SGD, OPT_MOMENTUM, OPT_ADAM = range(3)
 # out (float64, 8 per thread)
-OUT_LOSS, OUT_CORRECT, OUT_BAD, OUT_APPLIED, OUT_STATUS, OUT_LONG = range(6)  # OUT_LONG: long waits so far
+OUT_LOSS, OUT_CORRECT, OUT_BAD, OUT_APPLIED, OUT_STATUS = range(5)
 # OUT_STATUS: all batches done (or a bad one); Python raised the abort flag; the threads stopped
 # early because another process takes the cores (Python goes on with one thread)
 STATUS_DONE, STATUS_ABORTED, STATUS_CONTENDED = range(3)
 # sync (int64): thread t's barrier count at 8·t, the abort flag at 8·P, a stop request at 8·P + 8
-WAIT_OK, WAIT_ABORTED, WAIT_LONG = range(3)
-LONG_WAIT = 5_000_000  # cycles (~2 ms): a partner this late was not running (the cores are shared)
+# A wait at a barrier longer than lay[H_LONG] cycles means the partner was off its core (another
+# process shares the cores); after LONG_WAITS_TO_STOP such waits that took a quarter of the
+# time, one thread does better.
 LONG_WAITS_TO_STOP = 3
 
 
@@ -278,34 +280,34 @@ def batch_loss(work, ybase, dbase, tbase, nbase, ld, nv, nO, R, Rp, kind, code, 
 
 @njit(**_JIT)
 def barrier(sync, tid, P, n):
-    """Wait until all P threads passed barrier number n: WAIT_OK, WAIT_LONG (it took long:
-    the partner was off its core), or WAIT_ABORTED if Python raised the abort flag."""
+    """Wait until all P threads passed barrier number n; returns the cycles waited, or -1 if
+    Python raised the abort flag."""
     atomic_store(sync, 8 * tid, n)
     started = cycles()
     for u in range(P):
         spins = 0
         while atomic_load(sync, 8 * u) < n:
             if atomic_load(sync, 8 * P) != 0:
-                return WAIT_ABORTED
+                return -1
             spins += 1
             if spins < SPIN:
                 cpu_relax()
             else:
                 sched_yield()
-    return WAIT_LONG if cycles() - started > LONG_WAIT else WAIT_OK
+    return cycles() - started
 
 
 @njit(**_JIT)
-def _meet(sync, tid, P, n, first, b):
-    """Barrier n of batch b: (status, 1 if the wait was long). After the batch's first barrier,
-    stop if asked to: every thread reads the request after the same barrier, so all stop at
-    batch b with none of it applied."""
-    got = barrier(sync, tid, P, n)
-    if got == WAIT_ABORTED:
+def _meet(sync, tid, P, n, first, b, long_wait):
+    """Barrier n of batch b: (status, cycles of a long wait, else 0). After the batch's first
+    barrier, stop if asked to: every thread reads the request after the same barrier, so all
+    stop at batch b with none of it applied."""
+    waited = barrier(sync, tid, P, n)
+    if waited < 0:
         return STATUS_ABORTED, 0
     if first and atomic_load(sync, 8 * P + 8) == b + 1:
         return STATUS_CONTENDED, 0
-    return STATUS_DONE, 1 if got == WAIT_LONG else 0
+    return STATUS_DONE, waited if waited > long_wait else 0
 
 
 @njit(**_JIT)
@@ -333,11 +335,11 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
     sgd = lay[H_OPT] == OPT_SGD
     nb = atomic_load(sync, 8 * tid)  # barriers passed so far: the numbering goes on across calls
     loss_sum, correct, bad, applied, status = 0.0, 0, -1, 0, STATUS_DONE
-    long_waits = int(out[OUT_LONG])  # counted across the calls of one run
+    started, long_waits, waited = cycles(), 0, 0  # long waits at barriers: another process took a core
     for b in range(first, first + nbatch):
-        if long_waits == LONG_WAITS_TO_STOP:  # ask all to stop before batch b (read after its 1st barrier)
-            atomic_store(sync, 8 * P + 8, b + 1)
-            long_waits += 1
+        if long_waits >= LONG_WAITS_TO_STOP and 4 * waited > cycles() - started:
+            atomic_store(sync, 8 * P + 8, b + 1)  # all stop before batch b (read after its 1st barrier)
+            long_waits = -1_000_000  # asked once
         start = b * bs
         R = min(bs, N - start)
         Rp = (R + MR - 1) // MR * MR
@@ -378,10 +380,10 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
                         rt(0), lay[rec + F_NV], work, lay[H_ZERO], work, pb, npo)
             if P > 1:
                 nb += 1
-                status, late = _meet(sync, tid, P, nb, i == 1, b)
+                status, late = _meet(sync, tid, P, nb, i == 1, b, lay[H_LONG])
                 if status:
                     break
-                long_waits += late
+                long_waits, waited = long_waits + (late > 0), waited + late
             pb = lay[rec + F_PART] + par * P * lay[rec + F_PSIZE]
             if i < L - 1:
                 u0, u1 = _own(lay[rec + F_NV], tid, P)
@@ -395,10 +397,10 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
         if L == 1:
             if P > 1:
                 nb += 1
-                status, late = _meet(sync, tid, P, nb, True, b)
+                status, late = _meet(sync, tid, P, nb, True, b, lay[H_LONG])
                 if status:
                     break
-                long_waits += late
+                long_waits, waited = long_waits + (late > 0), waited + late
             pb = lay[REC0 + F_PART] + par * P * lay[REC0 + F_PSIZE]
             reduce(work, pb, lay[REC0 + F_PSIZE], P, Rp, npo_l, rt(0), nv_l, params, rt(-1),
                    act_l, lay[REC0 + F_MASK], y_l)
@@ -446,10 +448,10 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
             else:
                 if P > 1:
                     nb += 1
-                    status, late = _meet(sync, tid, P, nb, False, b)
+                    status, late = _meet(sync, tid, P, nb, False, b, lay[H_LONG])
                     if status:
                         break
-                    long_waits += late
+                    long_waits, waited = long_waits + (late > 0), waited + late
                 prev = rec - REC
                 q0, q1 = _own(lay[prev + F_NV], tid, P)
                 ldp = lay[prev + F_NPO]
@@ -463,5 +465,5 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
         correct += hits
         applied += 1
     out[OUT_LOSS], out[OUT_CORRECT], out[OUT_BAD] = loss_sum, correct, bad
-    out[OUT_APPLIED], out[OUT_STATUS], out[OUT_LONG] = applied, status, long_waits
+    out[OUT_APPLIED], out[OUT_STATUS] = applied, status
     h[HY_T0] += applied  # Adam's step count for the next call of this run

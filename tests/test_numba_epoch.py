@@ -275,19 +275,21 @@ def test_a_thread_off_its_core_hands_the_epoch_to_one_thread(monkeypatch):
     X, y = _data([5, 9, 3], n=120)
     ref = _net([5, 9, 3], "relu", "numpy")
     ref_hist = ref.fit(X, y, epochs=2, batch_size=8, loss="cross_entropy", optimizer=Adam(0.01))
-    net, _, _ = _trainer_with_two_threads(monkeypatch)
+    monkeypatch.setattr(numba_epoch, "WORK_PER_THREAD", 1)
+    monkeypatch.setattr(numba_epoch, "LONG_WAIT_CYCLES", 1)  # every wait counts as long
+    net = _net([5, 9, 3], "relu", _Compiled(2))
     kern = numba_epoch.codegen.load()
-    real = kern.epoch
+    real, threads = kern.epoch, []
 
     def epoch(*args):
-        if args[-2] == 1:  # the worker: late for every call, as if descheduled
-            time.sleep(0.01)
+        if args[-2] == 1 and args[5]:  # the worker, late for its run of batches, as if descheduled
+            time.sleep(0.05)
+        threads.append(args[-1])
         return real(*args)
 
     monkeypatch.setattr(kern, "epoch", epoch)
     hist = net.fit(X, y, epochs=2, batch_size=8, loss="cross_entropy", optimizer=Adam(0.01))
-    trainer = net.backend.epoch_trainer(net, net.loss, net.optimizer)
-    assert trainer._threads_for(8) == 2
+    assert threads.count(2) and threads[-1] == 1  # began on two threads, ended on one
     _assert_same(ref, net, ref_hist, hist)
 
 
