@@ -5,8 +5,10 @@ One call of :func:`epoch` trains a run of mini-batches as thread ``tid`` of ``P`
 Every array is flat; ``lay`` (int64) says where each layer's pieces are:
 
 - ``params`` / ``S1`` / ``S2``: every layer's ``W (rows, npo)`` then ``b (npo,)``, and
-  the optimizer slots in the same places (momentum V; Adam M and V);
-- ``work``: activations ``Y``, gradients ``dZ``, per-thread partial products, masks;
+  the optimizer slots in the same places (momentum V; Adam M and V); the first layer's
+  ``W`` of a deeper model is stored as one column block per thread (``lay[H_W0T]``);
+- ``work``: activations ``Y``, gradients ``dZ`` (and −lr·dZ for plain SGD, which the
+  update tiles then add to ``W`` in registers), per-thread partial products, masks;
 - ``npo`` is a layer's width rounded up to whole vectors; the padding stays exactly 0.
 
 Threads split every layer's units into contiguous blocks of whole vectors. Thread
