@@ -32,7 +32,14 @@ ACTIVATIONS = ("identity", "sigmoid", "relu", "tanh")
 
 
 class BackendUnavailable(RuntimeError):
-    """A known backend cannot be used here (package missing, no GPU, ...)."""
+    """A known backend cannot be used here (package missing, no GPU, ...).
+
+    ``reason``: why, with what to install, without the backend's name in front.
+    """
+
+    def __init__(self, message, reason=None):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 def _check_act(act):
@@ -288,8 +295,9 @@ def _load_class(base):
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        hint = _INSTALL_HINTS.get(base, "install the package that provides it")
-        raise BackendUnavailable(f"backend {base!r} is unavailable: {exc}; {hint}") from exc
+        reason = _with_hint(base, str(exc)) if base in _INSTALL_HINTS else \
+            f"{exc}; install the package that provides it"
+        raise BackendUnavailable(f"backend {base!r} is unavailable: {reason}", reason) from exc
     return getattr(module, attr)
 
 
@@ -333,18 +341,23 @@ def get_backend(name=None, **options):
     key = (base, tuple(sorted(options.items())))
     if key not in _instances:
         cls = _load_class(base)
-        reason = _unavailable_reason(cls)
+        reason = _unavailable_reason(base, cls)
         if reason:
-            hint = _INSTALL_HINTS.get(base)
-            raise BackendUnavailable(f"backend {base!r} is unavailable: {reason}"
-                                     + (f"; {hint}" if hint else ""))
+            raise BackendUnavailable(f"backend {base!r} is unavailable: {reason}", reason)
         _instances[key] = cls(**options)
     return _instances[key]
 
 
-def _unavailable_reason(cls):
+def _with_hint(base, reason):
+    hint = _INSTALL_HINTS.get(base)
+    return reason + (f"; {hint}" if hint else "")
+
+
+def _unavailable_reason(base, cls):
+    """Why backend ``base`` cannot run here, with what to install; None when it can."""
     check = getattr(cls, "unavailable_reason", None)
-    return check() if check is not None else None
+    reason = check() if check is not None else None
+    return _with_hint(base, reason) if reason else None
 
 
 def set_backend(name):
@@ -370,9 +383,8 @@ def available_backends():
     status = {}
     for base in sorted(_known()):
         try:
-            cls = _load_class(base)
-            reason = _unavailable_reason(cls)
+            reason = _unavailable_reason(base, _load_class(base))
         except BackendUnavailable as exc:
-            reason = str(exc)
+            reason = exc.reason
         status[base] = (not reason, reason or "")
     return status

@@ -164,7 +164,8 @@ def test_thread_count_follows_the_work_per_batch():
 
     assert threads([784, 30, 10], 10) == 2 and threads([784, 128, 10], 1024) == 2
     assert threads([30, 30, 10], 10) == 1      # too little work per batch
-    assert threads([784, 16, 10], 100) == 1    # one vector of hidden units: nothing to split
+    one_vector = numba_epoch.simd.width(np.dtype(np.float32))  # 8 floats with AVX2, 16 with AVX-512
+    assert threads([784, one_vector, 10], 100) == 1  # one vector of hidden units: nothing to split
     assert threads([784, 128, 10], 1024, available=1) == 1
 
 
