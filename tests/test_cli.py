@@ -435,3 +435,23 @@ def test_progress_bar_on_a_terminal(monkeypatch, capsys):
     assert "2/2" in terminal.getvalue()  # the bar reached the last epoch
     quiet = cli._Progress(epochs=2, n_samples=100, quiet=True)
     assert quiet.bar is None
+
+
+def test_warmup_compiles_the_numba_kernels(capsys, monkeypatch):
+    available, reason = fastnn.available_backends()["numba"]
+    if not available:
+        pytest.skip(f"backend 'numba' unavailable: {reason}")
+    from fastnn.backends import numba_backend
+    calls = []
+    real = numba_backend.NumbaBackend.warmup
+    monkeypatch.setattr(numba_backend.NumbaBackend, "warmup",
+                        lambda self, *a: calls.append(self) or real(self, *a))
+    status, out, _ = run_main(capsys, "warmup")
+    assert status == 0 and calls and out.startswith("numba kernels ready: compiled epoch ")
+
+
+def test_warmup_without_numba_is_one_clear_line(capsys, monkeypatch):
+    monkeypatch.setitem(fastnn.backend._BUILTIN, "numba", "fastnn_no_such_module_for_tests:NumbaBackend")
+    monkeypatch.setattr(fastnn.backend, "_instances", {})
+    status, _, err = run_main(capsys, "warmup")
+    assert status != 0 and "pip install 'fastnn[numba]'" in err and "Traceback" not in err
