@@ -16,9 +16,12 @@ steps are fused into one pass each. Whatever a kernel does not cover (other
 dtypes, mixed dtypes, non-contiguous arrays, empty batches) runs the reference.
 
 Threads: ``num_threads`` (default ``NUMBA_NUM_THREADS``) bounds numba's threads;
-a product's kernel uses them (``prange``) only when it has enough work. BLAS runs
-its own pool, capped at ``num_threads`` as well, and never while a ``prange``
-kernel runs: each op finishes before the next starts.
+a product's kernel uses them (``prange``) only when it has enough work, and only
+for a small batch. BLAS runs its own pool, capped at ``num_threads`` as well, and
+at one thread for the products of a small batch: those steps interleave
+``prange`` kernels with BLAS calls, and two pools spinning over the same two
+cores made a step 40x slower (one BLAS thread is also faster there:
+PERF-NOTES, technique 1).
 """
 from __future__ import annotations
 
@@ -41,6 +44,9 @@ TILE_BATCH_MAX = 32
 TILE_MIN_WORK = 50_000
 #: Multiply-adds from which a tile product is shared between threads.
 PARALLEL_MIN_WORK = 400_000
+#: Multiply-adds from which OpenBLAS splits a product between its threads (m·n·k ≥ 262,144:
+#: PERF-NOTES); a small-batch product this large runs BLAS at one thread.
+BLAS_SPLIT_WORK = 262_144
 
 _kernels = None  # backends/numba_kernels.py, imported by the first NumbaBackend
 
@@ -122,6 +128,7 @@ class NumbaBackend(Backend):
         self.num_threads = int(num_threads)
         self.compiled = bool(compiled)
         self._blas_cap = _BlasCap(self.num_threads)
+        self._one_blas_thread = _BlasCap(1)
 
     def __repr__(self):
         return f"<fastnn backend 'numba' num_threads={self.num_threads} compiled={self.compiled}>"
@@ -131,7 +138,8 @@ class NumbaBackend(Backend):
         if (C is None and alpha == 1.0 and type(A) is np.ndarray and type(B) is np.ndarray
                 and (A.dtype is _FLOAT32 or A.dtype is _FLOAT64) and B.dtype is A.dtype
                 and A.ndim == 2 and B.ndim == 2 and not self._blas_cap.active
-                and (trans_a or trans_b or A.shape[0] > TILE_BATCH_MAX)):
+                and (trans_a or trans_b or A.shape[0] > TILE_BATCH_MAX)
+                and not self._small_batch_split(A, B, A.shape[0] if trans_a else A.shape[1])):
             # the common plain product on BLAS, with as little Python around it as possible:
             # exactly NumPy's call (any strides; a shape mismatch raises NumPy's error, as
             # the reference does)
@@ -151,19 +159,27 @@ class NumbaBackend(Backend):
             else:
                 _kernels.gemm_tiles(A, B, C, float(alpha), float(beta), 0, -1)
             return C
+        cap = self._one_blas_thread if self._small_batch_split(A, B, P) else self._blas_cap
         if C is None and alpha == 1.0:
             # a plain product: exactly the BLAS call NumPy makes (and nothing around it)
-            if not self._blas_cap.active:
+            if not cap.active:
                 return (A.T if trans_a else A) @ (B.T if trans_b else B)
-            with self._blas_cap:
+            with cap:
                 return (A.T if trans_a else A) @ (B.T if trans_b else B)
         # alpha/beta fold the scaled update into one sgemm: no temporary
         if C is None:
             C, beta = np.empty((M, N), A.dtype), 0.0
         dtype = A.dtype.type
-        with self._blas_cap:
+        with cap:
             _kernels.blas_gemm(A, trans_a, B, trans_b, C, dtype(alpha), dtype(beta))
         return C
+
+    def _small_batch_split(self, A, B, P):
+        """True when BLAS, running more than one thread, would split this product of a small
+        batch (a dimension at most TILE_BATCH_MAX): it then runs at one thread (see the module
+        docstring). ``P`` is the shared dimension, so the product's work is |A|·|B| / P."""
+        return (self._one_blas_thread.active and A.size * B.size >= BLAS_SPLIT_WORK * P
+                and min(A.shape[0], A.shape[1], B.shape[0], B.shape[1]) <= TILE_BATCH_MAX)
 
     def _set_numba_threads(self):
         import numba

@@ -361,6 +361,43 @@ def test_blas_is_capped_at_num_threads():
     assert set(inside) == {1} and after == before
 
 
+def test_small_batch_fit_runs_blas_at_one_thread_beside_prange(monkeypatch):
+    """Layer by layer at batch 10, X@W runs on numba's threads (prange) and the other products
+    on BLAS: BLAS must then run one thread, never its pool beside numba's (40x slower)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl is not installed")
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+    if numba_backend.NumbaBackend().max_threads < 2 or max(blas_threads()) < 2:
+        pytest.skip("numba or BLAS runs one thread here: no two pools to keep apart")
+    be = numba_backend.NumbaBackend(num_threads=2, compiled=False)
+    kernels, calls = numba_backend._kernels, []
+
+    class Recorder:  # which product kernels ran, and BLAS's threads whenever SciPy's BLAS ran
+        def __getattr__(self, name):
+            kernel = getattr(kernels, name)
+            if name not in ("gemm_tiles_parallel", "blas_gemm"):
+                return kernel
+            return lambda *args: (calls.append((name, blas_threads())), kernel(*args))[1]
+
+    class Cap(numba_backend._BlasCap):  # BLAS's threads inside every one-thread cap
+        def __enter__(self):
+            super().__enter__()
+            calls.append(("capped", blas_threads()))
+            return self
+
+    monkeypatch.setattr(numba_backend, "_kernels", Recorder())
+    be._one_blas_thread = Cap(1)
+    net = Sequential(Dense(784, 128), ReLU(), Dense(128, 10), backend=be, seed=0)
+    X, y = blobs(n=40, n_features=784, n_classes=10)
+    net.fit(X, y, epochs=1, batch_size=10, loss="cross_entropy", optimizer=SGD(0.1, momentum=0.9))
+    names = [name for name, _ in calls]
+    assert "gemm_tiles_parallel" in names and "capped" in names  # both pools had work
+    # dW = Xᵀ@dZ of the first layer (784x10x128) is one a 2-thread BLAS would split
+    assert all(threads == [1] * len(threads) for name, threads in calls if name != "gemm_tiles_parallel")
+    assert blas_threads() == [2] * len(blas_threads())  # restored after each product
+
+
 def test_missing_numba_is_unavailable_with_the_install_hint(monkeypatch):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
