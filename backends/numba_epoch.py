@@ -18,12 +18,14 @@ Python-side abort flag can always release, so an error cannot leave one waiting.
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
+import warnings
 
 import numpy as np
 
-from fastnn.layers import Activation, Dense
+from fastnn.layers import Activation, Dense, is_plain
 from fastnn.losses import MSE, BinaryCrossEntropy, CrossEntropy
 from fastnn.optim import SGD, Adam
 
@@ -43,10 +45,17 @@ CHUNK_WORK = 2e9
 LONG_WAIT_CYCLES = 5_000_000
 
 
+#: dtype -> why its kernels failed to build in this process (fit then runs layer by layer)
+_build_failures = {}
+_built = set()
+
+
 def make_epoch_trainer(backend, net, loss, optimizer):
     """The compiled trainer for ``net`` (see the module docstring), or None."""
     plan = _plan(net, loss, optimizer)
-    return None if plan is None else EpochTrainer(backend, net, optimizer, *plan)
+    if plan is None or not _builds(net.dtype):
+        return None
+    return EpochTrainer(backend, net, optimizer, *plan)
 
 
 def unsupported_reason(net, loss, optimizer):
@@ -55,7 +64,32 @@ def unsupported_reason(net, loss, optimizer):
         _plan(net, loss, optimizer, explain=True)
     except _Unsupported as exc:
         return str(exc)
+    if net.dtype in _build_failures:
+        return f"the compiled epoch failed to build ({_build_failures[net.dtype]})"
     return None
+
+
+def _builds(dtype):
+    """Compile (or load) the kernels for ``dtype`` once per process, before the first epoch.
+
+    A failure (a numba or LLVM that cannot compile them, a cache folder that cannot be
+    written) is not fatal: it warns once with the reason and ``fit`` runs layer by layer.
+    """
+    if dtype in _built:
+        return True
+    if dtype not in _build_failures:
+        try:
+            warmup((dtype,))
+        except Exception as exc:  # noqa: BLE001 - any failure: say why, train the other way
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # numba colours its messages
+            first_line = (text.strip().splitlines() or [""])[0]
+            _build_failures[dtype] = f"{type(exc).__name__}: {first_line}"
+            warnings.warn(f"numba backend: the compiled epoch could not be built for {dtype} "
+                          f"({_build_failures[dtype]}); fit runs layer by layer", RuntimeWarning,
+                          stacklevel=4)
+        else:
+            _built.add(dtype)
+    return dtype in _built
 
 
 class _Unsupported(Exception):
@@ -73,12 +107,12 @@ def _plan(net, loss, optimizer, explain=False):
             raise _Unsupported(f"optimizer {type(optimizer).__name__}")
         dims, acts, previous = [], [], None
         for layer in net._training_layers(loss):
-            if _plain(layer, Dense):
+            if is_plain(layer, Dense):
                 if not (isinstance(layer.W, np.ndarray) and isinstance(layer.b, np.ndarray)):
                     raise _Unsupported("parameters that are not NumPy arrays")
                 dims += [layer.n_in, layer.n_out] if not dims else [layer.n_out]
                 acts.append(_ACTS["identity"])
-            elif _plain(layer, Activation) and layer.act in _ACTS and isinstance(previous, Dense):
+            elif is_plain(layer, Activation) and layer.act in _ACTS and isinstance(previous, Dense):
                 acts[-1] = _ACTS[layer.act]
             else:
                 raise _Unsupported(f"layer {layer!r} (only Dense, each followed by at most one "
@@ -93,12 +127,6 @@ def _plan(net, loss, optimizer, explain=False):
         return None
 
 
-def _plain(layer, cls):
-    """``layer`` is a ``cls`` whose forward/backward are the library's own (no user override)."""
-    kind = type(layer)
-    return isinstance(layer, cls) and kind.forward is cls.forward and kind.backward is cls.backward
-
-
 class EpochTrainer:
     """``run(X, T, labels, order, batch_size) -> (loss_sum, n_correct, bad_batch)``."""
 
@@ -108,11 +136,15 @@ class EpochTrainer:
         self.dtype = np.dtype(net.dtype)
         self.vw = simd.width(self.dtype)
         self.threads = _available_threads(backend)
-        self.description = (f"compiled whole epoch ({simd.VECTOR_BITS}-bit SIMD kernels, "
-                            f"{'1 thread' if self.threads == 1 else f'up to {self.threads} threads'} "
-                            f"by the work per batch)")
         self._key, self.layout = None, None
         self.last_threads = None
+
+    def describe(self, batch_size):
+        """The path, for ``fit(verbose=1)``."""
+        P = self._threads_for(int(batch_size))
+        why = "" if self.threads == 1 else f" of {self.threads} (by the work per batch)"
+        return (f"compiled whole epoch ({simd.VECTOR_BITS}-bit SIMD kernels, {P} thread"
+                f"{'s' if P > 1 else ''}{why} at batch {batch_size})")
 
     # ---- the call -------------------------------------------------------------
     def __call__(self, X, T, labels, order, batch_size):
@@ -176,10 +208,12 @@ class EpochTrainer:
 
         if P > 1:
             call(0, 0, 0)  # compile (or load) in this thread before anyone waits at a barrier
-            workers = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(1, P)]
-            for w in workers:
-                w.start()
         try:
+            # started inside the try: a Ctrl-C between two starts still releases the started ones
+            for tid in range(1, P):
+                w = threading.Thread(target=worker, args=(tid,), daemon=True)
+                w.start()
+                workers.append(w)
             for first, count in chunks:
                 o = call(0, first, count)
                 total += o[kern.OUT_LOSS]

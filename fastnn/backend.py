@@ -223,8 +223,16 @@ class Backend:
         W, b and the optimizer's state in place, sums ``loss × batch rows`` and
         the correct predictions (from each batch's output before its update,
         as ``Sequential._epoch_layers`` does), and returns the index of the first
-        batch whose loss was NaN/inf (that batch not applied), else -1. An
-        optional ``description`` attribute names the path for ``verbose``.
+        batch whose loss was NaN/inf (that batch not applied), else -1. Its
+        ``describe(batch_size)`` names the path for ``verbose``.
+        """
+        return None
+
+    def layer_path_reason(self, net, loss, optimizer):
+        """Why ``fit`` trains ``net`` layer by layer here, for ``verbose``; None: nothing to say.
+
+        A backend with an :meth:`epoch_trainer` says why it returned None (an option
+        that turns it off, a layer or loss it cannot compile, a failed build).
         """
         return None
 

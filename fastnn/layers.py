@@ -154,6 +154,18 @@ class Dense(Layer):
         return backend.gemm(dZ, self._W, trans_b=True)  # (B, n_out) @ (n_out, n_in)
 
 
+def is_plain(layer, cls):
+    """``layer`` is a ``cls`` that computes with the library's own ``forward``/``backward``.
+
+    A subclass or an instance that overrides either is a user's layer: compiled
+    trainers, which replace these methods with kernels, must leave it to ``fit``'s
+    layer-by-layer path.
+    """
+    kind = type(layer)
+    return (isinstance(layer, cls) and kind.forward is cls.forward and kind.backward is cls.backward
+            and not {"forward", "backward"} & vars(layer).keys())
+
+
 class Activation(Layer):
     """An element-wise activation; ``act`` is one of ``fastnn.backend.ACTIVATIONS``."""
 

@@ -271,7 +271,11 @@ class Sequential:
             first_epoch, history = io.resume_checkpoint(self, checkpoint, verbose)
         trainer = self.backend.epoch_trainer(self, loss, self.optimizer)
         if verbose:
-            path = getattr(trainer, "description", "compiled whole epoch") if trainer else "layer by layer"
+            if trainer is not None:
+                path = trainer.describe(batch_size)
+            else:
+                reason = self.backend.layer_path_reason(self, loss, self.optimizer)
+                path = "layer by layer" + (f" ({reason})" if reason else "")
             print(f"fit: backend {self.backend.name}, {path}", file=sys.stderr)
 
         n = X.shape[0]

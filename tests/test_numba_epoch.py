@@ -123,6 +123,12 @@ def test_final_activation_folded_into_the_loss(head, loss):
     _assert_same(*_fit_both([5, 12, 3], "tanh", loss, OPTIMIZERS["momentum+wd"], 4, head=head))
 
 
+@pytest.mark.parametrize("head", [Sigmoid, Tanh, ReLU])
+def test_output_activation_under_mse(head):
+    """A last activation that no loss folds in runs inside the compiled epoch too."""
+    _assert_same(*_fit_both([5, 12, 3], "relu", "mse", OPTIMIZERS["nesterov"], 4, head=head))
+
+
 def test_float32_a_few_batches_of_nielsens_network():
     """784-30-10 sigmoid/mse at lr 3.0 over 10 batches: chaotic over an epoch, close over a few."""
     g = np.random.default_rng(0)
@@ -138,6 +144,19 @@ def test_float32_a_few_batches_of_nielsens_network():
         np.testing.assert_allclose(b.b, a.b, rtol=1e-4, atol=1e-5)
     assert comp_hist.history["loss"][0] == pytest.approx(ref_hist.history["loss"][0], rel=1e-5)
     assert comp_hist.history["accuracy"] == ref_hist.history["accuracy"]
+
+
+def test_two_threads_float32_a_few_batches(monkeypatch):
+    """Two threads split the sums differently from one: float32 stays within rounding."""
+    monkeypatch.setattr(numba_epoch, "WORK_PER_THREAD", 1)
+    g = np.random.default_rng(0)
+    X, y = g.random((60, 30)), g.integers(0, 10, 60)  # MNIST-like: inputs in [0, 1]
+    ref, comp, ref_hist, comp_hist = _fit_both([30, 40, 10], "sigmoid", "mse", lambda: SGD(3.0), 6, epochs=1,
+                                               dtype="float32", threads=2, data=(X, y))
+    assert comp.backend.epoch_trainer(comp, comp.loss, comp.optimizer)._threads_for(6) == 2
+    for a, b in zip(ref.dense_layers, comp.dense_layers):
+        np.testing.assert_allclose(b.W, a.W, rtol=1e-4, atol=1e-5)
+    assert comp_hist.history["loss"][0] == pytest.approx(ref_hist.history["loss"][0], rel=1e-5)
 
 
 @pytest.mark.parametrize("opt", ["sgd", "adam+wd"])
@@ -221,11 +240,19 @@ def test_nan_loss_stops_with_finite_weights(threads, monkeypatch):
         np.testing.assert_allclose(b.W, a.W, rtol=1e-10)
 
 
+def _with_own_forward(layer):
+    """``layer`` with a forward of the user's own, set on the instance."""
+    plain = layer.forward
+    layer.forward = lambda X, *args: plain(X, *args) * 1.0
+    return layer
+
+
 @pytest.mark.parametrize("layers, loss, optimizer", [
     ([Dense(4, 6), Softmax(), Dense(6, 2)], "mse", SGD(0.1)),           # softmax inside
     ([Dense(4, 6), Sigmoid(), Tanh(), Dense(6, 2)], "mse", SGD(0.1)),    # two activations in a row
     ([Dense(4, 2)], type("MyLoss", (MSE,), {"__call__": MSE.__call__})(), SGD(0.1)),  # a user's loss
     ([Dense(4, 2)], "mse", type("MySGD", (SGD,), {})(0.1)),               # a user's optimizer
+    ([_with_own_forward(Dense(4, 2))], "mse", SGD(0.1)),                  # one layer's own forward
 ])
 def test_unsupported_models_fall_back_visibly(layers, loss, optimizer, capsys):
     net = Sequential(*layers, backend=_Compiled(), seed=0, dtype="float64")
@@ -240,7 +267,41 @@ def test_unsupported_models_fall_back_visibly(layers, loss, optimizer, capsys):
 def test_verbose_names_the_compiled_path(capsys):
     X, y = _data([5, 9, 3])
     _net([5, 9, 3], "relu", _Compiled()).fit(X, y, epochs=1, batch_size=4, verbose=1)
-    assert "compiled whole epoch" in capsys.readouterr().err
+    assert "compiled whole epoch (" in capsys.readouterr().err
+    _net([5, 9, 3], "relu", _Compiled(2)).fit(X, y, epochs=1, batch_size=4, verbose=1)
+    assert "1 thread of 2 (by the work per batch) at batch 4)" in capsys.readouterr().err
+
+
+def test_a_failed_build_falls_back_to_layers_with_a_warning(monkeypatch):
+    def broken(dtypes):
+        raise numba.core.errors.TypingError("Failed in nopython mode pipeline\nmore detail")
+    monkeypatch.setattr(numba_epoch, "warmup", broken)
+    monkeypatch.setattr(numba_epoch, "_built", set())
+    monkeypatch.setattr(numba_epoch, "_build_failures", {})
+    net = _net([5, 9, 3], "relu", _Compiled())
+    loss = fastnn.losses.get_loss("cross_entropy")
+    with pytest.warns(RuntimeWarning, match=r"could not be built for float64 \(TypingError: Failed in "
+                                            r"nopython mode pipeline\); fit runs layer by layer"):
+        assert numba_epoch.make_epoch_trainer(net.backend, net, loss, SGD(0.1)) is None
+    assert "failed to build (TypingError" in numba_epoch.unsupported_reason(net, loss, SGD(0.1))
+    assert numba_epoch.make_epoch_trainer(net.backend, net, loss, SGD(0.1)) is None  # warned once
+    X, y = _data([5, 9, 3])
+    ref = _net([5, 9, 3], "relu", "numpy")
+    ref_hist = ref.fit(X, y, epochs=1, batch_size=4, loss=loss, lr=0.1)
+    _assert_same(ref, net, ref_hist, net.fit(X, y, epochs=1, batch_size=4, loss=loss, lr=0.1))
+
+
+def test_the_numba_backend_says_why_it_trains_layer_by_layer(capsys):
+    available, reason = fastnn.available_backends().get("numba", (False, "not registered"))
+    if not available:
+        pytest.skip(f"backend 'numba' unavailable: {reason}")
+    X, y = _data([4, 2], n=12)
+    net = Sequential(Dense(4, 6), Softmax(), Dense(6, 2), backend="numba", seed=0)
+    net.fit(X, y, epochs=1, batch_size=4, loss="mse", lr=0.1, verbose=1)
+    assert "layer by layer (no compiled epoch for it: layer Softmax()" in capsys.readouterr().err
+    net.to(fastnn.get_backend("numba", compiled=False))
+    net.fit(X, y, epochs=1, batch_size=4, verbose=1)
+    assert "layer by layer (compiled=False)" in capsys.readouterr().err
 
 
 # ---- threads never hang: a failing or interrupted thread releases the others ----
@@ -330,6 +391,17 @@ def test_a_new_process_loads_the_kernels_from_the_cache():
     hits, misses, seconds = result.stdout.split()
     assert int(hits) >= 1 and int(misses) == 0
     assert float(seconds) < 10  # a cold compile takes far longer
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners and modes")
+def test_the_temporary_cache_folder_is_private(tmp_path, monkeypatch):
+    """With a read-only home the module goes to the temp dir: never into a folder others can write."""
+    monkeypatch.setattr(numba_epoch.codegen.tempfile, "gettempdir", lambda: str(tmp_path))
+    folder = numba_epoch.codegen._private_temp_folder()
+    assert os.stat(folder).st_mode & 0o777 == 0o700
+    os.chmod(folder, 0o777)  # as if someone else had made it, open to all
+    with pytest.raises(PermissionError, match=r"not a private folder of this user .*FASTNN_CACHE_DIR"):
+        numba_epoch.codegen._private_temp_folder()
 
 
 # ---- the numba backend uses it ----
