@@ -16,9 +16,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import stat
 import sys
 import tempfile
 import threading
+
+from fastnn.files import atomic_writer
 
 #: Rows of the batch per forward / dX tile, and rows of W per update tile.
 MR, MK = 5, 4
@@ -173,18 +176,28 @@ def _digest():
     return h.hexdigest()[:16]
 
 
-def _write_atomic(path, text):
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".py", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _write(path, text):
+    """The module's source at ``path``, written atomically (a second process may write it too)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with atomic_writer(path) as f:
+        f.write(text.encode("utf-8"))
+
+
+def _private_temp_folder():
+    """A folder in the temp dir that only this user can write, for a home that is read-only.
+
+    Code is imported from it, so a folder someone else made (or can write) is refused.
+    """
+    if not hasattr(os, "getuid"):
+        return os.path.join(tempfile.gettempdir(), "fastnn-user")
+    folder = os.path.join(tempfile.gettempdir(), f"fastnn-{os.getuid()}")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise PermissionError(f"{folder} is not a private folder of this user (owner uid {st.st_uid}, "
+                              f"mode {stat.S_IMODE(st.st_mode):o}): fastnn will not import code from it; "
+                              "set FASTNN_CACHE_DIR to a folder of yours")
+    return folder
 
 
 def load():
@@ -197,12 +210,11 @@ def load():
         path = os.path.join(cache_dir(), name + ".py")
         try:
             if not os.path.exists(path):
-                _write_atomic(path, source())
+                _write(path, source())
         except OSError:  # a read-only home: a private temporary folder still caches for this user
-            user = os.getuid() if hasattr(os, "getuid") else "user"
-            path = os.path.join(tempfile.gettempdir(), f"fastnn-{user}", name + ".py")
+            path = os.path.join(_private_temp_folder(), name + ".py")
             if not os.path.exists(path):
-                _write_atomic(path, source())
+                _write(path, source())
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # numba's cache locates a kernel through its module
