@@ -263,6 +263,13 @@ class NumbaBackend(Backend):
         from .numba_epoch import make_epoch_trainer
         return make_epoch_trainer(self, net, loss, optimizer)
 
+    def layer_path_reason(self, net, loss, optimizer):
+        if not self.compiled:
+            return "compiled=False"
+        from .numba_epoch import unsupported_reason
+        reason = unsupported_reason(net, loss, optimizer)
+        return reason and f"no compiled epoch for it: {reason}"
+
     def warmup(self, dtypes=("float32", "float64")):
         """Compile now (or load from numba's disk cache) what ``fit`` runs, so the first
         ``fit`` of a process starts at once: the compiled-epoch kernels and the layer-path
@@ -280,10 +287,15 @@ class NumbaBackend(Backend):
         layers_only = NumbaBackend(self.num_threads, compiled=False)
         rng = np.random.default_rng(0)
         for dtype in dtypes:
+            # the product kernels, called as gemm calls them (a tiny model never reaches them)
+            A, B, C = np.ones((2, 3), dtype), np.ones((3, 4), dtype), np.empty((2, 4), dtype)
+            _kernels.gemm_tiles(A, B, C, 1.0, 0.0, 0, -1)
+            _kernels.gemm_tiles_parallel(A, B, C, 1.0, 0.0, self.num_threads)
+            _kernels.blas_gemm(A, False, B, False, C, C.dtype.type(1.0), C.dtype.type(0.0))
             for act, loss in ((Sigmoid, "mse"), (ReLU, "cross_entropy"), (Tanh, "binary_cross_entropy")):
                 for optimizer in (SGD(0.1, momentum=0.9), Adam(0.01)):
                     net = Sequential(Dense(6, 5), act(), Dense(5, 3), backend=layers_only, seed=0, dtype=dtype)
-                    # batches of 4 and 40 rows: the hand-written tiles and BLAS
+                    # the fused element-wise kernels, losses and optimizer steps
                     X, y = rng.random((44, 6)), rng.integers(0, 3, 44)
                     net.fit(X, y, epochs=1, batch_size=40, loss=loss, optimizer=optimizer)
         seconds["layers"] = time.perf_counter() - started
@@ -292,8 +304,12 @@ class NumbaBackend(Backend):
     def info(self):
         import numba
         try:
+            # numba picks its layer (omp, tbb or workqueue) when it first starts its threads; start
+            # them to name it: workqueue makes every prange ~85 us (PERF-NOTES), worth seeing
+            from numba.np.ufunc.parallel import _launch_threads
+            _launch_threads()
             layer = numba.threading_layer()
-        except ValueError:  # no parallel kernel has run yet
+        except (ImportError, ValueError):  # a numba without that hook: what was configured
             layer = f"{numba.config.THREADING_LAYER} (configured; no parallel kernel run yet)"
         return {"numba": numba.__version__, "threading_layer": layer, "num_threads": self.num_threads,
                 "max_threads (NUMBA_NUM_THREADS)": self.max_threads, "compiled_epoch": self.compiled,

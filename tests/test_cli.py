@@ -446,8 +446,21 @@ def test_warmup_compiles_the_numba_kernels(capsys, monkeypatch):
     real = numba_backend.NumbaBackend.warmup
     monkeypatch.setattr(numba_backend.NumbaBackend, "warmup",
                         lambda self, *a: calls.append(self) or real(self, *a))
+    from fastnn.backends import numba_kernels as kernels
+    products = []
+
+    class Recorder:  # the product kernels warmup calls, by dtype (the tiny models never reach them)
+        def __getattr__(self, name):
+            kernel = getattr(kernels, name)
+            if name not in ("gemm_tiles", "gemm_tiles_parallel", "blas_gemm"):
+                return kernel
+            return lambda *args: (products.append((name, str(args[0].dtype))), kernel(*args))[1]
+
+    monkeypatch.setattr(numba_backend, "_kernels", Recorder())
     status, out, _ = run_main(capsys, "warmup")
     assert status == 0 and calls and out.startswith("numba kernels ready: compiled epoch ")
+    assert {(name, dtype) for name in ("gemm_tiles", "gemm_tiles_parallel", "blas_gemm")
+            for dtype in ("float32", "float64")} <= set(products)
 
 
 def test_warmup_without_numba_is_one_clear_line(capsys, monkeypatch):
