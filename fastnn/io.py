@@ -195,19 +195,44 @@ def load(path, backend=None):
 
 
 # ---- checkpoints -------------------------------------------------------------
-def save_checkpoint(net, path, epoch, history):
-    """The model plus what ``fit(resume=True)`` needs to continue exactly."""
+def save_checkpoint(net, path, epoch, history, batch_size, shuffle):
+    """The model plus what ``fit(resume=True)`` needs to continue exactly (and to check it does)."""
     arrays = _param_arrays(net)
     state, counters = net.optimizer.state_arrays(net.backend)
     arrays.update({f"opt.{name}": value for name, value in state.items()})
     meta = _describe(net)
     meta.update(checkpoint={"epoch": epoch, "history": history.history,
                             "optimizer": net.optimizer.config(), "counters": counters,
-                            "batch_rng": net.batch_rng.bit_generator.state})
+                            "batch_rng": net.batch_rng.bit_generator.state,
+                            "batch_size": int(batch_size), "shuffle": bool(shuffle)})
     _write_atomic(path, arrays, meta)
 
 
-def _checkpoint_parts(net, path, meta, arrays):
+def _check_same_training(path, meta, state, settings):
+    """Refuse a resume whose settings differ from the checkpoint's: it would not continue exactly.
+
+    ``settings`` maps ``loss``, ``batch_size``, ``shuffle`` and ``optimizer`` (a config, or
+    None when the caller left it to the checkpoint) to what this fit uses; a checkpoint
+    of an older fastnn may lack some, which are then not checked.
+    """
+    saved = {"loss": meta.get("loss"), "batch_size": state.get("batch_size"),
+             "shuffle": state.get("shuffle"), "optimizer": state.get("optimizer")}
+    for name, wanted in settings.items():
+        if wanted is None or saved[name] is None or wanted == saved[name]:
+            continue
+        hint = " (or pass neither optimizer= nor lr= to take the checkpoint's)" if name == "optimizer" else ""
+        raise ValueError(f"{path}: the checkpoint was trained with {name} {_setting(saved[name])}, this fit "
+                         f"asks for {_setting(wanted)}; resume continues exactly only with the same "
+                         f"settings: give the checkpoint's{hint}")
+
+
+def _setting(value):
+    if isinstance(value, dict):  # an optimizer's config
+        return value.get("kind", "?") + "(" + ", ".join(f"{k}={v}" for k, v in value.items() if k != "kind") + ")"
+    return repr(value)
+
+
+def _checkpoint_parts(net, path, meta, arrays, settings):
     """Everything a resume applies, built and checked before anything is applied."""
     from .history import History
     from .optim import optimizer_from_config
@@ -219,6 +244,8 @@ def _checkpoint_parts(net, path, meta, arrays):
         raise ValueError(f"{path}: the checkpoint's architecture differs from this model's")
     if meta.get("dtype") != net.dtype:
         raise ValueError(f"{path}: the checkpoint is {meta.get('dtype')}, this model {net.dtype}")
+    if isinstance(state, dict):
+        _check_same_training(path, meta, state, settings)
     params = {name: value for name, value in arrays.items() if name.startswith("param.")}
     opt_arrays = {name[len("opt."):]: value for name, value in arrays.items() if name.startswith("opt.")}
     for name, value in opt_arrays.items():
@@ -236,8 +263,11 @@ def _checkpoint_parts(net, path, meta, arrays):
     return epoch, history, optimizer, opt_arrays, counters, rng
 
 
-def resume_checkpoint(net, path, verbose=0):
-    """Load a checkpoint into ``net``; returns ``(epochs_done, History)``. A missing file starts afresh."""
+def resume_checkpoint(net, path, settings, verbose=0):
+    """Load a checkpoint into ``net``; returns ``(epochs_done, History)``. A missing file starts afresh.
+
+    ``settings``: what this fit trains with (see ``_check_same_training``); a mismatch is refused.
+    """
     from .history import History
 
     if not os.path.exists(os.fspath(path)):
@@ -246,7 +276,7 @@ def resume_checkpoint(net, path, verbose=0):
         return 0, History()
     meta, arrays = _read(path)
     _check_params(meta, arrays, path)
-    epoch, history, optimizer, opt_arrays, counters, rng = _checkpoint_parts(net, path, meta, arrays)
+    epoch, history, optimizer, opt_arrays, counters, rng = _checkpoint_parts(net, path, meta, arrays, settings)
     _set_params(net, arrays, path)
     optimizer.load_state_arrays(net.backend, opt_arrays, counters, net.dtype)
     net.optimizer = optimizer

@@ -256,6 +256,7 @@ class Sequential:
         epochs = check.count("epochs", epochs, minimum=0)
         batch_size = check.count("batch_size", batch_size, minimum=1)
         loss = get_loss(loss or self.loss or "cross_entropy")
+        chosen_optimizer = optimizer is not None or lr is not None
         optimizer = check.optimizer(optimizer, lr, self.optimizer)
         if resume and not checkpoint:
             raise ValueError("fit: resume=True needs checkpoint='path.npz'")
@@ -268,7 +269,9 @@ class Sequential:
         history = History()
         first_epoch = 0
         if resume:
-            first_epoch, history = io.resume_checkpoint(self, checkpoint, verbose)
+            settings = {"loss": loss.name or None, "batch_size": batch_size, "shuffle": bool(shuffle),
+                        "optimizer": optimizer.config() if chosen_optimizer else None}
+            first_epoch, history = io.resume_checkpoint(self, checkpoint, settings, verbose)
         trainer = self.backend.epoch_trainer(self, loss, self.optimizer)
         if verbose:
             if trainer is not None:
@@ -310,7 +313,7 @@ class Sequential:
             logs["seconds"] = time.perf_counter() - started
             history.append(epoch + 1, logs)
             if checkpoint:
-                io.save_checkpoint(self, checkpoint, epoch + 1, history)
+                io.save_checkpoint(self, checkpoint, epoch + 1, history, batch_size, shuffle)
             if verbose:
                 print(history.line(-1, n), file=sys.stderr)
             if on_epoch_end is not None:

@@ -8,6 +8,8 @@ import pickle
 import stat
 import zipfile
 
+import re
+
 import numpy as np
 import pytest
 
@@ -346,6 +348,38 @@ def test_resume_refuses_another_architecture_or_dtype(tmp_path):
         _net(dtype="float64").fit(X, y, epochs=2, checkpoint=ckpt, resume=True)
     with pytest.raises(ValueError, match="needs checkpoint"):
         _net().fit(X, y, epochs=2, resume=True)
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (dict(lr=0.01), "trained with optimizer sgd(lr=0.05, momentum=0.0, nesterov=False, weight_decay=0.0), "
+                    "this fit asks for sgd(lr=0.01,"),
+    (dict(optimizer=fastnn.Adam(0.05)), "this fit asks for adam("),
+    (dict(batch_size=8), "trained with batch_size 16, this fit asks for 8"),
+    (dict(loss="mse"), "trained with loss 'cross_entropy', this fit asks for 'mse'"),
+    (dict(shuffle=False), "trained with shuffle True, this fit asks for False"),
+])
+def test_resume_refuses_other_training_settings(tmp_path, change, fragment):
+    """Resume promises the weights of an uninterrupted run: other settings cannot give them."""
+    X, y = blobs(n=60)
+    ckpt = tmp_path / "c.npz"
+    kwargs = dict(batch_size=16, loss="cross_entropy", lr=0.05)
+    _net().fit(X, y, epochs=1, checkpoint=ckpt, **kwargs)
+    if "optimizer" in change:
+        kwargs.pop("lr")
+    net = _net(seed=7)
+    before = [d.W.copy() for d in net.dense_layers]
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        net.fit(X, y, epochs=2, checkpoint=ckpt, resume=True, **{**kwargs, **change})
+    assert all(np.array_equal(a, d.W) for a, d in zip(before, net.dense_layers))  # nothing applied
+
+
+def test_resume_without_an_optimizer_takes_the_checkpoints(tmp_path):
+    X, y = blobs(n=60)
+    ckpt = tmp_path / "c.npz"
+    _net().fit(X, y, epochs=1, batch_size=16, optimizer=fastnn.SGD(0.05, momentum=0.5), checkpoint=ckpt)
+    net = _net(seed=7)
+    net.fit(X, y, epochs=2, batch_size=16, checkpoint=ckpt, resume=True)
+    assert net.optimizer.config() == fastnn.SGD(0.05, momentum=0.5).config()
 
 
 def test_corrupt_optimizer_state_in_checkpoint(tmp_path):
