@@ -281,6 +281,12 @@ def _known():
     return known
 
 
+def backend_names():
+    """The names ``get_backend`` knows (built in, registered, from entry points), and ``"auto"``;
+    imports no backend."""
+    return sorted(_known()) + ["auto"]
+
+
 def _split(name):
     """``"cupy:1"`` -> ``("cupy", {"device": 1})``."""
     base, _, device = str(name).partition(":")
@@ -295,7 +301,7 @@ def _split(name):
 def _load_class(base):
     known = _known()
     if base not in known:
-        raise ValueError(f"unknown backend {base!r}; known backends: {', '.join(sorted(known)+['auto'])}")
+        raise ValueError(f"unknown backend {base!r}; known backends: {', '.join(backend_names())}")
     target = known[base]
     if not isinstance(target, str):
         return target

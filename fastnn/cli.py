@@ -1,4 +1,4 @@
-"""The ``fastnn`` command (also ``python -m fastnn``): train, evaluate, predict, info.
+"""The ``fastnn`` command (also ``python -m fastnn``): train, evaluate, predict, info, warmup.
 
     fastnn train                                   # 784-100-10 ReLU on the bundled MNIST sample
     fastnn train --layers 784,30,10 --activation sigmoid --loss mse \\
@@ -94,8 +94,21 @@ def _add_data_options(p, what):
                    help="with --data mnist|PATH: download the IDX files there if missing (SHA-256 checked)")
 
 
+def backend_name(text):
+    """A name ``fastnn.get_backend`` knows (``cupy:1`` included); whether it runs here is checked later."""
+    from .backend import _split, backend_names
+
+    try:
+        base = _split(text)[0]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if base not in backend_names():
+        raise argparse.ArgumentTypeError(f"unknown backend {text!r}; known: {', '.join(backend_names())}")
+    return text
+
+
 def _add_backend_option(p):
-    p.add_argument("--backend", default=DEFAULTS["backend"], metavar="numpy|numba|cupy|auto",
+    p.add_argument("--backend", type=backend_name, default=DEFAULTS["backend"], metavar="numpy|numba|cupy|auto",
                    help="where to compute; auto: cupy if usable, else numba, else numpy (default: auto)")
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="numba backend: how many threads (default: NUMBA_NUM_THREADS, all cores)")
@@ -346,11 +359,11 @@ def cmd_train(args, parser_error):
         from . import plots
         plots.require_matplotlib()
 
+    backend = _backend(args)  # an unusable backend is said before the data is read
     data, data_text = _load_data(args)
     X, y = data.X_train, data.y_train
     if args.limit:
         X, y = X[:args.limit], y[:args.limit]
-    backend = _backend(args)
     net = build_network(sizes, args.activation, args.loss, args.init, backend, args.seed)
     init = AUTO_INIT[args.activation] if args.init == "auto" else args.init
     if not args.quiet:
@@ -371,10 +384,16 @@ def cmd_train(args, parser_error):
     finally:
         progress.close()
 
+    if args.resume and len(history) and not len(progress.shown):
+        _say(f"nothing to train: {checkpoint} already holds {history['epoch'][-1]} epochs "
+             f"(--epochs {args.epochs}); raise --epochs to go on")
     _report_training(args, history, checkpoint)
-    if args.save and os.path.abspath(args.save) != os.path.abspath(checkpoint or ""):
-        net.save(args.save)
-    if args.save:
+    if args.save and not len(history):
+        # interrupted before the first epoch ended: untrained weights must not replace a saved model
+        _say(f"{args.save} was not written (no trained epoch to save)")
+    elif args.save:
+        if os.path.abspath(args.save) != os.path.abspath(checkpoint or ""):
+            net.save(args.save)
         _say(f"model saved to {args.save}")
     if args.plot and len(history):
         from . import plots
@@ -596,7 +615,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.error("choose a command: train, evaluate, predict or info")
+        parser.error("choose a command: train, evaluate, predict, info or warmup")
     try:
         return args.run(args, args.error)
     except KeyboardInterrupt:

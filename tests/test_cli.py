@@ -188,6 +188,33 @@ def test_ctrl_c_keeps_the_last_epoch_and_saves(tmp_path, capsys, monkeypatch):
     assert out.splitlines()[1].startswith("best epoch 1: ") and model.exists()
 
 
+def test_ctrl_c_before_the_first_epoch_keeps_a_saved_model(tmp_path, capsys, monkeypatch):
+    from fastnn.model import Sequential
+
+    model = tmp_path / "m.npz"
+    common = ["train", "--limit", 100, "--hidden", 8, "--backend", "numpy", "--quiet", "--save", model]
+    assert run_main(capsys, *common, "--epochs", 1)[0] == 0
+    saved = model.read_bytes()
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Sequential, "_epoch_layers", interrupted)
+    status, out, _ = run_main(capsys, *common, "--epochs", 3)
+    assert status == 0 and f"{model} was not written (no trained epoch to save)" in out
+    assert model.read_bytes() == saved  # the trained model is still there
+
+
+def test_resume_with_other_settings_or_nothing_left_to_train(tmp_path, capsys):
+    ckpt = tmp_path / "run.npz"
+    common = ["train", "--limit", 100, "--hidden", 8, "--backend", "numpy", "--quiet", "--save", ckpt]
+    assert run_main(capsys, *common, "--epochs", 2, "--lr", "0.5", "--checkpoint", ckpt)[0] == 0
+    status, _, err = run_main(capsys, *common, "--epochs", 3, "--resume")  # the default lr, 0.3
+    assert status == 1 and len(err.strip().splitlines()) == 1
+    assert "trained with optimizer sgd(lr=0.5," in err and "asks for sgd(lr=0.3," in err
+    status, out, _ = run_main(capsys, *common, "--epochs", 2, "--lr", "0.5", "--resume")
+    assert status == 0 and f"nothing to train: {ckpt} already holds 2 epochs (--epochs 2)" in out
+
+
 def _parse(*args):
     return cli.build_parser().parse_args(["train", *args])
 
@@ -341,7 +368,7 @@ def test_corrupt_model_in_a_subprocess(tmp_path):
     (["train", "--activation", "gelu"], 2, "invalid choice: 'gelu'"),
     (["train", "--resume"], 2, "--resume needs --checkpoint"),
     (["train", "--optimizer", "adam", "--momentum", "0.5"], 2, "--momentum applies to --optimizer sgd"),
-    (["train", "--backend", "nope", "--limit", "10"], 1, "unknown backend 'nope'"),
+    (["train", "--backend", "nope", "--limit", "10"], 2, "unknown backend 'nope'; known: cupy, numba, numpy"),
     (["train", "--backend", "numpy", "--threads", "2"], 1, "--threads applies to the numba backend"),
     (["train", "--save", "/no/such/folder/m.npz"], 1, "the folder /no/such/folder does not exist"),
     (["train", "--data", "/no/such/folder"], 1, "--data /no/such/folder: not a folder"),
