@@ -366,6 +366,7 @@ def test_a_checksum_mismatch_is_rejected_and_leaves_no_file(tmp_path, home, serv
     text = str(caught.value)
     assert text.startswith("could not download train-images-idx3-ubyte.gz")
     assert text.count("checksum mismatch") == 2 and "one.invalid" in text and "two.invalid" in text
+    assert f"in {tmp_path / 'new'} by hand" in text and "(--data sample)" in text  # the way forward
     assert os.listdir(tmp_path / "new") == []
 
 

@@ -187,7 +187,10 @@ def download_mnist(folder=None, log=None):
             except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts, bad checksum
                 errors.append(f"{url}: {exc}")
         else:
-            raise DownloadError(f"could not download {name}.gz: " + "; ".join(errors))
+            raise DownloadError(f"could not download {name}.gz: " + "; ".join(errors)
+                                + f". Put the four MNIST files (.gz or not) in {folder} by hand, "
+                                f"point --data (or $FASTNN_DATA) at a folder holding them, or train "
+                                f"on the bundled sample (--data sample)")
     return folder
 
 
