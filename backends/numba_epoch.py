@@ -25,9 +25,9 @@ import warnings
 
 import numpy as np
 
-from fastnn.layers import Activation, Dense, is_plain
+from fastnn.layers import dense_stack
 from fastnn.losses import MSE, BinaryCrossEntropy, CrossEntropy
-from fastnn.optim import SGD, Adam
+from fastnn.optim import is_plain as is_plain_optimizer
 
 from . import numba_epoch_codegen as codegen
 from . import numba_epoch_simd as simd
@@ -103,24 +103,15 @@ def _plan(net, loss, optimizer, explain=False):
             raise _Unsupported(f"dtype {net.dtype}")
         if type(loss) not in _LOSSES:
             raise _Unsupported(f"loss {loss!r}")
-        if type(optimizer) not in (SGD, Adam):
-            raise _Unsupported(f"optimizer {type(optimizer).__name__}")
-        dims, acts, previous = [], [], None
-        for layer in net._training_layers(loss):
-            if is_plain(layer, Dense):
-                if not (isinstance(layer.W, np.ndarray) and isinstance(layer.b, np.ndarray)):
-                    raise _Unsupported("parameters that are not NumPy arrays")
-                dims += [layer.n_in, layer.n_out] if not dims else [layer.n_out]
-                acts.append(_ACTS["identity"])
-            elif is_plain(layer, Activation) and layer.act in _ACTS and isinstance(previous, Dense):
-                acts[-1] = _ACTS[layer.act]
-            else:
-                raise _Unsupported(f"layer {layer!r} (only Dense, each followed by at most one "
-                                   f"{'/'.join(_ACTS)} activation)")
-            previous = layer
-        if not dims:
-            raise _Unsupported("no Dense layer")
-        return dims, acts, _LOSSES[type(loss)]
+        if not is_plain_optimizer(optimizer):
+            raise _Unsupported(f"optimizer {type(optimizer).__name__} (SGD or Adam, stepping as theirs)")
+        try:
+            dims, acts = dense_stack(net._training_layers(loss))
+        except ValueError as exc:
+            raise _Unsupported(str(exc)) from None
+        if not all(isinstance(p, np.ndarray) for d in net.dense_layers for p in (d.W, d.b)):
+            raise _Unsupported("parameters that are not NumPy arrays")
+        return dims, [_ACTS[act] for act in acts], _LOSSES[type(loss)]
     except _Unsupported:
         if explain:
             raise

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .backend import get_backend
+from .backend import ACTIVATIONS, get_backend
 
 
 # ---- initializers: host NumPy, so every backend starts from the same numbers --
@@ -164,6 +164,30 @@ def is_plain(layer, cls):
     kind = type(layer)
     return (isinstance(layer, cls) and kind.forward is cls.forward and kind.backward is cls.backward
             and not {"forward", "backward"} & vars(layer).keys())
+
+
+def dense_stack(layers):
+    """``(dims, acts)`` when ``layers`` are a plain stack a compiled trainer can take.
+
+    A plain stack is Dense layers, each followed by at most one activation layer:
+    ``dims`` are the widths, input to output, and ``acts[i]`` the name of the
+    activation after Dense ``i`` (``"identity"`` for none). Anything else (a user's
+    layer, Softmax inside, two activations in a row) raises ValueError naming it.
+    """
+    dims, acts, previous = [], [], None
+    for layer in layers:
+        if is_plain(layer, Dense):
+            dims += [layer.n_in, layer.n_out] if not dims else [layer.n_out]
+            acts.append("identity")
+        elif is_plain(layer, Activation) and isinstance(previous, Dense):
+            acts[-1] = layer.act
+        else:
+            raise ValueError(f"layer {layer!r} (only Dense, each followed by at most one "
+                             f"{'/'.join(ACTIVATIONS)} activation)")
+        previous = layer
+    if not dims:
+        raise ValueError("no Dense layer")
+    return dims, acts
 
 
 class Activation(Layer):

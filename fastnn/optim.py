@@ -157,6 +157,12 @@ class Adam(Optimizer):
 OPTIMIZERS = {"sgd": SGD, "adam": Adam}
 
 
+def is_plain(optimizer):
+    """``optimizer`` is the library's SGD or Adam, stepping as they do (no subclass, no ``step``
+    replaced on the instance): what a compiled trainer may compute in its kernels instead."""
+    return type(optimizer) in (SGD, Adam) and "step" not in vars(optimizer)
+
+
 def optimizer_from_config(config):
     """Rebuild an optimizer from :meth:`Optimizer.config` (checkpoints)."""
     config = dict(config)
