@@ -86,6 +86,11 @@ class Backend:
     def synchronize(self):
         """Wait until queued work is done (a no-op on the CPU); timings call it."""
 
+    def scope(self):
+        """The context a model's work runs in (``with backend.scope():``): a GPU backend's own
+        device, so arrays made inside land beside its parameters; nothing on the CPU."""
+        return contextlib.nullcontext()
+
     # ---- dense algebra -------------------------------------------------
     def gemm(self, A, B, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, C=None):
         """``alpha·op(A) @ op(B) + beta·C``, ``op`` transposing when asked.

@@ -10,6 +10,7 @@ crosses to the backend once, at the boundary (``fit``, ``predict``, ...).
 """
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -25,6 +26,16 @@ from . import validation as check
 
 class TrainingDiverged(FloatingPointError):
     """The loss became NaN or inf during ``fit``; the weights were restored."""
+
+
+def _in_backend_scope(method):
+    """Run ``method`` inside ``self.backend.scope()``: on a GPU backend, its own device, so
+    every array the model makes lands where the parameters are (``"cupy:1"`` beside ``"cupy:0"``)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self.backend.scope():
+            return method(self, *args, **kwargs)
+    return run
 
 
 class Sequential:
@@ -133,12 +144,14 @@ class Sequential:
                 i += 1
         return X
 
+    @_in_backend_scope
     def forward(self, X):
         """The network's output for ``X (B, n_in)``, as a backend array ``(B, n_out)``."""
         return self._run(self.layers, check.batch(self, X))
 
     __call__ = forward
 
+    @_in_backend_scope
     def predict_proba(self, X):
         """Probabilities (host NumPy): the output activation of the loss applied.
 
@@ -188,6 +201,7 @@ class Sequential:
             dY = layer.backward(dY)
         return value, Y
 
+    @_in_backend_scope
     def backprop(self, X, y, loss="mse"):
         """Backpropagation as one call: forward, loss, backward.
 
@@ -201,6 +215,7 @@ class Sequential:
         value, _ = self._forward_backward(self._training_layers(loss), X, T, loss)
         return float(value)
 
+    @_in_backend_scope
     def evaluate(self, X, y, loss=None, batch_size=4096):
         """``{"loss": float, "accuracy": float}`` on ``(X, y)``, in batches."""
         loss = get_loss(loss or self.loss or "mse")
@@ -228,6 +243,7 @@ class Sequential:
             guess = xp.argmax(Y, axis=1)
         return xp.sum(xp.astype(guess == labels, xp.int64))
 
+    @_in_backend_scope
     def fit(self, X, y, epochs=1, batch_size=32, loss=None, optimizer=None, lr=None,
             shuffle=True, validation_data=None, verbose=0, checkpoint=None, resume=False,
             on_epoch_end=None):
