@@ -1,0 +1,289 @@
+"""The cupy backend: the same models on an NVIDIA GPU.
+
+>>> import fastnn
+>>> net = fastnn.Sequential(fastnn.Dense(784, 128), fastnn.ReLU(), fastnn.Dense(128, 10),
+...                         backend="cupy", seed=0)          # or "cupy:1": GPU 1
+>>> net.fit(X, y, epochs=1, batch_size=10, loss="cross_entropy", lr=0.1)
+>>> net.to("numpy")                                          # and back: net.to("cupy")
+
+``xp`` is CuPy's array-API namespace (``array_api_compat.cupy``). Matrix products
+run on cuBLAS (``cupy.cublas.gemm``: transposes, alpha and beta without
+temporaries); bias + activation, activation backward, the losses and the
+optimizer steps are fused kernels (``cupy_kernels.py``), compiled on first use.
+Other dtypes take the reference (``super()``).
+
+Data crosses to the GPU once, at the model's boundary (``fit``, ``predict``
+through ``asarray``); an op given a NumPy array refuses with a TypeError rather
+than copy silently. ``fit`` keeps the training set on the GPU, draws batches by
+device-side indexing, and checks the loss once per epoch (``check_every_batch``
+is False: no host sync per batch). For small batches it replays one captured
+training step as a CUDA graph (``cupy_graph.py``).
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import numpy as np
+
+from fastnn.backend import Backend, _check_act
+
+#: Copies from the host at least this large are checked against the GPU's free memory first.
+CHECK_FIT_BYTES = 16 * 2**20
+
+_kernels = None  # backends/cupy_kernels.py, imported by the first CupyBackend (it needs CuPy)
+
+
+def numpy_refused(op):
+    return TypeError(f"cupy backend: op {op} got a NumPy array; move data with backend.asarray "
+                     f"or net.fit/predict at the model boundary")
+
+
+def too_big_message(nbytes, free, total, device):
+    """Why ``nbytes`` cannot be copied to GPU ``device`` (``free``/``total`` bytes), and what to do."""
+    mib = 2.0**20
+    return (f"cupy backend: {nbytes / mib:,.0f} MiB do not fit in the free memory of GPU {device} "
+            f"({free / mib:,.0f} MiB free of {total / mib:,.0f} MiB); train on fewer rows, "
+            f"in float32, or on backend='numba'")
+
+
+def no_device_message(runtime, exc):
+    """Why CUDA found no device (``exc``), in words: no driver at all, or the versions that disagree."""
+    try:
+        driver, needed = runtime.driverGetVersion(), runtime.runtimeGetVersion()
+    except Exception:  # noqa: BLE001 - the original error says enough
+        return f"no usable CUDA device ({exc})"
+    if driver == 0:  # what cudaDriverGetVersion reports when no NVIDIA driver is loaded
+        return "no NVIDIA driver found, so no CUDA device can be used"
+    return (f"no usable CUDA device ({exc}; the driver supports CUDA {_version(driver)}, "
+            f"this CuPy runs on CUDA {_version(needed)})")
+
+
+class CupyBackend(Backend):
+    """CuPy on one CUDA device: ``CupyBackend(device=None, graphs=True)``.
+
+    ``device``: the GPU's number (default: the current device); the backend makes
+    it the current device of the calling thread, as ``cupy.cuda.Device(n).use()``.
+    ``graphs=False`` turns off the CUDA-graph trainer, so ``fit`` runs layer by layer.
+    """
+
+    name = "cupy"
+    check_every_batch = False
+
+    @staticmethod
+    def unavailable_reason():
+        """Why this machine cannot run the backend (None when it can); never raises."""
+        if "cupy" not in sys.modules and importlib.util.find_spec("cupy") is None:
+            return "CuPy is not installed"
+        try:
+            import cupy
+        except Exception as exc:  # a broken install or missing CUDA libraries: say which
+            return f"CuPy is installed but does not import ({type(exc).__name__}: {exc})"
+        runtime = getattr(getattr(cupy, "cuda", None), "runtime", None)
+        try:
+            count = runtime.getDeviceCount()
+        except Exception as exc:  # CUDARuntimeError: no driver, driver too old for this CuPy, ...
+            return no_device_message(runtime, exc)
+        if count < 1:
+            return "no CUDA device found"
+        try:
+            import cupy.cublas  # noqa: F401  (loads cuBLAS: without it no product runs)
+            from cupy.cuda import nvrtc
+            nvrtc.getVersion()  # loads NVRTC, which compiles the kernels
+        except Exception as exc:  # CuPy's wheels bring no CUDA libraries of their own
+            return (f"CuPy cannot load a CUDA library it needs ({exc}); install the CUDA Toolkit, "
+                    f"or its libraries from PyPI: pip install 'cupy-cuda12x[ctk]' (or 'cupy-cuda13x[ctk]')")
+        return None
+
+    def __init__(self, device=None, graphs=True):
+        global _kernels
+        import array_api_compat.cupy as xp
+        import cupy
+        import cupy.cublas
+
+        if _kernels is None:
+            from . import cupy_kernels as _kernels_module
+            _kernels = _kernels_module
+        count = cupy.cuda.runtime.getDeviceCount()
+        if device is None:
+            device = cupy.cuda.Device().id
+        if isinstance(device, bool) or not isinstance(device, (int, np.integer)) or not 0 <= device < count:
+            raise ValueError(f"cupy backend: device must be a GPU number from 0 to {count - 1} "
+                             f"(this machine has {count} CUDA device{'s' if count != 1 else ''}), "
+                             f"got {device!r}")
+        super().__init__(xp)
+        self._cp = cupy
+        self._cublas = cupy.cublas
+        self.device = cupy.cuda.Device(int(device))
+        self.device.use()
+        self.graphs = bool(graphs)
+
+    @property
+    def device_id(self):
+        return self.device.id
+
+    def __repr__(self):
+        return f"<fastnn backend 'cupy' device={self.device_id} graphs={self.graphs}>"
+
+    # ---- data movement -------------------------------------------------
+    def asarray(self, a, dtype=None):
+        cp = self._cp
+        if isinstance(dtype, str):
+            dtype = self.dtype(dtype)
+        with self.device:
+            if isinstance(a, cp.ndarray):
+                if a.device.id != self.device_id:  # another GPU's array: a copy here
+                    return cp.array(a, dtype=dtype, order="C", copy=True)
+                return cp.asarray(a, dtype=dtype, order="C")  # itself when already right
+            host = np.asarray(a, dtype=dtype, order="C")  # the model boundary: one copy
+            if host.nbytes >= CHECK_FIT_BYTES:
+                self._check_fits(host.nbytes)
+            return cp.asarray(host)
+
+    def _check_fits(self, nbytes):
+        free, total = self._cp.cuda.runtime.memGetInfo()
+        free += self._cp.get_default_memory_pool().free_bytes()  # CuPy's cached blocks are reusable
+        if nbytes > free:
+            raise MemoryError(too_big_message(nbytes, free, total, self.device_id))
+
+    def to_numpy(self, a):
+        if isinstance(a, self._cp.ndarray):
+            return self._cp.asnumpy(a)  # a device -> host copy (synchronous)
+        return np.asarray(a)
+
+    def synchronize(self):
+        self.device.synchronize()
+
+    def scope(self):
+        return self.device  # a cupy.cuda.Device is a context manager that makes itself current
+
+    def _on_device(self, op, *arrays):
+        """True when every array is a CuPy array the kernels take (float32/64, one dtype);
+        a NumPy array is refused, anything else goes to the reference."""
+        cp = self._cp
+        for a in arrays:
+            if isinstance(a, np.ndarray):
+                raise numpy_refused(op)
+        dtype = arrays[0].dtype if isinstance(arrays[0], cp.ndarray) else None
+        return dtype in _kernels.DTYPES and all(
+            a is None or (isinstance(a, cp.ndarray) and a.dtype == dtype) for a in arrays)
+
+    # ---- dense algebra -------------------------------------------------
+    def gemm(self, A, B, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, C=None):
+        if not (self._on_device("gemm", A, B, C) and A.ndim == 2 and B.ndim == 2):
+            return super().gemm(A, B, trans_a, trans_b, alpha, beta, C)
+        M, K = (A.shape[1], A.shape[0]) if trans_a else A.shape
+        K_b, N = (B.shape[1], B.shape[0]) if trans_b else B.shape
+        if K != K_b:
+            raise ValueError(f"gemm: op(A) is {M}x{K} but op(B) is {K_b}x{N} (trans_a={trans_a}, "
+                             f"trans_b={trans_b})")
+        if not (M and N and K):
+            return super().gemm(A, B, trans_a, trans_b, alpha, beta, C)  # cuBLAS rejects empty sizes
+        if C is None:
+            C, beta = self._cp.empty((M, N), dtype=A.dtype), 0.0  # C order, as the contract promises
+        elif C.shape != (M, N) or C.ndim != 2:
+            raise ValueError(f"gemm: C has shape {tuple(C.shape)}, expected ({M}, {N})")
+        elif self._cp.may_share_memory(C, A) or self._cp.may_share_memory(C, B):
+            return super().gemm(A, B, trans_a, trans_b, alpha, beta, C)  # cuBLAS needs C apart
+        return self._cublas.gemm("T" if trans_a else "N", "T" if trans_b else "N", A, B, out=C,
+                                 alpha=alpha, beta=beta)
+
+    def sum_rows(self, X):
+        self._on_device("sum_rows", X)  # a NumPy array is refused, not summed on the host
+        return super().sum_rows(X)
+
+    # ---- activations ---------------------------------------------------
+    def bias_act(self, Z, b, act):
+        _check_act(act)
+        if not (self._on_device("bias_act", Z, b) and Z.ndim == 2
+                and (b is None or b.shape == (Z.shape[1],))):
+            return super().bias_act(Z, b, act)
+        if b is None and act == "identity":
+            return Z  # as the reference: nothing to do
+        if b is None:
+            return _kernels.bias_act(act, False)(Z)
+        return _kernels.bias_act(act, True)(Z, b)
+
+    def act_backward(self, Y, dY, act):
+        _check_act(act)
+        if act == "identity":
+            self._on_device("act_backward", Y, dY)
+            return dY  # as the reference
+        if not (self._on_device("act_backward", Y, dY) and Y.shape == dY.shape):
+            return super().act_backward(Y, dY, act)
+        return _kernels.act_backward(act)(Y, dY)
+
+    # ---- losses --------------------------------------------------------
+    def softmax_xent(self, Z, T):
+        return self._loss("softmax_xent", "cross_entropy", Z, T)
+
+    def sigmoid_xent(self, Z, T):
+        return self._loss("sigmoid_xent", "binary_cross_entropy", Z, T)
+
+    def _loss(self, op, kind, Z, T):
+        if not (self._on_device(op, Z, T) and Z.ndim == 2 and Z.shape == T.shape and Z.size > 0):
+            return getattr(super(), op)(Z, T)
+        cp = self._cp
+        Z, T = cp.ascontiguousarray(Z), cp.ascontiguousarray(T)  # the kernel reads rows in place
+        dZ = cp.empty_like(Z)
+        loss = cp.empty((1,), dtype=Z.dtype)
+        _kernels.loss_op(kind, Z, T, dZ, loss)
+        return loss.reshape(()), dZ
+
+    # ---- optimizer steps -----------------------------------------------
+    def sgd_update(self, W, dW, lr, V=None, momentum=0.0, nesterov=False, weight_decay=0.0):
+        fits = (self._on_device("sgd_update", W, dW, V) and dW.shape == W.shape
+                and (V is None or V.shape == W.shape) and (V is not None or not momentum))
+        if not fits:
+            return super().sgd_update(W, dW, lr, V, momentum, nesterov, weight_decay)
+        if momentum:
+            _kernels.sgd_momentum()(dW, float(lr), float(momentum), int(bool(nesterov)),
+                                    float(weight_decay), W, V)
+        else:
+            _kernels.sgd()(dW, float(lr), float(weight_decay), W)
+        return W, V
+
+    def adam_update(self, W, dW, lr, M, V, t, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+        fits = (self._on_device("adam_update", W, dW, M, V)
+                and dW.shape == W.shape and M.shape == W.shape and V.shape == W.shape)
+        if not fits:
+            return super().adam_update(W, dW, lr, M, V, t, beta1, beta2, eps, weight_decay)
+        _kernels.adam()(dW, float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
+                        1 - beta1 ** t, 1 - beta2 ** t, W, M, V)
+        return W, M, V
+
+    # ---- whole-epoch training ------------------------------------------
+    def epoch_trainer(self, net, loss, optimizer):
+        """The CUDA-graph trainer where the model allows it, else None (layer by layer)."""
+        if not self.graphs:
+            return None
+        from .cupy_graph import make_graph_trainer
+        return make_graph_trainer(self, net, loss, optimizer)
+
+    def layer_path_reason(self, net, loss, optimizer):
+        if not self.graphs:
+            return "graphs=False"
+        from .cupy_graph import unsupported_reason
+        reason = unsupported_reason(net, loss, optimizer)
+        return reason and f"no CUDA-graph step for it: {reason}"
+
+    def info(self):
+        cp, runtime = self._cp, self._cp.cuda.runtime
+        props = runtime.getDeviceProperties(self.device_id)
+        name = props["name"]
+        free, total = self.device.mem_info
+        return {
+            "gpu": f"{self.device_id}: {name.decode() if isinstance(name, bytes) else name}",
+            "compute_capability": self.device.compute_capability,
+            "memory": f"{total / 2**30:.1f} GiB total, {free / 2**30:.1f} GiB free",
+            "cuda_runtime": _version(runtime.runtimeGetVersion()),
+            "cuda_driver": _version(runtime.driverGetVersion()),
+            "cupy": cp.__version__,
+            "devices": runtime.getDeviceCount(),
+            "cuda_graphs": self.graphs,
+        }
+
+
+def _version(code):
+    """CUDA's integer version (12040) as text ("12.4")."""
+    return f"{code // 1000}.{code % 1000 // 10}"
