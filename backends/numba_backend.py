@@ -15,13 +15,14 @@ product. Bias + activation, activation backward, the losses and the optimizer
 steps are fused into one pass each. Whatever a kernel does not cover (other
 dtypes, mixed dtypes, non-contiguous arrays, empty batches) runs the reference.
 
-Threads: ``num_threads`` (default ``NUMBA_NUM_THREADS``) bounds numba's threads;
-a product's kernel uses them (``prange``) only when it has enough work, and only
-for a small batch. BLAS runs its own pool, capped at ``num_threads`` as well, and
-at one thread for the products of a small batch: those steps interleave
-``prange`` kernels with BLAS calls, and two pools spinning over the same two
-cores made a step 40x slower (one BLAS thread is also faster there:
-PERF-NOTES, technique 1).
+Threads: ``num_threads`` (default ``NUMBA_NUM_THREADS``) bounds numba's threads
+and BLAS's (capped at ``num_threads`` too). Only one of the two pools ever works:
+the register tiles of a small batch share their work between numba's threads
+(``prange``) only when BLAS runs a single thread (``OPENBLAS_NUM_THREADS=1``,
+``threadpoolctl``), else they run on the calling thread. A training step
+interleaves the tiles with BLAS calls, and the idle threads of each pool spin
+for a while after their work: two pools over the same two cores made a step
+40x slower.
 """
 from __future__ import annotations
 
@@ -44,9 +45,6 @@ TILE_BATCH_MAX = 32
 TILE_MIN_WORK = 50_000
 #: Multiply-adds from which a tile product is shared between threads.
 PARALLEL_MIN_WORK = 400_000
-#: Multiply-adds from which OpenBLAS splits a product between its threads (m·n·k ≥ 262,144:
-#: PERF-NOTES); a small-batch product this large runs BLAS at one thread.
-BLAS_SPLIT_WORK = 262_144
 
 _kernels = None  # backends/numba_kernels.py, imported by the first NumbaBackend
 
@@ -128,7 +126,7 @@ class NumbaBackend(Backend):
         self.num_threads = int(num_threads)
         self.compiled = bool(compiled)
         self._blas_cap = _BlasCap(self.num_threads)
-        self._one_blas_thread = _BlasCap(1)
+        self._blas_threaded = _BlasCap(1).active  # BLAS runs a pool of its own: no prange beside it
 
     def __repr__(self):
         return f"<fastnn backend 'numba' num_threads={self.num_threads} compiled={self.compiled}>"
@@ -138,8 +136,7 @@ class NumbaBackend(Backend):
         if (C is None and alpha == 1.0 and type(A) is np.ndarray and type(B) is np.ndarray
                 and (A.dtype is _FLOAT32 or A.dtype is _FLOAT64) and B.dtype is A.dtype
                 and A.ndim == 2 and B.ndim == 2 and not self._blas_cap.active
-                and (trans_a or trans_b or A.shape[0] > TILE_BATCH_MAX)
-                and not self._small_batch_split(A, B, A.shape[0] if trans_a else A.shape[1])):
+                and (trans_a or trans_b or A.shape[0] > TILE_BATCH_MAX)):
             # the common plain product on BLAS, with as little Python around it as possible:
             # exactly NumPy's call (any strides; a shape mismatch raises NumPy's error, as
             # the reference does)
@@ -153,13 +150,13 @@ class NumbaBackend(Backend):
             # X @ W of a small batch: the register tiles beat BLAS there
             if C is None:
                 C, beta = np.empty((M, N), A.dtype), 0.0
-            if self.num_threads > 1 and work >= PARALLEL_MIN_WORK:
+            if self.num_threads > 1 and work >= PARALLEL_MIN_WORK and not self._blas_threaded:
                 self._set_numba_threads()
                 _kernels.gemm_tiles_parallel(A, B, C, float(alpha), float(beta), self.num_threads)
             else:
                 _kernels.gemm_tiles(A, B, C, float(alpha), float(beta), 0, -1)
             return C
-        cap = self._one_blas_thread if self._small_batch_split(A, B, P) else self._blas_cap
+        cap = self._blas_cap
         if C is None and alpha == 1.0:
             # a plain product: exactly the BLAS call NumPy makes (and nothing around it)
             if not cap.active:
@@ -173,13 +170,6 @@ class NumbaBackend(Backend):
         with cap:
             _kernels.blas_gemm(A, trans_a, B, trans_b, C, dtype(alpha), dtype(beta))
         return C
-
-    def _small_batch_split(self, A, B, P):
-        """True when BLAS, running more than one thread, would split this product of a small
-        batch (a dimension at most TILE_BATCH_MAX): it then runs at one thread (see the module
-        docstring). ``P`` is the shared dimension, so the product's work is |A|·|B| / P."""
-        return (self._one_blas_thread.active and A.size * B.size >= BLAS_SPLIT_WORK * P
-                and min(A.shape[0], A.shape[1], B.shape[0], B.shape[1]) <= TILE_BATCH_MAX)
 
     def _set_numba_threads(self):
         import numba

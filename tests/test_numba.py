@@ -136,6 +136,7 @@ def test_gemm_parallel_tiles(rng, monkeypatch, kernel_calls, dtype):
         pytest.skip("only one numba thread here (NUMBA_NUM_THREADS=1): no parallel path")
     monkeypatch.setattr(numba_backend, "TILE_MIN_WORK", 0)
     monkeypatch.setattr(numba_backend, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(nb, "_blas_threaded", False)  # as with BLAS at one thread: prange may run
     for m, n in ((9, 70), (2, 130), (1, 3)):  # more tiles than threads, as many, fewer
         A, B = operands(rng, dtype, m, 6, n, False, False)
         np.testing.assert_allclose(nb.gemm(A, B), product(A, B, False, False), **product_tol(dtype, 6))
@@ -361,41 +362,38 @@ def test_blas_is_capped_at_num_threads():
     assert set(inside) == {1} and after == before
 
 
-def test_small_batch_fit_runs_blas_at_one_thread_beside_prange(monkeypatch):
-    """Layer by layer at batch 10, X@W runs on numba's threads (prange) and the other products
-    on BLAS: BLAS must then run one thread, never its pool beside numba's (40x slower)."""
+def test_numbas_pool_and_blass_never_both_work(monkeypatch):
+    """Layer by layer at batch 10, X@W runs on the register tiles and the other products on
+    BLAS. The tiles may share their work between numba's threads (prange) only while BLAS runs
+    one thread: two pools spinning over the same cores made a step 40x slower."""
     threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl is not installed")
 
     def blas_threads():
-        return [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+        return {lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"}
     if numba_backend.NumbaBackend().max_threads < 2 or max(blas_threads()) < 2:
         pytest.skip("numba or BLAS runs one thread here: no two pools to keep apart")
-    be = numba_backend.NumbaBackend(num_threads=2, compiled=False)
     kernels, calls = numba_backend._kernels, []
 
-    class Recorder:  # which product kernels ran, and BLAS's threads whenever SciPy's BLAS ran
+    class Recorder:  # which tile kernels ran
         def __getattr__(self, name):
             kernel = getattr(kernels, name)
-            if name not in ("gemm_tiles_parallel", "blas_gemm"):
+            if name not in ("gemm_tiles", "gemm_tiles_parallel"):
                 return kernel
-            return lambda *args: (calls.append((name, blas_threads())), kernel(*args))[1]
-
-    class Cap(numba_backend._BlasCap):  # BLAS's threads inside every one-thread cap
-        def __enter__(self):
-            super().__enter__()
-            calls.append(("capped", blas_threads()))
-            return self
+            return lambda *args: (calls.append(name), kernel(*args))[1]
 
     monkeypatch.setattr(numba_backend, "_kernels", Recorder())
-    be._one_blas_thread = Cap(1)
-    net = Sequential(Dense(784, 128), ReLU(), Dense(128, 10), backend=be, seed=0)
     X, y = blobs(n=40, n_features=784, n_classes=10)
-    net.fit(X, y, epochs=1, batch_size=10, loss="cross_entropy", optimizer=SGD(0.1, momentum=0.9))
-    names = [name for name, _ in calls]
-    assert "gemm_tiles_parallel" in names and "capped" in names  # both pools had work
-    # dW = Xᵀ@dZ of the first layer (784x10x128) is one a 2-thread BLAS would split
-    assert all(threads == [1] * len(threads) for name, threads in calls if name != "gemm_tiles_parallel")
-    assert blas_threads() == [2] * len(blas_threads())  # restored after each product
+
+    def fit():
+        be = numba_backend.NumbaBackend(num_threads=2, compiled=False)
+        net = Sequential(Dense(784, 128), ReLU(), Dense(128, 10), backend=be, seed=0)
+        net.fit(X, y, epochs=1, batch_size=10, loss="cross_entropy", optimizer=SGD(0.1, momentum=0.9))
+        kinds = set(calls)
+        calls.clear()
+        return kinds
+    assert fit() == {"gemm_tiles"}  # BLAS has its pool: the tiles run on the calling thread
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        assert fit() == {"gemm_tiles_parallel"}  # BLAS at one thread: the tiles take numba's
 
 
 def test_missing_numba_is_unavailable_with_the_install_hint(monkeypatch):
