@@ -68,6 +68,7 @@ def _upd_tile(mk, nv):
            " h, decays, sgd, keep, G, gbase):",
            "    VW = vwidth(D)",
            "    zero, c = vsplat(D, 0.0), vsplat(D, keep)",
+           "    far = r1 - r0 >= PREFETCH_ROWS",
            f"    for k in range(k0, k1, {mk}):",
            "        o = pbase + k * ldw + j0",
            "        if sgd:"]
@@ -79,7 +80,9 @@ def _upd_tile(mk, nv):
     out += ["        for r in range(r0, r1):",
             "            d = dbase + r * ldd + j0",
             "            " + "; ".join(f"d{v} = vload(D, d + {v} * VW)" for v in range(nv)),
-            "            p = abase + rows[r] * astride + k"]
+            "            p = abase + rows[r] * astride + k",
+            "            if far:  # the line PREFETCH floats on in this row: 64 rows at once defeat the hardware's",
+            "                prefetch(A, p + PREFETCH)"]
     for m in range(mk):
         out += [f"            s = vbroadcast(A, p + {m})",
                 "            " + "; ".join(f"a{m}_{v} = vfma(s, d{v}, a{m}_{v})" for v in range(nv))]

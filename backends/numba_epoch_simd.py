@@ -386,6 +386,25 @@ def atomic_store(typingctx, A, i, v):
 
 
 @intrinsic
+def prefetch(typingctx, A, i):
+    """Ask for the cache line of ``A[i]`` ahead of its use (``llvm.prefetch``: read, keep in L1);
+    a hint only: an index past the end is harmless."""
+    if not (_is_flat(A) and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = builder.bitcast(_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1]),
+                              ir.IntType(8).as_pointer())
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), _I32, _I32, _I32]),
+            "llvm.prefetch.p0i8")
+        builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(A, i), codegen
+
+
+@intrinsic
 def cycles(typingctx):
     """A cycle counter (the TSC on x86; 0 where LLVM has none): for timing waits, not work."""
     def codegen(context, builder, sig, args):

@@ -24,7 +24,7 @@ import math
 from numba import njit
 
 from fastnn.backends.numba_epoch_simd import (
-    atomic_load, atomic_store, cpu_relax, cycles, sched_yield, vadd, vbroadcast, vdiv, vexp, vfma, vload,
+    atomic_load, atomic_store, cpu_relax, cycles, prefetch, sched_yield, vadd, vbroadcast, vdiv, vexp, vfma, vload,
     rt, vmask_pos, vmax, vmaxlanes, vmul, vsplat, vsqrt, vstore, vstore4, vsub, vsum, vsum4, vwidth)
 
 # Without nnan/ninf: the NaN/inf test of the loss must survive optimisation.
@@ -38,6 +38,8 @@ _JIT = dict(_ENTRY, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 MR = 0  # rows of the batch per tile (set by the generator)
 MK = 0  # rows of W per update tile (set by the generator)
 ROW_CHUNK = 64  # rows of the batch per pass of a plain SGD update
+PREFETCH = 64  # how far ahead in a row of X the update asks for data (floats)
+PREFETCH_ROWS = 32  # from this many rows per pass (fewer: the hardware's own prefetch keeps up)
 SPIN = 200  # busy polls of a barrier before yielding the core (sooner: 2000 made a 2-thread epoch 8x
 #            slower beside one busy process on 2 cores; 200 costs nothing measurable when idle)
 
