@@ -26,6 +26,8 @@ GEMM_TOLERANCE = 1.10
 #: issue 5: (net, batch) -> {peer column: the speed-up fastnn-numba's fit must reach}
 EPOCH_BARS = {("A", 10): {"PyTorch": 10.0, "JAX best": 2.5}, ("B", 10): {"JAX best": 2.5},
               ("B", 128): {"PyTorch": 1.5, "JAX best": 1.2}, ("B", 1024): {"PyTorch": 1.5, "JAX best": 1.2}}
+#: issue 6: batch of B -> the speed-up fastnn's cupy fit must reach over PyTorch eager on CUDA
+GPU_BARS = {10: 3.0, 128: 1.0}
 
 
 @dataclass
@@ -290,6 +292,30 @@ def _ahead_bar(epochs, impl):
     return what, text, "PASS" if all(ratio > 1 for ratio, _ in pairs) else "FAIL"
 
 
+def _gpu_section(results):
+    """bench/test_gpu.py: fastnn's cupy backend beside PyTorch eager on CUDA, and issue 6's bars."""
+    groups = _by_group(results, "gpu-epoch")
+    if not groups:
+        return []
+    lines, bars = ["", "## GPU: one epoch of B, 60,000 MNIST-shaped samples (float32)"], []
+    for batch, need in GPU_BARS.items():
+        rows = groups.get(f"gpu epoch B b={batch}", [])
+        if not rows:
+            continue
+        torch = _best(rows, ("torch-cuda",))
+        table = [[row.label, _time(row.median), _time(row.info.get("first_call_s")),
+                  _ratio(torch.median / row.median) if torch else "—"] for row in rows]
+        lines += ["", f"### B b={batch}", ""] + _table(["entry", "median", "first call", "×PyTorch CUDA"], table)
+        ours = _best(rows, ("fastnn-cupy",))
+        what = f"B/batch {batch}: fastnn cupy fit ≥ {need:g}× PyTorch eager CUDA"
+        if ours and torch:
+            ratio = torch.median / ours.median
+            bars.append((what, f"{ratio:.2f}×", "PASS" if ratio >= need else "FAIL"))
+        else:
+            bars.append((what, "no " + ("fastnn-cupy" if ours is None else "torch-cuda") + " result", "n/a"))
+    return lines + ["", "### Speed bars (issue 6)", ""] + _table(["bar", "measured", "result"], bars)
+
+
 # ---- putting it together --------------------------------------------------------
 
 def render(documents):
@@ -301,6 +327,7 @@ def render(documents):
     lines += _training_section(results, "epoch", "One epoch, 60,000 MNIST-shaped samples (float32)", peak_gflops)
     lines += _training_section(results, "step", "One mini-batch SGD step (backprop + update)", peak_gflops)
     lines += _matmul_section(results)
+    lines += _gpu_section(results)
     return "\n".join(lines) + "\n"
 
 
