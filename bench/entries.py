@@ -34,7 +34,12 @@ def _module(impl):
     return importlib.import_module(f"bench.peer_{impl}")
 
 
-MATMUL = [Entry("fastnn-numpy"), Entry("fastnn-numba"), Entry("numpy"), Entry("torch"), Entry("jax")]
+#: ``fastnn-numba/numpy@``: NumPy's own ``@`` timed in the numba process, right beside its gemm.
+#: The gemm bar compares with it: both call the same OpenBLAS, and times of separate processes
+#: minutes apart drift by several per cent on these shared machines.
+SAME_PROCESS_NUMPY = "numpy@"
+MATMUL = [Entry("fastnn-numpy"), Entry("fastnn-numba"), Entry("fastnn-numba", SAME_PROCESS_NUMPY),
+          Entry("numpy"), Entry("torch"), Entry("jax")]
 PEAK = [Entry("numpy"), Entry("torch"), Entry("jax")]
 _THREADED = [Entry("numpy", "1t"), Entry("numpy", "2t"), Entry("torch", "1t"), Entry("torch", "2t")]
 STEP = [Entry("fastnn-numpy"), Entry("fastnn-numba"), *_THREADED, Entry("jax", "step")]
@@ -60,6 +65,8 @@ def require(entry):
 
 def matmul(entry, product, A, B):
     """A zero-argument callable computing the product (and waiting for it)."""
+    if entry.variant == SAME_PROCESS_NUMPY:
+        return _module("numpy").matmul(product, A, B)
     module = _module(entry.impl)
     if entry.impl.startswith("fastnn-"):
         return module.matmul(entry.impl, product, A, B)
@@ -86,6 +93,8 @@ def label(entry):
     """A short human name for the report."""
     base = {"fastnn-numpy": "fastnn numpy", "fastnn-numba-layers": "fastnn numba (layers)",
             "fastnn-numba": "fastnn numba", "numpy": "NumPy", "torch": "PyTorch", "jax": "JAX"}[entry.impl]
+    if entry.variant == SAME_PROCESS_NUMPY:
+        return "NumPy @ (in the numba process)"
     if entry.threads is not None:
         return f"{base} ({entry.threads} thread{'s' if entry.threads > 1 else ''})"
     return f"{base} ({entry.variant})" if entry.variant else base
