@@ -140,11 +140,27 @@ class CupyBackend(Backend):
                 self._check_fits(host.nbytes)
             return cp.asarray(host)
 
+    def _free_bytes(self):
+        """``(free, total)`` bytes of this GPU; CuPy's cached blocks count as free (reusable)."""
+        with self.device:
+            free, total = self._cp.cuda.runtime.memGetInfo()
+        return free + self._cp.get_default_memory_pool().free_bytes(), total
+
     def _check_fits(self, nbytes):
-        free, total = self._cp.cuda.runtime.memGetInfo()
-        free += self._cp.get_default_memory_pool().free_bytes()  # CuPy's cached blocks are reusable
+        free, total = self._free_bytes()
         if nbytes > free:
             raise MemoryError(too_big_message(nbytes, free, total, self.device_id))
+
+    def training_set(self, X, dtype):
+        """On the GPU once, as ``dtype`` where that fits; uint8 pixels that fit only as they are
+        stay uint8 (a quarter of float32's bytes) and batches are converted on the GPU."""
+        float_bytes = X.size * np.dtype(self.dtype(dtype) if isinstance(dtype, str) else dtype).itemsize
+        if X.dtype == np.uint8 and float_bytes >= CHECK_FIT_BYTES:
+            free, _ = self._free_bytes()
+            if float_bytes > free >= X.nbytes:
+                with self.device:
+                    return self._cp.asarray(X)
+        return self.asarray(X, dtype=dtype)  # too big even then: the MemoryError that says so
 
     def to_numpy(self, a):
         if isinstance(a, self._cp.ndarray):

@@ -152,7 +152,8 @@ class GraphTrainer:
     def _prepare(self, X, T, labels, n, bs):
         """Buffers and graphs for this data and batch size (kept while neither changes)."""
         cp = self.backend._cp
-        X = cp.ascontiguousarray(X, dtype=self.dtype)
+        compact = X.dtype == np.uint8  # kept as uint8 by CupyBackend.training_set: converted per batch
+        X = cp.ascontiguousarray(X) if compact else cp.ascontiguousarray(X, dtype=self.dtype)
         T = cp.ascontiguousarray(T, dtype=self.dtype)
         labels = cp.ascontiguousarray(labels, dtype=np.int64)
         key = (X.data.ptr, T.data.ptr, labels.data.ptr, n, bs, self._hyper())
@@ -165,6 +166,7 @@ class GraphTrainer:
         dims = self.dims
         self.W = [zeros(a, b) for a, b in zip(dims, dims[1:])]
         self.b = [zeros(b) for b in dims[1:]]
+        self.Xb = zeros(rows, dims[0]) if compact else None  # the batch's rows as floats (uint8 data)
         self.Y = [zeros(rows, b) for b in dims[1:]]   # each layer's output (the last: the network's)
         self.dZ = [zeros(rows, b) for b in dims[1:]]  # each layer's gradient before its activation
         self.dW = [zeros(a, b) for a, b in zip(dims, dims[1:])]
@@ -233,9 +235,13 @@ class GraphTrainer:
     def _step(self, r):
         """Forward, loss, backward and update for the batch of ``r`` rows at ``offset``."""
         dims, acts, L = self.dims, self.acts, len(self.dims) - 1
-        gather = (self.order, self.offset)
-        for i in range(L):  # Y_i = act_i(Y_{i-1} @ W_i + b_i); layer 0 reads its rows from X
-            A, rows_of = (self.X, gather) if i == 0 else (self.Y[i - 1][:r], None)
+        if self.Xb is None:  # layer 0 reads the batch's rows from X where they are
+            X0, rows0 = self.X, (self.order, self.offset)
+        else:  # uint8 data: the batch's rows, converted, first
+            kern.gather_u8(self.X, self.order, self.offset, r, self.Xb[:r], self.stop)
+            X0, rows0 = self.Xb[:r], None
+        for i in range(L):  # Y_i = act_i(Y_{i-1} @ W_i + b_i)
+            A, rows_of = (X0, rows0) if i == 0 else (self.Y[i - 1][:r], None)
             kern.gemm(A, self.W[i], self.Y[i][:r], r, dims[i + 1], dims[i], self.stop,
                       bias=self.b[i], act=acts[i], gather=rows_of)
         kern.loss_epoch(self.kind, self.Y[L - 1][:r], self.T, self.labels, self.order, self.offset, r,
@@ -247,7 +253,7 @@ class GraphTrainer:
             if i > 0:  # (r, nO) @ (nO, nI) -> (r, nI), through act' of the layer below; W_i before its update
                 kern.gemm(dZ, self.W[i], self.dZ[i - 1][:r], r, dims[i], dims[i + 1], self.stop, trans_b=True,
                           Y=self.Y[i - 1][:r], dact=acts[i - 1])
-            A, rows_of = (self.X, gather) if i == 0 else (self.Y[i - 1][:r], None)
+            A, rows_of = (X0, rows0) if i == 0 else (self.Y[i - 1][:r], None)
             self._update(i, A, rows_of, dZ, r)
         kern.advance(self.offset, r, self.dtype)
 

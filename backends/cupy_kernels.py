@@ -247,6 +247,20 @@ extern "C" __global__ void loss_epoch(int kind, const real* Y, const real* T, co
     }
 }
 
+/* Xb (rows, nI) = rows order[offset[0] + i] of the uint8 data set X (N, nI), as real: a data
+   set kept as uint8 (it did not fit in GPU memory as floats) enters a training step through
+   this copy, the same numbers float(X) would give. Nothing runs once stop[0] >= 0. */
+extern "C" __global__ void gather_u8(const unsigned char* X, long long nI, const long long* order,
+                                     const long long* offset, int rows, real* Xb, const double* stop) {
+    if (stop[0] >= 0.0) return;
+    const long long n = (long long)rows * nI;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+         e += (long long)gridDim.x * blockDim.x) {
+        const long long i = e / nI, k = e %% nI;
+        Xb[e] = (real)X[order[offset[0] + i] * nI + k];
+    }
+}
+
 /* The next batch starts `rows` further into the epoch's order (the last kernel of a step). */
 extern "C" __global__ void advance(long long* offset, int rows) {
     offset[0] += rows;
@@ -337,6 +351,15 @@ def loss_epoch(kind, Y, T, labels, order, offset, rows, bs, out_act, logits, dZ,
     raw("loss_epoch", Y.dtype)((1, 1, 1), (LOSS_THREADS, 1, 1), (
         _I32(LOSS_CODES[kind]), Y, T, labels, order, offset, _I32(rows), _I32(bs), _I32(n),
         _I32(ACT_CODES[out_act]), _I32(logits), dZ, acc))
+
+
+def gather_u8(X, order, offset, rows, Xb, stop):
+    """``Xb[:rows] = X[order[offset[0]:][:rows]]`` as floats (X uint8 (N, nI), Xb C-contiguous),
+    unless ``stop[0] >= 0``."""
+    n_in = X.shape[1]
+    blocks = max(1, min(1024, (rows * n_in + 255) // 256))  # a grid-stride loop covers the rest
+    raw("gather_u8", Xb.dtype)((blocks, 1, 1), (256, 1, 1),
+                               (X, _I64(n_in), order, offset, _I32(rows), Xb, stop))
 
 
 def advance(offset, rows, dtype):

@@ -76,6 +76,13 @@ class Backend:
             a = np.ascontiguousarray(a)
         return self.xp.asarray(a, dtype=dtype)
 
+    def training_set(self, X, dtype):
+        """``fit``'s training rows on this backend, moved once: ``X`` is the checked host array,
+        floats or the integers the caller gave. The reference makes them ``dtype``; a backend
+        short of memory may keep uint8 pixels as they are, and ``fit`` then converts each batch
+        (``xp.astype``: the same numbers)."""
+        return self.asarray(X, dtype=dtype)
+
     def to_numpy(self, a):
         """``a`` as a host NumPy array (a copy for device arrays)."""
         try:

@@ -276,7 +276,7 @@ class Sequential:
         optimizer = check.optimizer(optimizer, lr, self.optimizer)
         if resume and not checkpoint:
             raise ValueError("fit: resume=True needs checkpoint='path.npz'")
-        X = check.batch(self, X)
+        X = check.training_set(self, X)
         T, labels = check.targets(self, y, X.shape[0])
         if validation_data is not None:
             validation_data = check.validation_pair(self, validation_data)
@@ -347,6 +347,8 @@ class Sequential:
         for batch, start in enumerate(range(0, n, batch_size)):
             idx = order[start:min(start + batch_size, n)]
             Xb, Tb = xp.take(X, idx, axis=0), xp.take(T, idx, axis=0)
+            if Xb.dtype != Tb.dtype:  # a data set kept as uint8 (Backend.training_set)
+                Xb = xp.astype(Xb, Tb.dtype)
             value, Y = self._forward_backward(layers, Xb, Tb, loss)
             if backend.check_every_batch and not math.isfinite(float(value)):
                 self._restore_if_not_finite(saved)

@@ -43,16 +43,35 @@ def _host(value, name):
 
 def batch(net, X, name="X"):
     """``X`` as a C-contiguous ``(B, n_in)`` backend array of the model's dtype."""
-    backend = net.backend
     host = _host(X, name)
     if host is None:  # a backend array: check it where it lives
-        xp = backend.xp
-        if X.ndim != 2 or X.shape[1] != net.n_in or X.shape[0] == 0:
-            raise ValueError(f"{name}: expected shape (B, {net.n_in}) with B >= 1, got {tuple(X.shape)}")
-        X = backend.asarray(X, dtype=net.dtype)
-        if not bool(xp.all(xp.isfinite(X))):
-            raise ValueError(f"{name}: contains NaN or inf")
-        return X
+        return _device_batch(net, X, name)
+    return net.backend.asarray(_host_batch(net, host, name, net.dtype))
+
+
+def training_set(net, X, name="X"):
+    """``fit``'s training rows, checked as :func:`batch` checks, placed by the backend's
+    :meth:`~fastnn.backend.Backend.training_set` (which may keep integer pixels as they are)."""
+    host = _host(X, name)
+    if host is None:
+        return _device_batch(net, X, name)
+    dtype = host.dtype if host.dtype.kind in "biu" else net.dtype  # integers: the backend decides
+    return net.backend.training_set(_host_batch(net, host, name, dtype), net.dtype)
+
+
+def _device_batch(net, X, name):
+    backend = net.backend
+    xp = backend.xp
+    if X.ndim != 2 or X.shape[1] != net.n_in or X.shape[0] == 0:
+        raise ValueError(f"{name}: expected shape (B, {net.n_in}) with B >= 1, got {tuple(X.shape)}")
+    X = backend.asarray(X, dtype=net.dtype)
+    if not bool(xp.all(xp.isfinite(X))):
+        raise ValueError(f"{name}: contains NaN or inf")
+    return X
+
+
+def _host_batch(net, host, name, dtype):
+    """The host array checked (numbers, 2-D, rows, width, finite) and C-ordered in ``dtype``."""
     if host.dtype.kind not in "biuf":
         raise TypeError(f"{name}: expected numbers, got dtype {host.dtype}")
     if host.ndim != 2:
@@ -62,11 +81,11 @@ def batch(net, X, name="X"):
     if host.shape[1] != net.n_in:
         raise ValueError(f"{name}: expected {net.n_in} columns (the model's input width), "
                          f"got {host.shape[1]}")
-    host = np.ascontiguousarray(host, dtype=net.dtype)
-    if not np.all(np.isfinite(host)):
+    host = np.ascontiguousarray(host, dtype=dtype)
+    if host.dtype.kind == "f" and not np.all(np.isfinite(host)):  # integers are always finite
         bad = int(np.argmax(~np.isfinite(host).all(axis=1)))
         raise ValueError(f"{name}: contains NaN or inf (first in row {bad})")
-    return backend.asarray(host)
+    return host
 
 
 def targets(net, y, n, name="y"):

@@ -215,6 +215,46 @@ def test_nan_in_X_is_refused_before_training():
         np.testing.assert_array_equal(b, a)
 
 
+# ---- (d2) a data set that fits the GPU only as uint8 ---------------------------------------
+def _gpu_with_room_for(monkeypatch, nbytes, **options):
+    """A recording CupyBackend that believes it has ``nbytes`` free (every copy is checked)."""
+    from fastnn.backends import cupy_backend
+    monkeypatch.setattr(cupy_backend, "CHECK_FIT_BYTES", 0)
+    backend = _recording(**options)
+    monkeypatch.setattr(backend, "_free_bytes", lambda: (nbytes, 2 * nbytes))
+    return backend
+
+
+@on_gpu
+@pytest.mark.parametrize("batch_size", [10, 300], ids=["graph", "layers"])
+def test_uint8_pixels_stay_uint8_when_floats_do_not_fit(monkeypatch, batch_size):
+    import cupy
+    g = np.random.default_rng(0)
+    X, y = g.integers(0, 4, (263, 64)).astype(np.uint8), g.integers(0, 3, 263)
+    gpu = _gpu_with_room_for(monkeypatch, 2 * X.nbytes)  # room for the bytes (and T), not for float64s
+    kept = []
+    real = gpu.training_set
+    monkeypatch.setattr(gpu, "training_set", lambda X, dtype: kept.append(real(X, dtype)) or kept[-1])
+    nets = []
+    for backend in ("numpy", gpu):
+        net = _net("relu-xent", backend, n_in=64)
+        history = net.fit(X, y, epochs=2, batch_size=batch_size, loss="cross_entropy",
+                          optimizer=SGD(0.01, momentum=0.9))
+        nets += [net, history]
+    ref, ref_hist, net, hist = nets
+    assert isinstance(kept[0], cupy.ndarray) and kept[0].dtype == np.uint8
+    assert gpu.trainers[-1].last_path == ("graph" if batch_size == 10 else "layers")
+    _assert_same(ref, net, ref_hist, hist, rtol=1e-7, atol=1e-9)
+
+
+@on_gpu
+def test_a_data_set_that_fits_in_no_form_is_a_clear_error(monkeypatch):
+    X, y = np.zeros((100, 6), np.uint8), np.zeros(100, np.int64)
+    gpu = _gpu_with_room_for(monkeypatch, X.nbytes // 2)
+    with pytest.raises(MemoryError, match=r"MiB do not fit in the free memory of GPU"):
+        _net("relu-xent", gpu).fit(X, y, epochs=1, batch_size=10, loss="cross_entropy", lr=0.1)
+
+
 # ---- (e) moving between backends, predict ----------------------------------------------------
 @on_gpu
 def test_to_numpy_and_back_keeps_predictions():

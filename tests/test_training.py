@@ -213,6 +213,33 @@ def test_partial_last_batch_is_used(backend_name, shuffle):
 
 
 # ---- History, validation, evaluate -------------------------------------------------------
+def test_a_backend_may_keep_uint8_pixels_and_convert_each_batch():
+    """Backend.training_set: integer pixels kept as they are (as the cupy backend does when the
+    floats do not fit its GPU) train to the same numbers as the floats they stand for."""
+    from fastnn.backends.numpy_backend import NumpyBackend
+
+    class Compact(NumpyBackend):
+        def training_set(self, X, dtype):
+            kept.append(X.dtype)
+            return self.xp.asarray(X) if X.dtype == np.uint8 else super().training_set(X, dtype)
+
+    kept = []
+    g = np.random.default_rng(0)
+    X, y = g.integers(0, 256, (75, 12)).astype(np.uint8), g.integers(0, 3, 75)
+    nets = []
+    for backend, X_given in (("numpy", X.astype(np.float64)), (Compact(), X)):
+        net = fastnn.Sequential(fastnn.Dense(12, 7), fastnn.Tanh(), fastnn.Dense(7, 3), backend=backend,
+                                seed=1, dtype="float64")
+        history = net.fit(X_given, y, epochs=2, batch_size=10, loss="cross_entropy",
+                          optimizer=fastnn.SGD(1e-4, momentum=0.9))
+        nets.append((net, history))
+    assert kept == [np.dtype(np.uint8)]  # the backend was given the integers, not floats
+    (ref, ref_hist), (compact, hist) = nets
+    for a, b in zip(ref.dense_layers, compact.dense_layers):
+        np.testing.assert_array_equal(b.W, a.W)
+    assert hist["loss"] == ref_hist["loss"]
+
+
 def test_history(data):
     X, y, X_val, y_val = data
     net = _net()
