@@ -329,6 +329,30 @@ def _gpu_section(results):
     return lines + ["", "### Speed bars (issue 6)", ""] + _table(["bar", "measured", "result"], bars)
 
 
+def summary(documents):
+    """The README's table: one row per epoch case, fastnn's entries and the best of each peer."""
+    results, _, _ = load(documents)
+    peak = _peak(results)
+    groups = _by_group(results, "epoch")
+    columns = {"fastnn numba": ("fastnn-numba",), "numba layer by layer": ("fastnn-numba-layers",),
+               "fastnn numpy": ("fastnn-numpy",), "NumPy by hand": ("numpy",), "PyTorch": ("torch",),
+               "JAX": ("jax",)}
+    header = ["case"] + list(columns) + ["×PyTorch", "×JAX", "GFLOP/s (% peak)"]
+    table = []
+    for net_name, batch in SGD_CASES:
+        rows = groups.get(f"epoch {net_name} b={batch}")
+        if not rows:
+            continue
+        best = {column: _best(rows, impls) for column, impls in columns.items()}
+        ours = best["fastnn numba"]
+        cells = [f"{net_name}, batch {batch}"] + [_time(row.median) if row else "—" for row in best.values()]
+        for peer in ("PyTorch", "JAX"):
+            cells.append(_ratio(best[peer].median / ours.median) if ours and best[peer] else "—")
+        cells.append(f"{ours.gflops:.0f} ({100 * ours.gflops / peak[0]:.0f}%)" if ours and peak else "—")
+        table.append(cells)
+    return "\n".join(_table(header, table)) + "\n"
+
+
 # ---- putting it together --------------------------------------------------------
 
 def render(documents):
@@ -348,6 +372,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", help="pytest-benchmark JSON files (bench.run's bench.json)")
     parser.add_argument("--out", help="also write the Markdown here")
+    parser.add_argument("--summary", action="store_true",
+                        help="only the epoch table of the README (fastnn beside the best of each peer)")
     args = parser.parse_args(argv)
     documents = []
     for name in args.files:
@@ -355,7 +381,7 @@ def main(argv=None):
             documents.append(json.loads(Path(name).read_text()))
         except (OSError, ValueError) as exc:
             sys.exit(f"bench.report: cannot read {name}: {exc}")
-    text = render(documents)
+    text = summary(documents) if args.summary else render(documents)
     if args.out:
         Path(args.out).write_text(text)
     print(text, end="")
