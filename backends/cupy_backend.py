@@ -156,11 +156,13 @@ class CupyBackend(Backend):
         stay uint8 (a quarter of float32's bytes) and batches are converted on the GPU."""
         float_bytes = X.size * np.dtype(self.dtype(dtype) if isinstance(dtype, str) else dtype).itemsize
         if X.dtype == np.uint8 and float_bytes >= CHECK_FIT_BYTES:
-            free, _ = self._free_bytes()
-            if float_bytes > free >= X.nbytes:
+            free, total = self._free_bytes()
+            if float_bytes > free:
+                if X.nbytes > free:  # not even as uint8: say so now, before a float copy on the host
+                    raise MemoryError(too_big_message(X.nbytes, free, total, self.device_id))
                 with self.device:
                     return self._cp.asarray(X)
-        return self.asarray(X, dtype=dtype)  # too big even then: the MemoryError that says so
+        return self.asarray(X, dtype=dtype)
 
     def to_numpy(self, a):
         if isinstance(a, self._cp.ndarray):

@@ -216,11 +216,11 @@ def test_nan_in_X_is_refused_before_training():
 
 
 # ---- (d2) a data set that fits the GPU only as uint8 ---------------------------------------
-def _gpu_with_room_for(monkeypatch, nbytes, **options):
-    """A recording CupyBackend that believes it has ``nbytes`` free (every copy is checked)."""
+def _room_for(monkeypatch, backend, nbytes):
+    """``backend`` (a CupyBackend) believes from now on that it has ``nbytes`` free, and checks
+    every copy from the host against that."""
     from fastnn.backends import cupy_backend
     monkeypatch.setattr(cupy_backend, "CHECK_FIT_BYTES", 0)
-    backend = _recording(**options)
     monkeypatch.setattr(backend, "_free_bytes", lambda: (nbytes, 2 * nbytes))
     return backend
 
@@ -231,7 +231,7 @@ def test_uint8_pixels_stay_uint8_when_floats_do_not_fit(monkeypatch, batch_size)
     import cupy
     g = np.random.default_rng(0)
     X, y = g.integers(0, 4, (263, 64)).astype(np.uint8), g.integers(0, 3, 263)
-    gpu = _gpu_with_room_for(monkeypatch, 2 * X.nbytes)  # room for the bytes (and T), not for float64s
+    gpu = _room_for(monkeypatch, _recording(), 2 * X.nbytes)  # room for the bytes (and T), not for float64s
     kept = []
     real = gpu.training_set
     monkeypatch.setattr(gpu, "training_set", lambda X, dtype: kept.append(real(X, dtype)) or kept[-1])
@@ -250,9 +250,12 @@ def test_uint8_pixels_stay_uint8_when_floats_do_not_fit(monkeypatch, batch_size)
 @on_gpu
 def test_a_data_set_that_fits_in_no_form_is_a_clear_error(monkeypatch):
     X, y = np.zeros((100, 6), np.uint8), np.zeros(100, np.int64)
-    gpu = _gpu_with_room_for(monkeypatch, X.nbytes // 2)
+    gpu = _recording()
+    net = _net("relu-xent", gpu)  # before the room shrinks: its weights would not fit either
+    _room_for(monkeypatch, gpu, X.nbytes // 2)
     with pytest.raises(MemoryError, match=r"MiB do not fit in the free memory of GPU"):
-        _net("relu-xent", gpu).fit(X, y, epochs=1, batch_size=10, loss="cross_entropy", lr=0.1)
+        net.fit(X, y, epochs=1, batch_size=10, loss="cross_entropy", lr=0.1)
+    assert gpu.trainers == []  # refused while placing X, before training began
 
 
 # ---- (e) moving between backends, predict ----------------------------------------------------

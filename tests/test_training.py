@@ -238,6 +238,10 @@ def test_a_backend_may_keep_uint8_pixels_and_convert_each_batch():
     for a, b in zip(ref.dense_layers, compact.dense_layers):
         np.testing.assert_array_equal(b.W, a.W)
     assert hist["loss"] == ref_hist["loss"]
+    for bad in (X[:, :5], X[:0]):  # checked before the backend places anything
+        with pytest.raises(ValueError, match=r"X: (expected 12 columns|is empty)"):
+            compact.fit(bad, y[:len(bad)], epochs=1, batch_size=10, loss="cross_entropy", lr=0.1)
+    assert kept == [np.dtype(np.uint8)]
 
 
 def test_history(data):
