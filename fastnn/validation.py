@@ -6,6 +6,8 @@ backend once; arrays already on the model's backend are checked there.
 from __future__ import annotations
 
 import numbers
+import os
+import threading
 
 import numpy as np
 
@@ -60,10 +62,24 @@ def training_set(net, X, name="X"):
 
 
 def _all_finite(a):
-    """``np.isfinite(a).all()`` in pieces that stay in cache: no temporary as large as ``a`` (a
-    training set is hundreds of MB; the one-piece check took ~25 ms of every fit of 60,000 rows)."""
+    """``np.isfinite(a).all()``, fast for a whole training set (hundreds of MB, checked at every fit).
+
+    In cache-sized pieces (no temporary the size of ``a``) and, for a large array, in two halves
+    at once: ``np.isfinite`` releases the GIL, and one core alone does not saturate memory.
+    Measured on 60,000 MNIST rows (188 MB), 2 cores: 25 ms in one piece, 9 ms like this.
+    """
     flat = a.reshape(-1)
-    step = 1 << 16
+    if flat.size < (1 << 22) or (os.cpu_count() or 1) < 2:
+        return _pieces_finite(flat)
+    half, second = flat.size // 2, []
+    worker = threading.Thread(target=lambda: second.append(_pieces_finite(flat[half:])), daemon=True)
+    worker.start()
+    first = _pieces_finite(flat[:half])
+    worker.join()
+    return first and second == [True]
+
+
+def _pieces_finite(flat, step=1 << 18):
     return all(np.isfinite(flat[i:i + step]).all() for i in range(0, flat.size, step))
 
 

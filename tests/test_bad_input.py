@@ -354,3 +354,13 @@ def test_numpy_scalars_are_numbers(Xy):
     assert len(history) == 2
     with pytest.raises(ValueError, match=r"SGD: lr must be a positive number, got True"):
         fastnn.SGD(True)
+
+
+@pytest.mark.parametrize("row", [0, 5999], ids=["first-half", "second-half"])
+def test_nan_in_a_large_X_is_found_in_either_half(row):
+    """A training set of millions of values is checked in two halves at once: both count."""
+    X = np.zeros((6000, 784), np.float32)  # 4.7 M values: above the size checked in parallel
+    X[row, 700] = np.nan
+    net = fastnn.Sequential(fastnn.Dense(784, 2), seed=0)
+    with pytest.raises(ValueError, match=rf"X: contains NaN or inf \(first in row {row}\)"):
+        net.fit(X, np.zeros(6000, np.int64), epochs=1, batch_size=100, lr=0.1)
