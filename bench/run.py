@@ -3,6 +3,7 @@
     python -m bench.run                          # everything, as CI runs (environment as is)
     python -m bench.run --openblas unset         # OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE removed
     python -m bench.run --impl torch,jax --suite epoch --out /tmp/peers
+    python -m bench.run --passes 1               # one pass (half the time; drift then biases)
 
 Thread pools of different libraries in one process fight over the cores and
 distort timings by up to 2× (../shared/PERF-NOTES.md), so each implementation
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import re
 import subprocess
@@ -48,6 +50,9 @@ def _arguments(argv):
                              f"{' and '.join(OPENBLAS_VARS)} for these processes only")
     parser.add_argument("--epoch-rounds", type=int, default=EPOCH_ROUNDS,
                         help="timed epochs per epoch entry (default %(default)s)")
+    parser.add_argument("--passes", type=int, default=2,
+                        help="runs of every implementation, in alternating order, combined (default "
+                             "%(default)s: drift of the machine during the run favours no one)")
     parser.add_argument("--wait-quiet", type=float, default=0, metavar="MINUTES",
                         help="before each process, wait up to MINUTES for other processes to leave "
                              "the CPUs idle (a shared machine); default: don't wait")
@@ -101,6 +106,31 @@ def _pytest(args, env, extra):
     return code, seconds, (summary or lines or [""])[-1].strip("= ")
 
 
+def _combine_passes(benchmarks):
+    """One result per benchmark from the passes: the geometric mean of their medians.
+
+    The passes run the implementations in opposite orders, so a machine that speeds up or
+    slows down during the run (these shared machines drift by 10-40% over half an hour)
+    favours no one: each implementation's two positions average to the middle of the run.
+    """
+    by_name = {}
+    for bench in benchmarks:
+        by_name.setdefault(bench["fullname"], []).append(bench)
+    combined = []
+    for runs in by_name.values():
+        first = dict(runs[0])
+        if len(runs) > 1:
+            stats = dict(first["stats"])
+            medians = [r["stats"]["median"] for r in runs]
+            stats["median"] = math.prod(medians) ** (1 / len(medians))
+            stats["min"] = min(r["stats"]["min"] for r in runs)
+            stats["rounds"] = sum(r["stats"]["rounds"] for r in runs)
+            first["stats"] = stats
+            first["extra_info"] = dict(first["extra_info"], pass_medians=medians)
+        combined.append(first)
+    return combined
+
+
 def main(argv=None):
     args = _arguments(argv)
     out = Path(args.out)
@@ -110,7 +140,7 @@ def main(argv=None):
     print(f"bench.run: OpenBLAS variables ({args.openblas}): {openblas}", file=sys.stderr)
     _wait_quiet(args.wait_quiet)
     run = {"command": " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])]),
-           "openblas_mode": args.openblas, "openblas_env": openblas,
+           "openblas_mode": args.openblas, "openblas_env": openblas, "passes": args.passes,
            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "processes": []}
 
     if not args.no_check:
@@ -119,16 +149,17 @@ def main(argv=None):
         print(f"bench.run: agreement check: {last} ({seconds:.0f} s)", file=sys.stderr)
 
     nodes = [node for suite in args.suite for node in SUITES[suite]]
-    merged = None
-    for i, impl in enumerate(args.impl, 1):
-        path = out / f"{impl}.json"
+    merged, order = None, list(args.impl)
+    steps = [(k, impl) for k in range(args.passes) for impl in (order if k % 2 == 0 else order[::-1])]
+    for i, (k, impl) in enumerate(steps, 1):
+        path = out / (f"{impl}.json" if args.passes == 1 else f"{impl}.pass{k + 1}.json")
         path.unlink(missing_ok=True)
         if i > 1:
             _wait_quiet(args.wait_quiet)
         extra = [*nodes, "--benchmark-only", f"--impl={impl}", f"--epoch-rounds={args.epoch_rounds}",
                  f"--benchmark-json={path}", "-rs"]
         code, seconds, last = _pytest(args, env, extra)
-        process = {"impl": impl, "exit_code": code, "seconds": round(seconds, 1), "summary": last}
+        process = {"impl": impl, "pass": k + 1, "exit_code": code, "seconds": round(seconds, 1), "summary": last}
         run["processes"].append(process)
         text = path.read_text() if path.exists() else ""
         if text.strip():  # pytest-benchmark leaves an empty file when everything skipped
@@ -141,7 +172,9 @@ def main(argv=None):
                 merged = data
             else:
                 merged["benchmarks"] += data["benchmarks"]
-        print(f"bench.run: [{i}/{len(args.impl)}] {impl}: {last} ({seconds:.0f} s)", file=sys.stderr)
+        print(f"bench.run: [{i}/{len(steps)}] {impl} (pass {k + 1}): {last} ({seconds:.0f} s)", file=sys.stderr)
+    if merged is not None:
+        merged["benchmarks"] = _combine_passes(merged["benchmarks"])
     if merged is None:
         sys.exit("bench.run: no benchmark results were written")
     merged["fastnn_run"] = run
