@@ -23,10 +23,25 @@ import threading
 
 from fastnn.files import atomic_writer
 
-#: Rows of the batch per forward / dX tile, and rows of W per update tile.
-MR, MK = 5, 4
-#: Output vectors per tile: the widest first, narrower ones for what is left.
-WIDTHS = (4, 2, 1)
+from .numba_epoch_simd import VECTOR_BITS
+
+
+def tile_shapes(vector_bits):
+    """(MR, MK, DK, WIDTHS) for a register file: rows of the batch per forward / dX tile, rows of
+    W per update tile, columns of dX per dX tile, and output vectors per tile (widest first).
+
+    A tile's accumulators plus the vectors it loads per step must fit in the registers, or
+    LLVM spills them to the stack inside the innermost loop. AVX-512 has 32 vector registers:
+    forward 5x4 accumulators + 4 W vectors + 1 broadcast, update 4x4 + 4 + 1, dX 5x4 + 5 + 4.
+    AVX2 has 16: forward 5x2 + 2 + 1, update 6x2 + 2 + 1, dX 5x2 + 2 (its D vectors are reloaded).
+    MR stays 5 on both: a batch of 10 (Nielsen's) is two tiles with no padding rows.
+    """
+    if vector_bits >= 512:
+        return 5, 4, 4, (4, 2, 1)
+    return 5, 6, 2, (2, 1)
+
+
+MR, MK, DK, WIDTHS = tile_shapes(VECTOR_BITS)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _SOURCES = ("numba_epoch_codegen.py", "numba_epoch_template.py", "numba_epoch_simd.py")
@@ -136,18 +151,18 @@ def source():
         template = f.read()
     tiles = [_fwd_tile(nv) for nv in WIDTHS]
     tiles += [_upd_tile(mk, nv) for mk in (MK, 1) for nv in WIDTHS]
-    tiles += [_dx_tile(mk) for mk in (MK, 1)]
+    tiles += [_dx_tile(dk) for dk in (DK, 1)]
     parts = template.split("# <<TILES>>\n")
-    head = parts[0].replace("MR = 0", f"MR = {MR}").replace("MK = 0", f"MK = {MK}")
+    head = parts[0].replace("MR = 0", f"MR = {MR}").replace("MK = 0", f"MK = {MK}").replace("DK = 0", f"DK = {DK}")
     body = parts[1]
-    for mk in (MK, 1):
+    for mk, placeholder in ((MK, "MK"), (1, "1")):
         bounds = "k0, kmain" if mk == MK else "kmain, k1"
-        body = body.replace(f"# <<UPDATE {mk}>>", _indent(_dispatch(
+        body = body.replace(f"# <<UPDATE {placeholder}>>", _indent(_dispatch(
             f"upd_{mk}x", f"A, abase, rows, astride, r0, r1, {bounds}, D, dbase, ldd, v * VW, P, S1, S2, pbase, "
             "ldw, h, decays, sgd, keep, G, gbase"), 8))
     body = body.replace("# <<FORWARD>>", _indent(_dispatch(
         f"fwd_{MR}x", "A, abase, rows, astride, r0, k0, k1, W, wbase, ldw, v * VW, B, bbase, Z, zbase, ldz"), 8))
-    body = body.replace("dx_MRxMK", f"dx_{MR}x{MK}").replace("dx_MRx1", f"dx_{MR}x1")
+    body = body.replace("dx_MRxDK", f"dx_{MR}x{DK}").replace("dx_MRx1", f"dx_{MR}x1")
     return head + "\n\n".join(tiles) + "\n\n\n" + body
 
 

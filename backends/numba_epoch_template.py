@@ -37,6 +37,7 @@ _JIT = dict(_ENTRY, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 
 MR = 0  # rows of the batch per tile (set by the generator)
 MK = 0  # rows of W per update tile (set by the generator)
+DK = 0  # columns of dX per dX tile (set by the generator)
 ROW_CHUNK = 64  # rows of the batch per pass of a plain SGD update
 PREFETCH = 64  # how far ahead in a row of X the update asks for data (floats)
 PREFETCH_ROWS = 32  # from this many rows per pass (fewer: the hardware's own prefetch keeps up)
@@ -149,7 +150,7 @@ def update(A, abase, rows, astride, nrows, k0, k1, D, dbase, ldd, v0, v1, P, S1,
     for r0 in range(0, nrows, chunk):
         r1 = min(r0 + chunk, nrows)
         v = v0
-        # <<UPDATE 4>>
+        # <<UPDATE MK>>
         v = v0
         # <<UPDATE 1>>
 
@@ -157,9 +158,9 @@ def update(A, abase, rows, astride, nrows, k0, k1, D, dbase, ldd, v0, v1, P, S1,
 @njit(**_JIT)
 def backward_x(D, dbase, ldd, nrows, nv, W, wbase, ldw, k0, k1, O, obase, ldo):
     """O[:nrows, k0:k1] = D[:nrows, :nv vectors] @ W[k0:k1, :nv vectors]ᵀ  (dX = dZ Wᵀ)."""
-    kmain = k0 + (k1 - k0) // MK * MK
+    kmain = k0 + (k1 - k0) // DK * DK
     for r0 in range(0, nrows, MR):
-        dx_MRxMK(D, dbase, ldd, r0, nv, W, wbase, ldw, k0, kmain, O, obase, ldo)
+        dx_MRxDK(D, dbase, ldd, r0, nv, W, wbase, ldw, k0, kmain, O, obase, ldo)
         dx_MRx1(D, dbase, ldd, r0, nv, W, wbase, ldw, kmain, k1, O, obase, ldo)
 
 
