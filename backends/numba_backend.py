@@ -40,8 +40,11 @@ _ACT_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 #: X @ W goes to the register tiles when the batch (M) is at most this and the
 #: product has at least TILE_MIN_WORK multiply-adds (below, call overhead decides,
 #: and NumPy's is smaller). Xᵀ @ dZ, dZ @ Wᵀ and larger batches go to BLAS:
-#: measured, tiles did not beat it there.
+#: measured, tiles did not beat it there. The tiles need AVX-512's 32 vector registers:
+#: with AVX2's 16 (Zen 3) they ran 2x slower than OpenBLAS at 10x784x128, so there every
+#: product goes to BLAS (``NumbaBackend._tile_batch_max`` is 0).
 TILE_BATCH_MAX = 32
+TILE_VECTOR_BITS = 512
 TILE_MIN_WORK = 50_000
 #: Multiply-adds from which a tile product is shared between threads.
 PARALLEL_MIN_WORK = 400_000
@@ -125,6 +128,7 @@ class NumbaBackend(Backend):
                              f"(NUMBA_NUM_THREADS), got {num_threads!r}")
         self.num_threads = int(num_threads)
         self.compiled = bool(compiled)
+        self._tile_batch_max = TILE_BATCH_MAX if _kernels.VECTOR_BITS >= TILE_VECTOR_BITS else 0
         self._blas_cap = _BlasCap(self.num_threads)
         self._blas_threaded = _BlasCap(1).active  # BLAS runs a pool of its own: no prange beside it
 
@@ -136,7 +140,7 @@ class NumbaBackend(Backend):
         if (C is None and alpha == 1.0 and type(A) is np.ndarray and type(B) is np.ndarray
                 and (A.dtype is _FLOAT32 or A.dtype is _FLOAT64) and B.dtype is A.dtype
                 and A.ndim == 2 and B.ndim == 2 and not self._blas_cap.active
-                and (trans_a or trans_b or A.shape[0] > TILE_BATCH_MAX)):
+                and (trans_a or trans_b or A.shape[0] > self._tile_batch_max)):
             # the common plain product on BLAS, with as little Python around it as possible:
             # exactly NumPy's call (any strides; a shape mismatch raises NumPy's error, as
             # the reference does)
@@ -146,7 +150,7 @@ class NumbaBackend(Backend):
             return super().gemm(A, B, trans_a, trans_b, alpha, beta, C)
         A, trans_a, B, trans_b, M, N, P = operands
         work = M * N * P
-        if M <= TILE_BATCH_MAX and work >= TILE_MIN_WORK and not trans_a and not trans_b:
+        if M <= self._tile_batch_max and work >= TILE_MIN_WORK and not trans_a and not trans_b:
             # X @ W of a small batch: the register tiles beat BLAS there
             if C is None:
                 C, beta = np.empty((M, N), A.dtype), 0.0

@@ -101,7 +101,8 @@ LARGE = [(40, 33, 20)]
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m,p,n", SMALL + LARGE)
 def test_gemm_matches_numpy(nb, rng, reference_calls, kernel_calls, monkeypatch, dtype, m, p, n):
-    monkeypatch.setattr(numba_backend, "TILE_MIN_WORK", 0)  # tiles for every small batch here
+    monkeypatch.setattr(numba_backend, "TILE_MIN_WORK", 0)  # tiles for every small batch here,
+    monkeypatch.setattr(nb, "_tile_batch_max", numba_backend.TILE_BATCH_MAX)  # also on AVX2 (BLAS there)
     monkeypatch.setattr(numba_backend, "PARALLEL_MIN_WORK", 10**12)
     for trans_a in (False, True):
         for trans_b in (False, True):
@@ -135,6 +136,7 @@ def test_gemm_parallel_tiles(rng, monkeypatch, kernel_calls, dtype):
     if nb.num_threads < 2:
         pytest.skip("only one numba thread here (NUMBA_NUM_THREADS=1): no parallel path")
     monkeypatch.setattr(numba_backend, "TILE_MIN_WORK", 0)
+    monkeypatch.setattr(nb, "_tile_batch_max", numba_backend.TILE_BATCH_MAX)  # also on AVX2
     monkeypatch.setattr(numba_backend, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(nb, "_blas_threaded", False)  # as with BLAS at one thread: prange may run
     for m, n in ((9, 70), (2, 130), (1, 3)):  # more tiles than threads, as many, fewer
@@ -154,7 +156,8 @@ def test_gemm_transposed_views_take_the_fast_path(nb, rng, reference_calls):
 
 
 @pytest.mark.parametrize("case", ["strided", "int", "mixed", "C_overlaps", "C_wrong_dtype"])
-def test_gemm_falls_back_to_the_reference(nb, ref, rng, reference_calls, case):
+def test_gemm_falls_back_to_the_reference(nb, ref, rng, reference_calls, monkeypatch, case):
+    monkeypatch.setattr(nb, "_tile_batch_max", numba_backend.TILE_BATCH_MAX)  # a small batch: tiles, also on AVX2
     A = rng.standard_normal((6, 8))
     B = rng.standard_normal((8, 5))
     C = None
@@ -386,6 +389,7 @@ def test_numbas_pool_and_blass_never_both_work(monkeypatch):
 
     def fit():
         be = numba_backend.NumbaBackend(num_threads=2, compiled=False)
+        be._tile_batch_max = numba_backend.TILE_BATCH_MAX  # the tiles also where BLAS wins (AVX2)
         net = Sequential(Dense(784, 128), ReLU(), Dense(128, 10), backend=be, seed=0)
         net.fit(X, y, epochs=1, batch_size=10, loss="cross_entropy", optimizer=SGD(0.1, momentum=0.9))
         kinds = set(calls)
