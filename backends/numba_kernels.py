@@ -17,8 +17,10 @@ import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.core import cgutils, config
+from numba.core import cgutils
 from numba.extending import get_cython_function_address, intrinsic, models, overload, register_model
+
+from .numba_epoch_simd import VECTOR_BITS
 
 #: The fast-math flags of every kernel, in one place: reassociation and FMA
 #: contraction let LLVM vectorise reductions; no ``nnan``/``ninf``, so NaN and
@@ -181,15 +183,7 @@ def blas_gemm(A, trans_a, B, trans_b, C, alpha, beta):
 # only when it can prove they alias nothing; named vector variables make the
 # register tile explicit, whatever the sizes. Masked loads and stores handle a
 # partial last vector (AVX-512 masks) instead of a slow scalar remainder.
-
-def _vector_bits():
-    """512 with AVX-512 on the CPU numba compiles for, else 256."""
-    if config.CPU_NAME and config.CPU_NAME != "host":
-        return 512 if "+avx512f" in (config.CPU_FEATURES or "") else 256
-    return 512 if llvm.get_host_cpu_features().get("avx512f") else 256
-
-
-VECTOR_BITS = _vector_bits()
+# VECTOR_BITS: the compiled epoch's reading of the CPU numba compiles for (one rule for both).
 
 
 class Vec(types.Type):
