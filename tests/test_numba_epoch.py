@@ -426,7 +426,7 @@ def test_the_numba_backend_trains_compiled(capsys):
 def test_the_register_tiles_fit_in_the_registers(dtype):
     """No tile of the compiled epoch keeps vectors on the stack: its accumulators and loads fit the
     machine's register file (AVX-512: 32 vectors, AVX2: 16; tile_shapes chooses by it). Spilled
-    tiles ran 1.4-1.6x slower on Zen 3 (AVX2) than tiles that fit."""
+    tiles made B epochs 1.3-1.6x slower on Zen 3 (AVX2) than tiles that fit."""
     X, y = _data([7, 9, 3], n=30)
     _net([7, 9, 3], "relu", _Compiled(1), dtype=dtype).fit(X, y, epochs=1, batch_size=10, loss="cross_entropy",
                                                             optimizer=SGD(0.1))
