@@ -51,20 +51,28 @@ _module = None
 
 # ---- the unrolled tiles ------------------------------------------------------------
 def _fwd_tile(nv):
-    """Z[r0:r0+MR, j0:j0+nv·VW] = B + Σ_{k0<=k<k1} A[row r, k] · W[k, j]."""
+    """Z[r0:r0+MR, j0:j0+nv·VW] = B + Σ_{k0<=k<k1} A[row r, k] · W[k, j].
+
+    A cache line of each row of the next tile (from row ``nxt``) is asked for per line of k:
+    X's rows lie at random in memory, and the hardware prefetcher stops at every page.
+    """
     out = ["@njit(**_JIT)",
-           f"def fwd_{MR}x{nv}(A, abase, rows, astride, r0, k0, k1, W, wbase, ldw, j0, B, bbase, Z, zbase, ldz):",
+           f"def fwd_{MR}x{nv}(A, abase, rows, astride, r0, nxt, k0, k1, W, wbase, ldw, j0, B, bbase, Z, zbase, ldz):",
            "    VW = vwidth(W)"]
     out += [f"    b{v} = vload(B, bbase + j0 + {v} * VW)" for v in range(nv)]
     out += ["    " + "; ".join(f"a{m}_{v} = b{v}" for v in range(nv)) for m in range(MR)]
     out += [f"    p{m} = abase + rows[r0 + {m}] * astride" for m in range(MR)]
+    out += ["    LINE = VW * 512 // VECTOR_BITS  # elements per cache line"]
+    out += [f"    n{m} = abase + rows[nxt + {m}] * astride" for m in range(MR)]
     out += ["    w = wbase + k0 * ldw + j0",
-            "    for k in range(k0, k1):",
-            "        " + "; ".join(f"w{v} = vload(W, w + {v} * VW)" for v in range(nv))]
+            "    for kc in range(k0, k1, LINE):",
+            "        " + "; ".join(f"prefetch(A, n{m} + kc)" for m in range(MR)),
+            "        for k in range(kc, min(kc + LINE, k1)):",
+            "            " + "; ".join(f"w{v} = vload(W, w + {v} * VW)" for v in range(nv))]
     for m in range(MR):
-        out += [f"        s = vbroadcast(A, p{m} + k)",
-                "        " + "; ".join(f"a{m}_{v} = vfma(s, w{v}, a{m}_{v})" for v in range(nv))]
-    out += ["        w += ldw", "    z = zbase + r0 * ldz + j0"]
+        out += [f"            s = vbroadcast(A, p{m} + k)",
+                "            " + "; ".join(f"a{m}_{v} = vfma(s, w{v}, a{m}_{v})" for v in range(nv))]
+    out += ["            w += ldw", "    z = zbase + r0 * ldz + j0"]
     out += ["    " + "; ".join(f"vstore(Z, z + {v} * VW, a{m}_{v})" for v in range(nv)) + "; z += ldz"
             for m in range(MR)]
     return "\n".join(out)
@@ -161,7 +169,7 @@ def source():
             f"upd_{mk}x", f"A, abase, rows, astride, r0, r1, {bounds}, D, dbase, ldd, v * VW, P, S1, S2, pbase, "
             "ldw, h, decays, sgd, keep, G, gbase"), 8))
     body = body.replace("# <<FORWARD>>", _indent(_dispatch(
-        f"fwd_{MR}x", "A, abase, rows, astride, r0, k0, k1, W, wbase, ldw, v * VW, B, bbase, Z, zbase, ldz"), 8))
+        f"fwd_{MR}x", "A, abase, rows, astride, r0, nxt, k0, k1, W, wbase, ldw, v * VW, B, bbase, Z, zbase, ldz"), 8))
     body = body.replace("dx_MRxDK", f"dx_{MR}x{DK}").replace("dx_MRx1", f"dx_{MR}x1")
     return head + "\n\n".join(tiles) + "\n\n\n" + body
 

@@ -111,6 +111,7 @@ def test_same_as_reference_float64(act, loss, opt):
 @pytest.mark.parametrize("sizes, act, loss, batch_size", [
     ([9, 21, 17, 4], "relu", "cross_entropy", 7),       # depth 3
     ([9, 40, 33, 18, 4], "tanh", "mse", 6),              # depth 4, several vectors per layer
+    ([9, 40, 12, 30, 4], "sigmoid", "mse", 6),           # a narrow hidden layer: its dX through Wᵀ
     ([6, 3], "identity", "cross_entropy", 5),            # one layer
     ([6, 1], "identity", "binary_cross_entropy", 5),     # one output
     ([6, 8, 1], "sigmoid", "mse", 23),                   # one output, one batch
@@ -161,11 +162,11 @@ def test_two_threads_float32_a_few_batches(monkeypatch):
     assert comp_hist.history["loss"][0] == pytest.approx(ref_hist.history["loss"][0], rel=1e-5)
 
 
-@pytest.mark.parametrize("opt", ["sgd", "adam+wd"])
-def test_two_threads_same_as_reference(opt, monkeypatch):
+@pytest.mark.parametrize("opt, sizes", [("sgd", [9, 40, 35, 3]), ("adam+wd", [9, 40, 35, 3]),
+                                         ("sgd", [9, 40, 12, 30, 3])])
+def test_two_threads_same_as_reference(opt, sizes, monkeypatch):
     monkeypatch.setattr(numba_epoch, "WORK_PER_THREAD", 1)
-    ref, comp, ref_hist, comp_hist = _fit_both([9, 40, 35, 3], "relu", "cross_entropy", OPTIMIZERS[opt], 6,
-                                               threads=2)
+    ref, comp, ref_hist, comp_hist = _fit_both(sizes, "relu", "cross_entropy", OPTIMIZERS[opt], 6, threads=2)
     assert comp.backend.epoch_trainer(comp, comp.loss, comp.optimizer)._threads_for(6) == 2
     _assert_same(ref, comp, ref_hist, comp_hist)
 
