@@ -111,7 +111,7 @@ def test_same_as_reference_float64(act, loss, opt):
 @pytest.mark.parametrize("sizes, act, loss, batch_size", [
     ([9, 21, 17, 4], "relu", "cross_entropy", 7),       # depth 3
     ([9, 40, 33, 18, 4], "tanh", "mse", 6),              # depth 4, several vectors per layer
-    ([9, 40, 12, 30, 4], "sigmoid", "mse", 6),           # a narrow hidden layer: its dX through Wᵀ
+    ([9, 40, 12, 30, 4], "sigmoid", "mse", 6),           # a narrow hidden layer
     ([6, 3], "identity", "cross_entropy", 5),            # one layer
     ([6, 1], "identity", "binary_cross_entropy", 5),     # one output
     ([6, 8, 1], "sigmoid", "mse", 23),                   # one output, one batch
@@ -168,6 +168,20 @@ def test_two_threads_same_as_reference(opt, sizes, monkeypatch):
     monkeypatch.setattr(numba_epoch, "WORK_PER_THREAD", 1)
     ref, comp, ref_hist, comp_hist = _fit_both(sizes, "relu", "cross_entropy", OPTIMIZERS[opt], 6, threads=2)
     assert comp.backend.epoch_trainer(comp, comp.loss, comp.optimizer)._threads_for(6) == 2
+    _assert_same(ref, comp, ref_hist, comp_hist)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("opt", ["sgd", "adam+wd"])
+def test_dx_through_transposed_w_same_as_reference(opt, threads, monkeypatch):
+    """From DX_VIA_FORWARD_ROWS rows per batch, dX of a layer with few outputs (a narrow hidden
+    layer, the last layer) runs the forward tiles on a transposed copy of W; partial last batch."""
+    monkeypatch.setattr(numba_epoch, "WORK_PER_THREAD", 1)
+    batch = numba_epoch.codegen.load().DX_VIA_FORWARD_ROWS + 3
+    sizes = [9, 40, 12, 30, 3]
+    ref, comp, ref_hist, comp_hist = _fit_both(sizes, "relu", "cross_entropy", OPTIMIZERS[opt], batch,
+                                               threads=threads, data=_data(sizes, n=2 * batch + 7))
+    assert comp.backend.epoch_trainer(comp, comp.loss, comp.optimizer)._threads_for(batch) == threads
     _assert_same(ref, comp, ref_hist, comp_hist)
 
 
