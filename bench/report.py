@@ -233,8 +233,9 @@ def _matmul_section(results):
             beside = _same_process_peer(group)
             cells = [f"{product.key} ({product.formula})"] + [_time(rows[i].median) if i in rows else "—"
                                                               for i in impls]
-            cells.append(_ratio(rows["fastnn-numba"].median / beside.median)
-                         if beside and "fastnn-numba" in rows else "—")
+            ours = rows.get("fastnn-numba")
+            cells.append(_ratio(ours.median / beside.median) if beside and ours else "—")
+            cells.append(_ratio(ours.info.get("vs_numpy_interleaved")) if ours else "—")
             for impl in ("fastnn-numba", "fastnn-numpy"):
                 ok = numpy_row and impl in rows
                 cells.append(_ratio(rows[impl].median / numpy_row.median) if ok else "—")
@@ -243,7 +244,8 @@ def _matmul_section(results):
             table.append(cells)
         if table:
             header = ["product m×k×n"] + [IMPLS_SHORT.get(i, i) for i in impls] + \
-                     ["numba ÷ NumPy@ (same process)", "numba ÷ NumPy@", "fastnn numpy ÷ NumPy@",
+                     ["numba ÷ NumPy@ (same process)", "numba ÷ NumPy@ (in turns)", "numba ÷ NumPy@",
+                      "fastnn numpy ÷ NumPy@",
                       "best GFLOP/s"]
             lines += ["", f"### {dtype}", ""] + _table(header, table)
     return lines
@@ -282,13 +284,16 @@ def _same_process_peer(rows):
 
 
 def _gemm_bar(results):
-    """numba's gemm against NumPy's `@` timed beside it (same process), else NumPy's own process."""
+    """numba's gemm against NumPy's `@`: timed in turns with it where the run did, else the
+    benchmark beside it (same process), else NumPy's own process."""
     what = f"numba gemm within {round((GEMM_TOLERANCE - 1) * 100)}% of NumPy's matmul at every shape"
     ratios = []
     for group, rows in _by_group(results, "matmul").items():
         ours = next((r for r in rows if r.impl == "fastnn-numba" and not r.variant), None)
         peer = _same_process_peer(rows) or next((r for r in rows if r.impl == MATMUL_PEER), None)
-        if ours and peer:
+        if ours and ours.info.get("vs_numpy_interleaved"):
+            ratios.append((ours.info["vs_numpy_interleaved"], group))
+        elif ours and peer:
             ratios.append((ours.median / peer.median, group))
     if not ratios:
         return what, "no fastnn-numba matmul results", "n/a"
