@@ -76,7 +76,8 @@ class Layout:
         wt = max([dims[i + 1] * npo[i - 1] for i in range(1, L)], default=0)
         lay[kern.H_PRIV] = 3 * block + up(kern.MK * max(npo), align) + up(wt, align)
         w_off += P * lay[kern.H_PRIV]
-        lay[kern.H_IOTA], lay[kern.H_ROWS], lay[kern.H_W0T] = 0, bsp, kern.REC0 + kern.REC * L
+        ext = bsp + mr  # row lists: a batch, then MR more (the next batch's first rows, prefetched)
+        lay[kern.H_IOTA], lay[kern.H_ROWS], lay[kern.H_W0T] = 0, ext, kern.REC0 + kern.REC * L
 
         self.params = aligned(p_off, self.dtype)
         self.S1 = aligned(p_off if lay[kern.H_OPT] else 1, self.dtype)
@@ -86,8 +87,8 @@ class Layout:
             mask = lay[kern.REC0 + kern.REC * i + kern.F_MASK]
             self.work[mask: mask + dims[i + 1]] = 1
         self.work[lay[kern.H_NINF] + dims[-1]: lay[kern.H_NINF] + npo[-1]] = -np.inf
-        self.iwork = np.zeros(bsp * (1 + P), dtype=np.int64)
-        self.iwork[:bsp] = np.arange(bsp)
+        self.iwork = np.zeros(ext * (1 + P), dtype=np.int64)
+        self.iwork[:ext] = np.arange(ext)
         self.lay = lay
         self.h = aligned(P * 16, np.float64).reshape(P, 16)  # a row (two cache lines) per thread
         self.out = aligned(P * 8, np.float64).reshape(P, 8)

@@ -134,7 +134,7 @@ def forward(A, abase, rows, astride, nrows, k0, k1, W, wbase, ldw, v0, v1, B, bb
     """Z[:nrows, vectors v0:v1] = B + A[rows, k0:k1] @ W[k0:k1, vectors v0:v1]."""
     VW = vwidth(W)
     for r0 in range(0, nrows, MR):
-        nxt = r0 + MR if r0 + MR < nrows else r0  # the next tile's rows: asked for while this one runs
+        nxt = r0 + MR  # the next tile's rows (after the last: MR more in every row list) are asked for
         v = v0
         # <<FORWARD>>
 
@@ -350,8 +350,9 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
     VW = vwidth(params)
     L, nI, nO, N = lay[H_L], lay[H_NI], lay[H_NO], lay[H_N]
     bsp, priv = lay[H_BSP], tid * lay[H_PRIV]
-    rows = iwork[lay[H_ROWS] + tid * bsp: lay[H_ROWS] + (tid + 1) * bsp]
-    iota = iwork[lay[H_IOTA]: lay[H_IOTA] + bsp]
+    ext = bsp + MR  # a row list: the batch (padded to tiles), then the next batch's first MR rows
+    rows = iwork[lay[H_ROWS] + tid * ext: lay[H_ROWS] + (tid + 1) * ext]
+    iota = iwork[lay[H_IOTA]: lay[H_IOTA] + ext]
     last = REC0 + REC * (L - 1)
     npo_l, nv_l, act_l = lay[last + F_NPO], lay[last + F_NV], lay[last + F_ACT]
     y_l, dz_l, tp = lay[last + F_Y] + priv, lay[last + F_DZ] + priv, lay[H_TP] + priv
@@ -372,6 +373,8 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
             rows[r] = order[start + r]
         for r in range(R, Rp):  # padding rows repeat a real one; their dZ is 0
             rows[r] = rows[0]
+        for m in range(MR):  # the next batch's first rows: the last tile's prefetch asks for them
+            rows[Rp + m] = order[min(start + bs + m, N - 1)]
         for r in range(R):
             for j in range(nO):
                 work[tp + r * npo_l + j] = T[rows[r] * nO + j]
