@@ -121,6 +121,11 @@ def _plan(net, loss, optimizer, explain=False):
 class EpochTrainer:
     """``run(X, T, labels, order, batch_size) -> (loss_sum, n_correct, bad_batch)``."""
 
+    #: It stops at a batch whose rows of X hold a NaN/inf (all their first-layer sums are then
+    #: NaN/inf), so fit leaves that check to it: a pass over the whole set less per fit
+    #: (~7 ms of memory traffic for 60,000 MNIST rows).
+    checks_finite_x = True
+
     def __init__(self, backend, net, optimizer, dims, acts, loss_code):
         self.backend, self.net, self.optimizer = backend, net, optimizer
         self.dims, self.acts, self.loss_code = dims, acts, loss_code

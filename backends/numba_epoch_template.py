@@ -63,7 +63,8 @@ OUT_LOSS, OUT_CORRECT, OUT_BAD, OUT_APPLIED, OUT_STATUS = range(5)
 # OUT_STATUS: all batches done (or a bad one); Python raised the abort flag; the threads stopped
 # early because another process takes the cores (Python goes on with one thread)
 STATUS_DONE, STATUS_ABORTED, STATUS_CONTENDED = range(3)
-# sync (int64): thread t's barrier count at 8·t, the abort flag at 8·P, a stop request at 8·P + 8
+# sync (int64): thread t's barrier count at 8·t (at 8·t + 1: b + 1 when its first-layer sums of batch b were
+# not finite), the abort flag at 8·P, a stop request at 8·P + 8
 # A wait at a barrier longer than lay[H_LONG] cycles means the partner was off its core (another
 # process shares the cores); after LONG_WAITS_TO_STOP such waits that took a quarter of the
 # time, one thread does better.
@@ -195,20 +196,27 @@ def scale(work, src, dst, ld, nrows, v0, v1, h):
 
 @njit(**_JIT)
 def activate(work, ybase, ld, nrows, v0, v1, code, mbase):
-    """Y = act(Y) · mask in place (the mask keeps the padding at 0)."""
+    """Y = act(Y) · mask in place (the mask keeps the padding at 0); True when every Y was finite
+    before (z · 0 is NaN for z NaN or ±inf: a sum of them is 0 only if all were finite)."""
     VW = vwidth(work)
     zero, one = vsplat(work, 0.0), vsplat(work, 1.0)
+    check = zero
     for r in range(nrows):
         for v in range(v0, v1):
             o = ybase + r * ld + v * VW
-            vstore(work, o, vmul(act(code, vload(work, o), zero, one), vload(work, mbase + v * VW)))
+            z = vload(work, o)
+            check = vfma(z, zero, check)
+            vstore(work, o, vmul(act(code, z, zero, one), vload(work, mbase + v * VW)))
+    return vsum(check) == 0.0
 
 
 @njit(**_JIT)
 def reduce(work, pbase, psize, P, nrows, ld, v0, v1, B, bbase, code, mbase, ybase):
-    """Y = act(Σ_t partial_t (+ b where bbase >= 0)) · mask, on vectors v0:v1."""
+    """Y = act(Σ_t partial_t (+ b where bbase >= 0)) · mask, on vectors v0:v1; True when every
+    sum was finite (as ``activate``)."""
     VW = vwidth(work)
     zero, one = vsplat(work, 0.0), vsplat(work, 1.0)
+    check = zero
     for r in range(nrows):
         for v in range(v0, v1):
             o = r * ld + v * VW
@@ -217,7 +225,9 @@ def reduce(work, pbase, psize, P, nrows, ld, v0, v1, B, bbase, code, mbase, ybas
                 z = vadd(z, vload(work, pbase + t * psize + o))
             if bbase >= 0:
                 z = vadd(z, vload(B, bbase + v * VW))
+            check = vfma(z, zero, check)
             vstore(work, ybase + o, vmul(act(code, z, zero, one), vload(work, mbase + v * VW)))
+    return vsum(check) == 0.0
 
 
 @njit(**_JIT)
@@ -345,7 +355,8 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
     """Train batches first .. first+nbatch-1 (batch b: rows order[b·bs : (b+1)·bs]) as thread tid of P.
 
     X (N·nI,), T (N·nO,) flat rows; ``h`` and ``out`` are this thread's rows. Stops
-    before applying a batch whose loss is NaN/inf (OUT_BAD = its index, else -1).
+    before applying a batch whose loss is NaN/inf, or whose first layer's sums are (a NaN/inf
+    in its rows of X): OUT_BAD = its index, else -1.
     """
     VW = vwidth(params)
     L, nI, nO, N = lay[H_L], lay[H_NI], lay[H_NO], lay[H_N]
@@ -379,6 +390,7 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
             for j in range(nO):
                 work[tp + r * npo_l + j] = T[rows[r] * nO + j]
         par = b & 1
+        x_ok = True  # the first layer's sums are finite (else a row of X holds a NaN/inf)
         # ---- forward: the first layer by own units, later ones as partial products
         if L == 1:
             f0, f1 = _own(nI, tid, P)
@@ -394,7 +406,12 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
             npo = lay[REC0 + F_NPO]
             forward(X, rt(0), rows, nI, Rp, rt(0), nI, params, lay[lay[H_W0T] + tid], (u1 - u0) * VW, rt(0), u1 - u0,
                     params, lay[REC0 + F_B] + u0 * VW, work, lay[REC0 + F_Y] + u0 * VW, npo)
-            activate(work, lay[REC0 + F_Y], npo, Rp, u0, u1, lay[REC0 + F_ACT], lay[REC0 + F_MASK])
+            x_ok = activate(work, lay[REC0 + F_Y], npo, Rp, u0, u1, lay[REC0 + F_ACT], lay[REC0 + F_MASK])
+            if not x_ok:
+                if P == 1:
+                    bad = b
+                    break
+                atomic_store(sync, 8 * tid + 1, b + 1)  # the others read it after the next barrier
         for i in range(1, L):
             rec, prev = REC0 + REC * i, REC0 + REC * (i - 1)
             p0, p1 = _own(lay[prev + F_NV], tid, P)
@@ -412,6 +429,11 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
                 if status:
                     break
                 long_waits, waited = long_waits + (late > 0), waited + late
+                if i == 1:  # a non-finite first layer in any thread's units: all stop here
+                    for t in range(P):
+                        x_ok = x_ok and atomic_load(sync, 8 * t + 1) != b + 1
+                    if not x_ok:
+                        break
             pb = lay[rec + F_PART] + par * P * lay[rec + F_PSIZE]
             if i < L - 1:
                 u0, u1 = _own(lay[rec + F_NV], tid, P)
@@ -430,8 +452,12 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
                     break
                 long_waits, waited = long_waits + (late > 0), waited + late
             pb = lay[REC0 + F_PART] + par * P * lay[REC0 + F_PSIZE]
-            reduce(work, pb, lay[REC0 + F_PSIZE], P, Rp, npo_l, rt(0), nv_l, params, rt(-1),
-                   act_l, lay[REC0 + F_MASK], y_l)
+            # every thread sums the partials alike: all see the same non-finite sum
+            x_ok = reduce(work, pb, lay[REC0 + F_PSIZE], P, Rp, npo_l, rt(0), nv_l, params, rt(-1),
+                          act_l, lay[REC0 + F_MASK], y_l)
+        if not x_ok:  # a NaN/inf in a row of X makes all its first-layer sums NaN or inf
+            bad = b
+            break
         # ---- loss: every thread alike, so every thread agrees on a bad batch
         value, hits = batch_loss(work, y_l, dz_l, tp, lay[H_NINF], npo_l, nv_l, nO, R, Rp,
                                  lay[H_LOSS], act_l, labels, rows)

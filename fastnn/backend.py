@@ -236,7 +236,9 @@ class Backend:
         the correct predictions (from each batch's output before its update,
         as ``Sequential._epoch_layers`` does), and returns the index of the first
         batch whose loss was NaN/inf (that batch not applied), else -1. Its
-        ``describe(batch_size)`` names the path for ``verbose``.
+        ``describe(batch_size)`` names the path for ``verbose``. A trainer whose
+        ``checks_finite_x`` is True also stops at a batch whose rows of X hold a NaN/inf;
+        ``fit`` then leaves that check of the whole set to it.
         """
         return None
 

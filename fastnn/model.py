@@ -276,10 +276,15 @@ class Sequential:
         optimizer = check.optimizer(optimizer, lr, self.optimizer)
         if resume and not checkpoint:
             raise ValueError("fit: resume=True needs checkpoint='path.npz'")
-        X = check.training_set(self, X)
+        # A compiled epoch that stops at a NaN/inf in X spares the pass over the whole set (a
+        # resume may change the model before the trainer is made: then X is checked here).
+        trainer = None if resume else self.backend.epoch_trainer(self, loss, optimizer)
+        x_checked_by_trainer = getattr(trainer, "checks_finite_x", False)
+        X = check.training_set(self, X, check_finite=not x_checked_by_trainer)
         T, labels = check.targets(self, y, X.shape[0])
         if validation_data is not None:
             validation_data = check.validation_pair(self, validation_data)
+        previous = self.loss, self.optimizer
         self.loss, self.optimizer = loss, optimizer  # only now: a refused call changes nothing
 
         history = History()
@@ -288,7 +293,7 @@ class Sequential:
             settings = {"loss": loss.name or None, "batch_size": batch_size, "shuffle": bool(shuffle),
                         "optimizer": optimizer.config() if chosen_optimizer else None}
             first_epoch, history = io.resume_checkpoint(self, checkpoint, settings, verbose)
-        trainer = self.backend.epoch_trainer(self, loss, self.optimizer)
+            trainer = self.backend.epoch_trainer(self, loss, self.optimizer)
         if verbose:
             if trainer is not None:
                 path = trainer.describe(batch_size)
@@ -305,7 +310,13 @@ class Sequential:
             try:
                 order = self.batch_rng.permutation(n) if shuffle else np.arange(n)
                 if trainer is not None:
-                    loss_sum, correct = self._epoch_compiled(trainer, X, T, labels, order, batch_size, epoch, saved)
+                    result = self._epoch_compiled(trainer, X, T, labels, order, batch_size, epoch, saved,
+                                                  x_checked_by_trainer)
+                    if result is None:  # X holds a NaN/inf: refused, as the check before training does
+                        self.batch_rng.bit_generator.state = rng_state
+                        self.loss, self.optimizer = previous
+                        check.finite(X)  # raises, naming the first such row
+                    loss_sum, correct = result
                 else:
                     loss_sum, correct = self._epoch_layers(X, T, labels, order, batch_size, loss, epoch, saved)
                 mean_loss = loss_sum / n
@@ -359,9 +370,14 @@ class Sequential:
             self.optimizer.step(backend, dense)
         return float(loss_sum), int(correct)
 
-    def _epoch_compiled(self, trainer, X, T, labels, order, batch_size, epoch, saved):
-        """One epoch as one call of a backend's compiled trainer."""
+    def _epoch_compiled(self, trainer, X, T, labels, order, batch_size, epoch, saved, x_unchecked=False):
+        """One epoch as one call of a backend's compiled trainer: ``(loss_sum, correct)``, or None
+        when it stopped at a NaN/inf in X, which fit left to it (``x_unchecked``): then the
+        epoch is undone."""
         loss_sum, correct, bad_batch = trainer(X, T, labels, order, batch_size)
+        if bad_batch >= 0 and x_unchecked and not check.all_finite(X):
+            self._restore(saved)
+            return None
         if bad_batch >= 0:
             self._restore_if_not_finite(saved)
             raise TrainingDiverged(f"fit: the loss became NaN or inf in epoch {epoch + 1}, "

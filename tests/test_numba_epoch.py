@@ -257,6 +257,58 @@ def test_nan_loss_stops_with_finite_weights(threads, monkeypatch):
         np.testing.assert_allclose(b.W, a.W, rtol=1e-10)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("sizes, act", [([6, 3], "identity"), ([6, 20, 3], "sigmoid"), ([6, 20, 3], "relu"),
+                                        ([6, 20, 9, 3], "tanh")])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_a_nan_or_inf_in_x_is_refused_by_the_compiled_epoch(value, sizes, act, threads, monkeypatch):
+    """fit leaves the NaN/inf check of X to the compiled epoch (one pass over the data set
+    less): it stops at the batch holding the row (whose first-layer sums are all NaN/inf, even
+    where sigmoid(inf) = 1 or relu(-inf) = 0 would hide it), the epoch is undone, and X is refused
+    with the message of the check before training, changing nothing."""
+    monkeypatch.setattr(numba_epoch, "WORK_PER_THREAD", 1)
+    X, y = _data(sizes, n=40)
+    bad_X = X.copy()
+    bad_X[29, 2] = value
+    net, fresh = _net(sizes, act, _Compiled(threads)), _net(sizes, act, _Compiled(threads))
+    net.fit(X, y, epochs=1, batch_size=6, loss="cross_entropy", lr=0.1)
+    fresh.fit(X, y, epochs=1, batch_size=6, loss="cross_entropy", lr=0.1)
+    stops, real_call = [], numba_epoch.EpochTrainer.__call__
+
+    def call(self, *args):
+        result = real_call(self, *args)
+        stops.append(result[2])
+        return result
+    monkeypatch.setattr(numba_epoch.EpochTrainer, "__call__", call)
+    with pytest.raises(ValueError, match=r"^X: contains NaN or inf \(first in row 29\)$"):
+        net.fit(bad_X, y, epochs=2, batch_size=6, loss="mse", optimizer=Adam(0.01))
+    assert len(stops) == 1 and stops[0] >= 0  # the compiled epoch found it (fit did not look first)
+    assert net.loss.name == "cross_entropy" and isinstance(net.optimizer, SGD)  # nothing changed
+    monkeypatch.setattr(numba_epoch.EpochTrainer, "__call__", real_call)
+    for model in (net, fresh):  # same weights, same batch generator: the same next epoch
+        model.fit(X, y, epochs=1, batch_size=6)
+    for a, b in zip(net.dense_layers, fresh.dense_layers):
+        np.testing.assert_array_equal(a.W, b.W)
+        np.testing.assert_array_equal(a.b, b.b)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_inf_the_loss_cannot_see_is_refused(threads, monkeypatch):
+    """With W ≥ 0, a -inf in a row makes all its first-layer sums -inf and ReLU makes them 0:
+    the loss stays finite, and in the last batch no later loss sees the step it poisons. Only
+    the check of the first layer's sums stops the epoch there."""
+    monkeypatch.setattr(numba_epoch, "WORK_PER_THREAD", 1)
+    X, y = _data([6, 16, 3], n=40)  # 16: whole vectors (a padding unit's 0 · -inf would be NaN)
+    X[37, 2] = -np.inf  # in the last batch: a step would not show it to a later loss
+    net = _net([6, 16, 3], "relu", _Compiled(threads))
+    net.dense_layers[0].W = np.abs(net.dense_layers[0].W)
+    before = [p.copy() for d in net.dense_layers for p in (d.W, d.b)]
+    with pytest.raises(ValueError, match=r"^X: contains NaN or inf \(first in row 37\)$"):
+        net.fit(X, y, epochs=1, batch_size=6, loss="cross_entropy", lr=1e-6, shuffle=False)
+    for a, b in zip(before, [p for d in net.dense_layers for p in (d.W, d.b)]):
+        np.testing.assert_array_equal(a, b)
+
+
 def _with_own_forward(layer):
     """``layer`` with a forward of the user's own, set on the instance."""
     plain = layer.forward
