@@ -71,10 +71,11 @@ class Layout:
         last = kern.REC0 + kern.REC * (L - 1)
         block = up(bsp * npo[-1], align)
         lay[last + kern.F_Y], lay[last + kern.F_DZ], lay[kern.H_TP] = w_off, w_off + block, w_off + 2 * block
+        g_size = up(kern.MK * max(npo), align)
+        wt_size = up(max([dims[i + 1] * npo[i - 1] for i in range(1, L)], default=0), align)
         lay[kern.H_G] = w_off + 3 * block  # a gradient tile, or one layer's bias gradient
-        lay[kern.H_WT] = lay[kern.H_G] + up(kern.MK * max(npo), align)  # a transposed block of W (dX)
-        wt = max([dims[i + 1] * npo[i - 1] for i in range(1, L)], default=0)
-        lay[kern.H_PRIV] = 3 * block + up(kern.MK * max(npo), align) + up(wt, align)
+        lay[kern.H_WT] = lay[kern.H_G] + g_size  # a transposed block of W (backward_x)
+        lay[kern.H_PRIV] = 3 * block + g_size + wt_size
         w_off += P * lay[kern.H_PRIV]
         ext = bsp + mr  # row lists: a batch, then MR more (the next batch's first rows, prefetched)
         lay[kern.H_IOTA], lay[kern.H_ROWS], lay[kern.H_W0T] = 0, ext, kern.REC0 + kern.REC * L
