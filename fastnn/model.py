@@ -379,8 +379,10 @@ class Sequential:
             self._restore(saved)
             return None
         if bad_batch >= 0:
+            # with X finite, a trainer that checks X stops on sums that overflowed too
+            what = "the loss or a first-layer sum" if x_unchecked else "the loss"
             self._restore_if_not_finite(saved)
-            raise TrainingDiverged(f"fit: the loss became NaN or inf in epoch {epoch + 1}, "
+            raise TrainingDiverged(f"fit: {what} became NaN or inf in epoch {epoch + 1}, "
                                    f"batch {bad_batch + 1}; training stopped before that update")
         return float(loss_sum), int(correct)
 

@@ -309,6 +309,19 @@ def test_an_inf_the_loss_cannot_see_is_refused(threads, monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+def test_first_layer_sums_that_overflow_stop_as_diverged():
+    """A finite X whose first-layer sums overflow float32 stops the epoch too: not as bad input
+    (X is finite) but as a diverged fit, with the message saying which sums it may be."""
+    X, y = _data([6, 16, 3], n=40)
+    X[5, :] = 3e38
+    net = _net([6, 16, 3], "sigmoid", _Compiled(1), dtype="float32")
+    net.dense_layers[0].W = np.abs(net.dense_layers[0].W) + np.float32(1)
+    with pytest.raises(TrainingDiverged, match=r"the loss or a first-layer sum became NaN or inf in epoch 1, batch 1;"):
+        net.fit(X, y, epochs=1, batch_size=6, loss="cross_entropy", lr=0.1, shuffle=False)
+    assert all(np.all(np.isfinite(d.W)) for d in net.dense_layers)
+
+
 def _with_own_forward(layer):
     """``layer`` with a forward of the user's own, set on the instance."""
     plain = layer.forward
