@@ -72,7 +72,9 @@ class Layout:
         block = up(bsp * npo[-1], align)
         lay[last + kern.F_Y], lay[last + kern.F_DZ], lay[kern.H_TP] = w_off, w_off + block, w_off + 2 * block
         g_size = up(kern.MK * max(npo), align)
-        wt_size = up(max([dims[i + 1] * npo[i - 1] for i in range(1, L)], default=0), align)
+        # backward_x transposes W's block only for layers of at most DX_VIA_FORWARD_NV vectors
+        wt_size = up(max([dims[i + 1] * npo[i - 1] for i in range(1, L)
+                          if npo[i] // vw <= kern.DX_VIA_FORWARD_NV], default=0), align)
         lay[kern.H_G] = w_off + 3 * block  # a gradient tile, or one layer's bias gradient
         lay[kern.H_WT] = lay[kern.H_G] + g_size  # a transposed block of W (backward_x)
         lay[kern.H_PRIV] = 3 * block + g_size + wt_size
