@@ -19,10 +19,15 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # fastnn.MLPClassifier imports scikit-learn where installed (about a second): only on first use.
+    # Imported on first use, so `import fastnn` stays quick: fastnn.MLPClassifier imports
+    # scikit-learn where installed (about a second); fastnn.datasets brings urllib, gzip, hashlib.
     if name == "MLPClassifier":
         from .estimator import MLPClassifier
         return MLPClassifier
+    if name == "datasets":
+        import importlib  # not `from . import datasets`: that looks the name up here again
+
+        return importlib.import_module(".datasets", __name__)  # sets the attribute: once only
     raise AttributeError(f"module 'fastnn' has no attribute {name!r}")
 
 __all__ = [

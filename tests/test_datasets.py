@@ -9,6 +9,8 @@ import importlib.util
 import io
 import os
 import struct
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from importlib import resources
@@ -72,6 +74,19 @@ def test_sample_is_deterministic_and_fresh(sample):
         assert np.array_equal(a, b)
     again.X_train[0] = 0.5  # each call returns new arrays
     assert not np.array_equal(datasets.load_mnist_sample().X_train[0], again.X_train[0])
+
+
+def test_datasets_after_a_plain_import_fastnn():
+    # a fresh interpreter: here the test module has imported fastnn.datasets already
+    code = ("import sys, fastnn\n"
+            "assert 'fastnn.datasets' not in sys.modules  # import fastnn stays quick\n"
+            "data = fastnn.datasets.load_mnist_sample()\n"
+            "assert fastnn.datasets is sys.modules['fastnn.datasets']\n"
+            "assert fastnn.MLPClassifier.__name__ == 'MLPClassifier'\n"
+            "print(data.X_train.shape)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(4000, 784)"
 
 
 def test_shipped_file_content_and_credit():
