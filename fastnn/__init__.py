@@ -14,6 +14,7 @@ from .layers import Dense, Identity, ReLU, Sigmoid, Softmax, Tanh
 from .losses import BinaryCrossEntropy, CrossEntropy, Loss, MSE, get_loss
 from .model import Sequential, TrainingDiverged
 from .optim import SGD, Adam
+from .validation import UnscaledInputWarning
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,7 @@ def __getattr__(name):
 __all__ = [
     "ACTIVATIONS", "Adam", "Backend", "BackendUnavailable", "BinaryCrossEntropy", "CrossEntropy",
     "Dense", "History", "Identity", "Loss", "MLPClassifier", "MSE", "ModelFileError", "ReLU", "SGD",
-    "Sequential", "Sigmoid", "Softmax", "Tanh", "TrainingDiverged", "available_backends", "gradcheck",
-    "get_backend", "get_loss", "load", "register_backend", "set_backend", "use_backend",
+    "Sequential", "Sigmoid", "Softmax", "Tanh", "TrainingDiverged", "UnscaledInputWarning",
+    "available_backends", "gradcheck", "get_backend", "get_loss", "load", "register_backend", "set_backend",
+    "use_backend",
 ]
