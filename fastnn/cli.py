@@ -3,12 +3,13 @@
     fastnn train                                   # 784-100-10 ReLU on the bundled MNIST sample
     fastnn train --layers 784,30,10 --activation sigmoid --loss mse \\
                  --epochs 30 --batch-size 10 --lr 3.0 --init normal    # Nielsen's network.py
-    fastnn evaluate model.npz --plot eval          # accuracy, per digit, confusion matrix
+    fastnn evaluate model.npz --plot eval.png      # accuracy, per digit, confusion matrix
     fastnn predict model.npz digit.png             # any picture of a digit
     fastnn info                                    # versions, backends, threads, GPU
 
 Errors are one line on stderr: exit status 2 for a bad command line, 1 for
-anything else (missing or corrupt file, unavailable backend, ...).
+anything else (missing or corrupt file, unavailable backend, ...). Ctrl-C is one
+line too (what was kept or saved) and exit status 130, as shells expect.
 """
 from __future__ import annotations
 
@@ -27,6 +28,14 @@ DEFAULTS = dict(hidden=[100], activation="relu", loss="cross_entropy", epochs=10
                 lr_sgd=0.3, lr_adam=0.001, momentum=0.0, seed=0, backend="auto", data="sample")
 #: ``--init auto``: He for ReLU; LeCun (N(0, 1/n_in), Nielsen's network2) for sigmoid and tanh.
 AUTO_INIT = {"relu": "he_normal", "sigmoid": "lecun_normal", "tanh": "lecun_normal"}
+#: What the output lines call each ``--loss`` and ``--init``: the words of Nielsen's book, not the
+#: flag's (ASCII only: a redirected stdout may not take more).
+LOSS_TEXT = {"mse": "quadratic (mse) loss", "cross_entropy": "cross-entropy loss",
+             "binary_cross_entropy": "cross-entropy loss"}
+INIT_TEXT = {"normal": "weights and biases random, Gaussian with standard deviation 1",
+             "lecun_normal": "weights random, Gaussian with standard deviation 1/sqrt(inputs); biases 0",
+             "he_normal": "weights random, Gaussian with standard deviation sqrt(2/inputs); biases 0",
+             "glorot_uniform": "weights random, uniform in +-sqrt(6/(inputs+outputs)); biases 0"}
 N_PIXELS, N_CLASSES = 784, 10
 
 
@@ -70,6 +79,13 @@ def non_negative_float(text):
 
 def momentum_value(text):
     return _number(text, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
+def png_path(text):
+    """``--plot``: a file name ending in .png (every command writes one PNG file)."""
+    if not text.lower().endswith(".png"):
+        raise argparse.ArgumentTypeError(f"expected a .png file name, got {text!r}")
+    return text
 
 
 def int_list(text):
@@ -153,7 +169,8 @@ def _train_parser(sub):
     p.add_argument("--checkpoint", metavar="CKPT.npz", help="save a checkpoint here after every epoch")
     p.add_argument("--resume", action="store_true",
                    help="continue from --checkpoint (or, without it, from --save) up to --epochs")
-    p.add_argument("--plot", metavar="CURVES.png", help="write loss and accuracy curves (needs matplotlib)")
+    p.add_argument("--plot", type=png_path, metavar="CURVES.png",
+                   help="write loss and accuracy curves to this PNG file (needs matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
     p.set_defaults(run=cmd_train, error=p.error)
 
@@ -172,8 +189,9 @@ def build_parser():
     p.add_argument("model", help="a model file written by fastnn train --save (or net.save)")
     _add_data_options(p, "test data")
     _add_backend_option(p)
-    p.add_argument("--plot", metavar="PREFIX",
-                   help="write PREFIX-confusion.png and PREFIX-misclassified.png (needs matplotlib)")
+    p.add_argument("--plot", type=png_path, metavar="FIGURE.png",
+                   help="write one PNG file: the confusion matrix beside up to 36 misclassified "
+                        "digits (needs matplotlib)")
     p.set_defaults(run=cmd_evaluate, error=p.error)
 
     p = sub.add_parser("predict", help="the digit in an image (.png, .jpg, ...) or a .npy array",
@@ -233,32 +251,48 @@ def _backend(args):
 
 
 def _backend_text(backend):
+    """``"the numba backend (2 threads)"``."""
     threads = getattr(backend, "num_threads", None)
-    return backend.name + (f" ({threads} thread{'s' * (threads != 1)})" if threads else "")
+    return f"the {backend.name} backend" + (f" ({threads} thread{'s' * (threads != 1)})" if threads else "")
 
 
-def _describe_net(net):
-    """``"784-100-10 relu, output logits"`` for a Sequential."""
-    from .layers import Activation, Dense
+def _describe_net(net, loss=None):
+    """``"784-100-10 (relu hidden layer), softmax output, cross-entropy loss"`` for a Sequential."""
+    from .layers import Activation, Softmax
 
-    sizes = [net.n_in] + [layer.n_out for layer in net.dense_layers]
-    hidden = {layer.act for layer in net.layers[:-1] if isinstance(layer, Activation)}
+    sizes = "-".join(map(str, [net.n_in] + [layer.n_out for layer in net.dense_layers]))
+    n_hidden = len(net.dense_layers) - 1
+    acts = "/".join(sorted({layer.act for layer in net.layers[:-1] if isinstance(layer, Activation)}))
+    hidden = f"{acts or 'linear'} hidden layer{'s' * (n_hidden > 1)}" if n_hidden else "no hidden layer"
     last = net.layers[-1]
-    output = last.act if isinstance(last, Activation) else "logits" if isinstance(last, Dense) \
-        else type(last).__name__.lower()
-    text = "-".join(map(str, sizes))
-    if hidden:
-        text += " " + "/".join(sorted(hidden))
-    return f"{text}, output {output}"
+    if isinstance(last, Softmax):
+        output = "softmax"
+    elif isinstance(last, Activation):
+        output = last.act
+    else:  # a last Dense: the loss applies its activation (softmax for cross-entropy), if any
+        output = (loss.output_activation if loss is not None else None) or "linear"
+    text = f"{sizes} ({hidden}), {output} output"
+    if loss is not None:
+        text += ", " + LOSS_TEXT.get(loss.name, f"{loss.name or type(loss).__name__} loss")
+    return text
 
 
 def _check_output_path(flag, path):
-    """Fail before a long run, not after it: the folder must exist and the path must not be one."""
+    """Fail before a long run, not after it: the folder must exist and take new files (files
+    are written beside the target, then renamed over it) and the path must not be a folder."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise CLIError(f"{flag} {path}: the folder {folder} does not exist")
     if os.path.isdir(path):
         raise CLIError(f"{flag} {path}: is a folder; give a file name")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CLIError(f"{flag} {path}: cannot write in the folder {folder} (permission denied)")
+
+
+def _interrupted(command, what=""):
+    """The one line for Ctrl-C, and its exit status (128 + SIGINT, as shells report it)."""
+    print(f"fastnn {command}: interrupted (Ctrl-C){what}", file=sys.stderr, flush=True)
+    return 130
 
 
 # ---- train -------------------------------------------------------------------------
@@ -307,11 +341,11 @@ def _optimizer(args, parser_error):
 
 
 def _optimizer_text(opt):
-    if opt.kind == "adam":
-        text = f"adam lr {opt.lr:g}"
-    else:
-        text = f"sgd lr {opt.lr:g}" + (f" momentum {opt.momentum:g}" if opt.momentum else "")
-    return text + (f" weight decay {opt.weight_decay:g}" if opt.weight_decay else "")
+    """``"SGD, learning rate 0.3, momentum 0.9"``."""
+    text = f"{'Adam' if opt.kind == 'adam' else 'SGD'}, learning rate {opt.lr:g}"
+    if opt.kind != "adam" and opt.momentum:
+        text += f", momentum {opt.momentum:g}"
+    return text + (f", L2 weight decay {opt.weight_decay:g}" if opt.weight_decay else "")
 
 
 class _Progress:
@@ -347,6 +381,8 @@ class _Progress:
 
 
 def cmd_train(args, parser_error):
+    from .losses import get_loss
+
     sizes = _layer_sizes(args, parser_error)
     optimizer = _optimizer(args, parser_error)
     checkpoint = args.checkpoint or (args.save if args.resume else None)
@@ -368,10 +404,10 @@ def cmd_train(args, parser_error):
     init = AUTO_INIT[args.activation] if args.init == "auto" else args.init
     if not args.quiet:
         _say(f"data: {data_text}: {len(y):,} training / {len(data.y_test):,} test images")
-        _say(f"model: {_describe_net(net)}, loss {args.loss}, init {init}, "
-             f"backend {_backend_text(backend)}")
-        _say(f"training: {_optimizer_text(optimizer)}, batch {args.batch_size}, "
-             f"{args.epochs} epochs, seed {args.seed}")
+        _say(f"network: {_describe_net(net, get_loss(args.loss))}")
+        _say(f"start: {INIT_TEXT.get(init, init)} ({init}); seed {args.seed}")
+        _say(f"training: {_optimizer_text(optimizer)}, mini-batches of {args.batch_size}, "
+             f"{args.epochs} epoch{'s' * (args.epochs != 1)}, on {_backend_text(backend)}")
         if args.resume:
             _say(f"resuming from {checkpoint}" if os.path.exists(checkpoint)
                  else f"no checkpoint at {checkpoint} yet: starting at epoch 1")
@@ -381,40 +417,69 @@ def cmd_train(args, parser_error):
         history = net.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, loss=args.loss,
                           optimizer=optimizer, validation_data=(data.X_test, data.y_test),
                           checkpoint=checkpoint, resume=args.resume, on_epoch_end=progress)
+    except KeyboardInterrupt:
+        # Ctrl-C outside an epoch (fit keeps the last completed epoch from inside one only): before
+        # the first epoch or between two. Which epoch the weights are is unsure: nothing is saved.
+        history = None
     finally:
-        progress.close()
+        progress.close()  # the bar off the terminal before any line is printed
 
-    if args.resume and len(history) and not len(progress.shown):
+    if history is None:
+        shown = progress.shown
+        where = f" after epoch {shown['epoch'][-1]}" if len(shown) else " before the first epoch"
+        return _interrupted("train", where + (f"; {args.save} not written" if args.save else ""))
+    if args.resume and len(history) and not len(progress.shown) and not history.interrupted:
         _say(f"nothing to train: {checkpoint} already holds {history['epoch'][-1]} epochs "
              f"(--epochs {args.epochs}); raise --epochs to go on")
-    _report_training(args, history, checkpoint)
-    if args.save and not len(history):
-        # interrupted before the first epoch ended: untrained weights must not replace a saved model
-        _say(f"{args.save} was not written (no trained epoch to save)")
-    elif args.save:
-        if os.path.abspath(args.save) != os.path.abspath(checkpoint or ""):
-            net.save(args.save)
-        _say(f"model saved to {args.save}")
-    if args.plot and len(history):
-        from . import plots
-        plots.training_curves(history, args.plot, title=f"{_describe_net(net)}, {args.loss}")
-        _say(f"curves written to {args.plot}")
+    _report_training(history, checkpoint)
+    written = _write_results(args, net, history, checkpoint)
+    if history.interrupted:
+        return _interrupted("train", _kept_text(history, args.save, written, checkpoint))
+    for line in written:
+        _say(line)
     return 0
 
 
-def _report_training(args, history, checkpoint):
-    if history.interrupted:
-        _say(f"interrupted: kept the weights of epoch {len(history)}")
+def _report_training(history, checkpoint):
+    """The best epoch (by test accuracy) and where the checkpoint is."""
     if not len(history):
-        _say("no epoch completed")
         return
     best = history.best_epoch()
     i = history["epoch"].index(best)
     _say(f"best epoch {best}: test acc {history['val_accuracy'][i]:.4f} "
          f"(last epoch {history['epoch'][-1]}: test acc {history['val_accuracy'][-1]:.4f}, "
          f"median {np.median(history['seconds']):.2f} s per epoch)")
-    if checkpoint:
+    if checkpoint and not history.interrupted:  # else the Ctrl-C line says it
         _say(f"checkpoint: {checkpoint}")
+
+
+def _write_results(args, net, history, checkpoint):
+    """Save the model (--save) and the curves (--plot) after at least one epoch; returns what was
+    written, as lines ("model saved to m.npz")."""
+    if not len(history):  # stopped in the first epoch: untrained weights must not replace a saved model
+        return []
+    written = []
+    if args.save:
+        if os.path.abspath(args.save) != os.path.abspath(checkpoint or ""):
+            net.save(args.save)
+        written.append(f"model saved to {args.save}")
+    if args.plot:
+        from . import plots
+        plots.training_curves(history, args.plot, title=_describe_net(net, net.loss))
+        written.append(f"curves written to {args.plot}")
+    return written
+
+
+def _kept_text(history, save, written, checkpoint):
+    """The rest of the Ctrl-C line after fit stopped inside an epoch: which epoch's weights
+    were kept and what was written."""
+    if not len(history):
+        return " in epoch 1, before any epoch ended" + (f"; {save} not written" if save else "")
+    last = history["epoch"][-1]
+    parts = [f" in epoch {last + 1}: kept the weights of epoch {last}", *written]
+    if checkpoint:
+        parts.append(f"--resume continues from {checkpoint}")
+    return "; ".join(parts)
 
 
 # ---- evaluate ----------------------------------------------------------------------
@@ -446,22 +511,20 @@ def _confusion_text(matrix):
 
 def cmd_evaluate(args, parser_error):
     if args.plot:
+        _check_output_path("--plot", args.plot)
         from . import plots
         plots.require_matplotlib()
-        for suffix in ("-confusion.png", "-misclassified.png"):
-            _check_output_path("--plot", args.plot + suffix)
     net = _load_model(args)
     data, data_text = _load_data(args)
     X, y = data.X_test, data.y_test
     predicted = net.predict(X)
     matrix = confusion(y, predicted)
     correct = int(np.trace(matrix))
-    _say(f"model: {args.model}: {_describe_net(net)}, loss {net.loss.name if net.loss else 'unknown'}, "
-         f"backend {_backend_text(net.backend)}")
+    _say(f"model: {args.model}: {_describe_net(net, net.loss)}, on {_backend_text(net.backend)}")
     _say(f"data: {data_text}, test set: {len(y):,} images")
     loss = f", loss {net.evaluate(X, y)['loss']:.4f}" if net.loss else ""
     _say(f"accuracy: {correct / len(y):.4f} ({correct:,} / {len(y):,}){loss}")
-    _say("per digit:")
+    _say("accuracy per digit:")
     for digit in range(N_CLASSES):
         total = int(matrix[digit].sum())
         rate = f"{matrix[digit, digit] / total:.4f}" if total else "  -   "
@@ -469,10 +532,9 @@ def cmd_evaluate(args, parser_error):
     _say(_confusion_text(matrix))
     if args.plot:
         from . import plots
-        plots.confusion_matrix(matrix, args.plot + "-confusion.png",
-                               title=f"{os.path.basename(args.model)}: accuracy {correct / len(y):.2%}")
-        plots.misclassified(X, y, predicted, args.plot + "-misclassified.png")
-        _say(f"plots written to {args.plot}-confusion.png and {args.plot}-misclassified.png")
+        plots.evaluation(matrix, X, y, predicted, args.plot,
+                         title=f"{os.path.basename(args.model)} on {data_text}: accuracy {correct / len(y):.2%}")
+        _say(f"figure written to {args.plot}")
     return 0
 
 
@@ -554,9 +616,9 @@ def _package_version(name):
 def cmd_warmup(args, parser_error):
     from .backend import get_backend
 
-    seconds = get_backend("numba").warmup()
-    _say(f"numba kernels ready: compiled epoch {seconds['epoch']:.1f} s, layer path {seconds['layers']:.1f} s "
-         f"(a cold cache compiles; a warm one loads)")
+    seconds = get_backend("numba").warmup()  # seconds per part (whole-epoch trainer, layer kernels)
+    _say(f"numba backend ready in {sum(seconds.values()):.1f} s: its compiled code is cached on disk, "
+         f"so later runs start without compiling")
     return 0
 
 
@@ -618,9 +680,8 @@ def main(argv=None):
         parser.error("choose a command: train, evaluate, predict, info or warmup")
     try:
         return args.run(args, args.error)
-    except KeyboardInterrupt:
-        print(f"fastnn {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # reading data, loading a model, predicting: nothing to keep
+        return _interrupted(args.command)
     except BrokenPipeError:  # `fastnn evaluate m.npz | head`: not an error
         sys.stdout = open(os.devnull, "w")
         return 0

@@ -1,7 +1,8 @@
-"""PNG figures for the ``fastnn`` command: training curves, a confusion matrix, misclassified digits.
+"""PNG figures for the ``fastnn`` command: training curves; a confusion matrix beside misclassified digits.
 
 >>> from fastnn import plots
 >>> plots.training_curves(history, "curves.png")      # loss and accuracy, train vs test
+>>> plots.evaluation(matrix, X, y, predicted, "eval.png")   # confusion matrix and mistakes
 
 matplotlib is an optional extra (``pip install 'fastnn[plot]'``); without it
 every function raises ``ImportError`` with that advice. Figures are drawn
@@ -60,11 +61,22 @@ def training_curves(history, path, title=None):
     _save(fig, path)
 
 
-def confusion_matrix(matrix, path, title="confusion matrix"):
-    """``matrix[true, predicted]`` counts as a heat map with the counts written in, to ``path``."""
-    matrix = np.asarray(matrix)
+def evaluation(matrix, X, y_true, y_pred, path, title=None, limit=36):
+    """One figure to ``path``: the confusion matrix (``matrix[true, predicted]`` counts) on the
+    left, up to ``limit`` misclassified 28x28 digits of ``X``, each titled "true -> predicted", on
+    the right: what ``fastnn evaluate --plot`` writes."""
+    fig = _figure(figsize=(14, 6.5), layout="constrained")
+    left, right = fig.subfigures(1, 2, width_ratios=[1, 1.15])
+    _confusion_panel(left, np.asarray(matrix))
+    _misclassified_panel(right, X, np.asarray(y_true), np.asarray(y_pred), limit)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def _confusion_panel(fig, matrix):
+    """A heat map with the counts written in."""
     n = matrix.shape[0]
-    fig = _figure(figsize=(6.5, 5.5), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(image, ax=ax, shrink=0.8)
@@ -74,23 +86,21 @@ def confusion_matrix(matrix, path, title="confusion matrix"):
             if matrix[i, j]:
                 ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
                         color="white" if matrix[i, j] > threshold else "black")
-    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=title)
-    _save(fig, path)
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true",
+           title="confusion matrix (rows: true digit)")
 
 
-def misclassified(X, y_true, y_pred, path, limit=36):
-    """A grid of up to ``limit`` misclassified 28x28 digits, each titled "true -> predicted", to ``path``."""
-    wrong = np.flatnonzero(np.asarray(y_true) != np.asarray(y_pred))[:limit]
+def _misclassified_panel(fig, X, y_true, y_pred, limit):
+    """A grid of the first ``limit`` misclassified digits (6 columns)."""
+    wrong = np.flatnonzero(y_true != y_pred)
+    shown = wrong[:limit]
     columns = 6
-    rows = max(1, -(-len(wrong) // columns))
-    fig = _figure(figsize=(columns * 1.3, rows * 1.5 + 0.5), layout="constrained")
+    rows = max(1, -(-limit // columns))  # a fixed grid: the digits keep their size
     axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
     for ax in axes:
         ax.set_axis_off()
-    for ax, i in zip(axes, wrong):
+    for ax, i in zip(axes, shown):
         ax.imshow(np.asarray(X[i]).reshape(28, 28), cmap="gray_r", vmin=0, vmax=1)
         ax.set_title(f"{y_true[i]} \u2192 {y_pred[i]}", fontsize=10)
-    total = int(np.sum(np.asarray(y_true) != np.asarray(y_pred)))
-    fig.suptitle(f"misclassified: {len(wrong)} of {total} shown (true \u2192 predicted)"
-                 if total else "no misclassified digits")
-    _save(fig, path)
+    fig.suptitle(f"misclassified: {len(shown)} of {len(wrong)} shown (true \u2192 predicted)"
+                 if len(wrong) else "no misclassified digits")

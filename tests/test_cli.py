@@ -5,9 +5,12 @@ Every run uses ``--backend numpy`` (no compile time) and the bundled sample.
 import io
 import os
 import re
+import select
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -104,13 +107,14 @@ def test_train_prints_a_line_per_epoch_and_plots(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stderr  # no progress bar when stderr is not a terminal
     lines = result.stdout.splitlines()
-    assert lines[0] == "data: MNIST sample (bundled): 300 training / 1,000 test images"
-    assert lines[1].startswith("model: 784-20-10 relu, output logits, loss cross_entropy, init he_normal, "
-                               "backend numpy")
-    assert lines[2] == "training: sgd lr 0.3, batch 16, 2 epochs, seed 0"
-    epochs = [EPOCH_LINE.match(line) for line in lines[3:5]]
+    assert lines[:4] == ["data: MNIST sample (bundled): 300 training / 1,000 test images",
+                         "network: 784-20-10 (relu hidden layer), softmax output, cross-entropy loss",
+                         "start: weights random, Gaussian with standard deviation sqrt(2/inputs); biases 0 "
+                         "(he_normal); seed 0",
+                         "training: SGD, learning rate 0.3, mini-batches of 16, 2 epochs, on the numpy backend"]
+    epochs = [EPOCH_LINE.match(line) for line in lines[4:6]]
     assert all(epochs) and [m.group(1) for m in epochs] == ["1", "2"]
-    best = BEST_LINE.match(lines[5])
+    best = BEST_LINE.match(lines[6])
     assert best and best.group(4) == epochs[1].group(4)
     assert max(float(m.group(4)) for m in epochs) == float(best.group(2))
     if has_module("matplotlib"):
@@ -168,40 +172,108 @@ def test_resume_continues_to_the_same_weights(tmp_path, capsys):
         assert np.array_equal(x.W, y.W) and np.array_equal(x.b, y.b)
 
 
-def test_ctrl_c_keeps_the_last_epoch_and_saves(tmp_path, capsys, monkeypatch):
+def _interrupt_in_epoch(monkeypatch, epoch):
+    """Ctrl-C inside epoch ``epoch`` of the next fits (on the numpy backend's layer-by-layer path)."""
     from fastnn.model import Sequential
 
     real, calls = Sequential._epoch_layers, []
 
-    def interrupted_in_epoch_2(self, *args, **kwargs):
+    def epoch_layers(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == epoch:
             raise KeyboardInterrupt
         return real(self, *args, **kwargs)
+    monkeypatch.setattr(Sequential, "_epoch_layers", epoch_layers)
 
-    monkeypatch.setattr(Sequential, "_epoch_layers", interrupted_in_epoch_2)
-    model = tmp_path / "m.npz"
+
+def test_ctrl_c_keeps_the_last_epoch_saves_and_exits_130(tmp_path, capsys, monkeypatch):
+    _interrupt_in_epoch(monkeypatch, 2)
+    model, ckpt = tmp_path / "m.npz", tmp_path / "c.npz"
     status, out, err = run_main(capsys, "train", "--epochs", 5, "--limit", 100, "--hidden", 8,
-                                "--backend", "numpy", "--quiet", "--save", model)
-    assert status == 0 and "interrupted (Ctrl-C) in epoch 2" in err
-    assert out.splitlines()[0] == "interrupted: kept the weights of epoch 1"
-    assert out.splitlines()[1].startswith("best epoch 1: ") and model.exists()
+                                "--backend", "numpy", "--quiet", "--save", model, "--checkpoint", ckpt)
+    assert status == 130
+    assert err.splitlines()[-1] == (f"fastnn train: interrupted (Ctrl-C) in epoch 2: kept the weights of epoch 1; "
+                                    f"model saved to {model}; --resume continues from {ckpt}")
+    assert [line.split(":")[0] for line in out.splitlines()] == ["best epoch 1"]  # the summary, no more
+    assert fastnn.load(model, backend="numpy") and fastnn.load(ckpt, backend="numpy")
+
+
+@pytest.mark.xfail(strict=True, reason="Sequential.fit prints its own Ctrl-C line even with verbose=0: "
+                                       "remove this mark when fit stays silent then (model.py)")
+def test_ctrl_c_is_one_line(tmp_path, capsys, monkeypatch):
+    _interrupt_in_epoch(monkeypatch, 2)
+    status, _, err = run_main(capsys, "train", "--epochs", 3, "--limit", 100, "--hidden", 8,
+                              "--backend", "numpy", "--quiet")
+    assert status == 130 and err == "fastnn train: interrupted (Ctrl-C) in epoch 2: kept the weights of epoch 1\n"
 
 
 def test_ctrl_c_before_the_first_epoch_keeps_a_saved_model(tmp_path, capsys, monkeypatch):
-    from fastnn.model import Sequential
-
     model = tmp_path / "m.npz"
     common = ["train", "--limit", 100, "--hidden", 8, "--backend", "numpy", "--quiet", "--save", model]
     assert run_main(capsys, *common, "--epochs", 1)[0] == 0
     saved = model.read_bytes()
+    _interrupt_in_epoch(monkeypatch, 1)
+    status, out, err = run_main(capsys, *common, "--epochs", 3, "--plot", tmp_path / "c.png")
+    assert status == 130 and out == ""
+    assert err.splitlines()[-1] == (f"fastnn train: interrupted (Ctrl-C) in epoch 1, before any epoch ended; "
+                                    f"{model} not written")
+    assert model.read_bytes() == saved and not (tmp_path / "c.png").exists()
 
-    def interrupted(self, *args, **kwargs):
-        raise KeyboardInterrupt
-    monkeypatch.setattr(Sequential, "_epoch_layers", interrupted)
-    status, out, _ = run_main(capsys, *common, "--epochs", 3)
-    assert status == 0 and f"{model} was not written (no trained epoch to save)" in out
-    assert model.read_bytes() == saved  # the trained model is still there
+
+def _ctrl_c(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("command, patch", [
+    (["train"], "fastnn.datasets.load_mnist_sample"),  # reading the data
+    (["train", "--save", "{tmp}/m.npz"], "fastnn.model.Sequential.fit"),  # before fit's first epoch
+    (["evaluate", "{model}"], "fastnn.datasets.load_mnist_sample"),
+    (["evaluate", "{model}"], "fastnn.model.Sequential.predict_proba"),
+    (["predict", "{model}", "{tmp}/x.npy"], "fastnn.model.Sequential.predict_proba"),
+])
+def test_ctrl_c_anywhere_else_is_one_line_and_130(command, patch, trained, tmp_path, capsys, monkeypatch):
+    model, _ = trained
+    np.save(tmp_path / "x.npy", np.zeros(784))
+    monkeypatch.setattr(patch, _ctrl_c)
+    args = [part.format(tmp=tmp_path, model=model) for part in command]
+    status, _, err = run_main(capsys, *args, "--backend", "numpy")
+    assert status == 130 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"fastnn {command[0]}: interrupted (Ctrl-C)")
+    if "--save" in command:
+        assert err == f"fastnn train: interrupted (Ctrl-C) before the first epoch; {tmp_path}/m.npz not written\n"
+        assert not (tmp_path / "m.npz").exists()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name == "nt", reason="needs POSIX signals")
+def test_sigint_in_a_subprocess(tmp_path):
+    """A real Ctrl-C (SIGINT) while training: status 130, no traceback, the kept epoch saved."""
+    model = tmp_path / "m.npz"
+    env = {k: v for k, v in os.environ.items() if k != "FASTNN_BACKEND"}
+    proc = subprocess.Popen([sys.executable, "-m", "fastnn", "train", "--backend", "numpy", "--epochs", "1000",
+                             "--hidden", "16", "--save", str(model)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until the second epoch line (the imports can be slow)
+            ready, _, _ = select.select([proc.stdout], [], [], deadline - time.monotonic())
+            line = proc.stdout.readline() if ready else ""
+            if not line or line.startswith("epoch   2:"):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    last = err.splitlines()[-1]
+    kept = re.fullmatch(r"fastnn train: interrupted \(Ctrl-C\) in epoch (\d+): kept the weights of epoch (\d+); "
+                        r"model saved to (.+)", last)
+    if kept:  # the usual case: Ctrl-C lands inside an epoch
+        assert int(kept.group(1)) == int(kept.group(2)) + 1 >= 3 and kept.group(3) == str(model)
+        assert fastnn.load(model, backend="numpy").n_in == 784
+    else:  # between two epochs: nothing saved, said so
+        assert re.fullmatch(rf"fastnn train: interrupted \(Ctrl-C\) after epoch \d+; {re.escape(str(model))} "
+                            rf"not written", last), last
 
 
 def test_resume_with_other_settings_or_nothing_left_to_train(tmp_path, capsys):
@@ -272,7 +344,7 @@ def test_evaluate(trained, tmp_path, sample):
     model, _ = trained
     args = ["evaluate", model, "--backend", "numpy"]
     if has_module("matplotlib"):
-        args += ["--plot", tmp_path / "ev"]
+        args += ["--plot", tmp_path / "ev.png"]
     result = fastnn_cmd(*args)
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -289,8 +361,9 @@ def test_evaluate(trained, tmp_path, sample):
     assert np.trace(matrix) == correct
     assert np.array_equal(matrix, cli.confusion(sample.y_test, predicted))
     if has_module("matplotlib"):
-        for suffix in ("-confusion.png", "-misclassified.png"):
-            assert (tmp_path / f"ev{suffix}").read_bytes()[:4] == b"\x89PNG"
+        assert out.endswith(f"figure written to {tmp_path / 'ev.png'}\n")
+        assert (tmp_path / "ev.png").read_bytes()[:4] == b"\x89PNG"
+        assert sorted(os.listdir(tmp_path)) == ["ev.png"]  # one file, nothing beside it
 
 
 def test_predict_npy(trained, tmp_path, sample):
@@ -371,6 +444,10 @@ def test_corrupt_model_in_a_subprocess(tmp_path):
     (["train", "--backend", "nope", "--limit", "10"], 2, "unknown backend 'nope'; known: cupy, numba, numpy"),
     (["train", "--backend", "numpy", "--threads", "2"], 1, "--threads applies to the numba backend"),
     (["train", "--save", "/no/such/folder/m.npz"], 1, "the folder /no/such/folder does not exist"),
+    (["train", "--plot", "curves"], 2, "--plot: expected a .png file name, got 'curves'"),
+    (["evaluate", "m.npz", "--plot", "eval"], 2, "--plot: expected a .png file name, got 'eval'"),
+    (["evaluate", "/no/such/model.npz", "--plot", "/no/such/folder/e.png"], 1,  # checked first
+     "--plot /no/such/folder/e.png: the folder /no/such/folder does not exist"),
     (["train", "--data", "/no/such/folder"], 1, "--data /no/such/folder: not a folder"),
     (["train", "--data", "sample", "--download"], 1, "--download goes with --data mnist"),
     (["evaluate", "/no/such/model.npz", "--backend", "numpy"], 1, "model file not found: /no/such/model.npz"),
@@ -381,6 +458,14 @@ def test_errors_are_one_line(capsys, args, status, fragment):
     code, out, err = run_main(capsys, *args)
     assert code == status
     assert len(err.strip().splitlines()) == 1 and fragment in err, err
+
+
+def test_an_unwritable_plot_folder_is_said_before_any_work(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)  # as root, every folder is writable
+    for command in (["train"], ["evaluate", "/no/such/model.npz"]):
+        code, out, err = run_main(capsys, *command, "--plot", tmp_path / "f.png", "--backend", "numpy")
+        assert code == 1 and out == "" and len(err.splitlines()) == 1
+        assert f"--plot {tmp_path / 'f.png'}: cannot write in the folder {tmp_path}" in err
 
 
 def test_unavailable_backend_is_one_line(capsys):
@@ -485,7 +570,7 @@ def test_warmup_compiles_the_numba_kernels(capsys, monkeypatch):
 
     monkeypatch.setattr(numba_backend, "_kernels", Recorder())
     status, out, _ = run_main(capsys, "warmup")
-    assert status == 0 and calls and out.startswith("numba kernels ready: compiled epoch ")
+    assert status == 0 and calls and out.startswith("numba backend ready in ")
     assert {(name, dtype) for name in ("gemm_tiles", "gemm_tiles_parallel", "blas_gemm")
             for dtype in ("float32", "float64")} <= set(products)
 
