@@ -88,6 +88,19 @@ def _blas():
             for info in threadpool_info() if info.get("user_api") == "blas"]
 
 
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """Keep the statistics, drop every round's time from ``--benchmark-json`` files.
+
+    pytest-benchmark writes all rounds there, and µs-long matrix products and steps run
+    hundreds of thousands of rounds each: hundreds of MB per run that nothing reads (the
+    report takes medians, minima and round counts). ``--benchmark-save-data`` keeps them.
+    """
+    if config.getoption("benchmark_save_data"):
+        return
+    for bench in output_json.get("benchmarks", []):
+        bench.get("stats", {}).pop("data", None)
+
+
 def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["fastnn"] = {
         "cpu_model": _cpu_model(),
