@@ -11,7 +11,7 @@ from .workloads import INIT_SEED
 BACKENDS = {
     "fastnn-numpy": ("numpy", {}),
     "fastnn-numba-layers": ("numba", {"compiled": False}),
-    "fastnn-numba": ("numba", {}),
+    "fastnn-numba": ("numba", {"compiled": True}),  # named, not left to the default
 }
 
 

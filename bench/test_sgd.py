@@ -1,7 +1,7 @@
 """Training: one mini-batch SGD step, and one full epoch of 60,000 MNIST-shaped samples.
 
 A = 784-30-10 sigmoid/mse/lr 3.0 at batch 10 and 128; B = 784-128-10
-relu/cross_entropy/lr 0.1 at batch 10, 128 and 1024 (issue 5). Every entry starts
+relu/cross_entropy/lr 0.1 at batch 10, 128 and 1024. Every entry starts
 from the same weights; epochs reshuffle and keep the last partial batch. The
 first epoch (any JIT compile) is a warm-up, timed apart as ``first_call_s``.
 """

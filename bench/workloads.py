@@ -51,7 +51,7 @@ NETS = {
     "B": Net("B", 128, "relu", "cross_entropy", 0.1),
 }
 
-#: The epoch (and single-step) cases of issue 5: (net, batch size).
+#: The epoch (and single-step) cases: (net, batch size).
 SGD_CASES = [("A", 10), ("A", 128), ("B", 10), ("B", 128), ("B", 1024)]
 
 #: Epoch benchmarks: rounds after one warm-up epoch (which holds any JIT compile).
@@ -169,12 +169,12 @@ def batches(order, batch_size):
 # ---- who runs -----------------------------------------------------------------
 
 #: Every implementation, in report order. Each runs in its own process under
-#: ``python -m bench.run`` (thread pools of different libraries fight: PERF-NOTES).
+#: ``python -m bench.run`` (thread pools of different libraries in one process fight over the cores).
 #: GPU entries (fastnn-cupy, torch-cuda) slot in here when they exist.
 IMPLS = {
     "fastnn-numpy": "fastnn, numpy backend",
     "fastnn-numba-layers": "fastnn, numba backend, layer by layer",
-    "fastnn-numba": "fastnn, numba backend (default: compiled epoch)",
+    "fastnn-numba": "fastnn, numba backend, compiled epoch",
     "numpy": "NumPy as a user writes it (matmul: `@`; training: hand-written, Nielsen-style)",
     "torch": "PyTorch eager (nn.Sequential + optim.SGD)",
     "jax": "JAX (jit; epoch: a jitted step per batch, or the whole epoch in lax.scan)",
