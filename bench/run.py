@@ -1,15 +1,17 @@
 """Run the whole suite fairly: one pytest process per implementation, then one merged report.
 
+    python -m bench.run --quick                  # the epoch table in about 3 minutes (see QUICK)
     python -m bench.run                          # everything, as CI runs (environment as is)
+    python -m bench.run --check                  # ... and exit 1 if a speed target is missed
     python -m bench.run --openblas unset         # OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE removed
     python -m bench.run --impl torch,jax --suite epoch --out /tmp/peers
     python -m bench.run --passes 1               # one pass (half the time; drift then biases)
 
 Thread pools of different libraries in one process fight over the cores and
-distort timings by up to 2× (../shared/PERF-NOTES.md), so each implementation
-gets a process of its own. Before timing, ``bench/test_peers_agree.py`` checks
-that every entry computes the same training. Writes ``OUT/<impl>.json`` (one
-pytest-benchmark file each), ``OUT/bench.json`` (merged) and ``OUT/report.md``.
+distort timings by up to 2×, so each implementation gets a process of its own.
+Before timing, ``bench/test_peers_agree.py`` checks that every entry computes
+the same training. Writes ``OUT/<impl>.json`` (one pytest-benchmark file each),
+``OUT/bench.json`` (merged) and ``OUT/report.md``.
 """
 from __future__ import annotations
 
@@ -30,6 +32,11 @@ from .workloads import EPOCH_ROUNDS, IMPLS, OPENBLAS_VARS, QUIET_SHARE
 
 ROOT = Path(__file__).resolve().parent.parent
 SUMMARY = re.compile(r"\b(passed|failed|skipped|errors?|deselected|no tests ran)\b.* in [0-9.]+s")
+#: What ``--quick`` sets (an option given explicitly wins): every epoch case and entry, each
+#: epoch whole (60,000 samples), but one pass, one timed epoch after the warm-up, no GEMM peak,
+#: matrix products or single steps, no agreement check.
+QUICK = {"out": ".benchmarks/quick", "suite": "epoch", "passes": 1, "epoch_rounds": 1, "no_check": True}
+FULL = {"out": ".benchmarks/latest", "suite": None, "passes": 2, "epoch_rounds": EPOCH_ROUNDS, "no_check": False}
 SUITES = {  # suite -> pytest node ids
     "peak": ["bench/test_peak.py"],
     "matmul": ["bench/test_matmul.py"],
@@ -40,25 +47,42 @@ SUITES = {  # suite -> pytest node ids
 
 def _arguments(argv):
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=".benchmarks/latest", help="output folder (default %(default)s)")
+    parser.add_argument("--quick", action="store_true",
+                        help="the epoch table in about 3 minutes on 2 cores: every entry and epoch case, "
+                             "whole epochs, but one pass of one timed epoch each, no other suite and no "
+                             f"agreement check; writes to {QUICK['out']} (options given explicitly win)")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when a measured speed target is missed (the report's Targets; "
+                             "n/a ones do not count)")
+    parser.add_argument("--out", help=f"output folder (default {FULL['out']}; --quick: {QUICK['out']})")
     parser.add_argument("--impl", default=",".join(IMPLS),
                         help="comma-separated implementations, one process each (default: all)")
-    parser.add_argument("--suite", default=",".join(SUITES),
-                        help=f"comma-separated suites: {', '.join(SUITES)} (default: all)")
+    parser.add_argument("--suite",
+                        help=f"comma-separated suites: {', '.join(SUITES)} (default: all; --quick: "
+                             f"{QUICK['suite']})")
     parser.add_argument("--openblas", choices=("as-is", "unset"), default="as-is",
                         help="as-is: the environment as CI runs it; unset: remove "
                              f"{' and '.join(OPENBLAS_VARS)} for these processes only")
-    parser.add_argument("--epoch-rounds", type=int, default=EPOCH_ROUNDS,
-                        help="timed epochs per epoch entry (default %(default)s)")
-    parser.add_argument("--passes", type=int, default=2,
+    parser.add_argument("--epoch-rounds", type=int,
+                        help=f"timed epochs per epoch entry (default {FULL['epoch_rounds']}; --quick: "
+                             f"{QUICK['epoch_rounds']})")
+    parser.add_argument("--passes", type=int,
                         help="runs of every implementation, in alternating order, combined (default "
-                             "%(default)s: drift of the machine during the run favours no one)")
+                             f"{FULL['passes']}: drift of the machine during the run favours no one; "
+                             f"--quick: {QUICK['passes']})")
     parser.add_argument("--wait-quiet", type=float, default=0, metavar="MINUTES",
                         help="before each process, wait up to MINUTES for other processes to leave "
                              "the CPUs idle (a shared machine); default: don't wait")
-    parser.add_argument("--no-check", action="store_true", help="skip the agreement check")
+    parser.add_argument("--no-agreement", "--no-check", dest="no_check", action="store_true", default=None,
+                        help="skip the agreement check, bench/test_peers_agree.py (--quick skips it; "
+                             "not the opposite of --check)")
     parser.add_argument("pytest_args", nargs="*", help="passed on to pytest (after --)")
     args = parser.parse_args(argv)
+    for name, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.suite is None:
+        args.suite = ",".join(SUITES)
     args.impl = _choices("--impl", args.impl, IMPLS)
     args.suite = _choices("--suite", args.suite, SUITES)
     return args
@@ -145,6 +169,12 @@ def main(argv=None):
     run = {"command": " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])]),
            "openblas_mode": args.openblas, "openblas_env": openblas, "passes": args.passes,
            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "processes": []}
+    if args.quick:
+        run["quick"] = (f"{args.passes} pass{'es' if args.passes > 1 else ''}, {args.epoch_rounds} timed "
+                        f"epoch{'s' if args.epoch_rounds > 1 else ''} per entry after the warm-up, suites "
+                        f"{', '.join(args.suite)}"
+                        + (", no agreement check." if args.no_check else "."))
+    started = time.perf_counter()
 
     if not args.no_check:
         code, seconds, last = _pytest(args, env, ["bench/test_peers_agree.py", "-rs"])
@@ -185,9 +215,23 @@ def main(argv=None):
     text = report.render([merged])
     (out / "report.md").write_text(text)
     print(text)
-    print(f"bench.run: wrote {out / 'bench.json'} and {out / 'report.md'}", file=sys.stderr)
+    written = [out / "bench.json", out / "report.md"]
+    size = sum(path.stat().st_size for path in out.iterdir() if path.is_file())
+    print(f"bench.run: wrote {written[0]} and {written[1]} ({size / 1e6:.1f} MB in {out}) in "
+          f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
+    code = 0
     failed = [p["impl"] for p in run["processes"] if p["exit_code"]]
-    return 1 if failed or run.get("agreement", {}).get("exit_code") else 0
+    if failed:
+        print(f"bench.run: processes that failed: {', '.join(failed)}", file=sys.stderr)
+        code = 1
+    if run.get("agreement", {}).get("exit_code"):
+        print("bench.run: the agreement check failed (bench/test_peers_agree.py)", file=sys.stderr)
+        code = 1
+    if args.check:
+        check_code, message = report.check(report.targets(report.load([merged])[0]))
+        print(f"bench.run: check: {message}", file=sys.stderr)
+        code = code or check_code
+    return code
 
 
 if __name__ == "__main__":
