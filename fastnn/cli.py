@@ -412,29 +412,26 @@ def cmd_train(args, parser_error):
             _say(f"resuming from {checkpoint}" if os.path.exists(checkpoint)
                  else f"no checkpoint at {checkpoint} yet: starting at epoch 1")
 
-    progress = _Progress(args.epochs, len(y), args.quiet)
+    progress, between_epochs = _Progress(args.epochs, len(y), args.quiet), False
     try:
         history = net.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, loss=args.loss,
                           optimizer=optimizer, validation_data=(data.X_test, data.y_test),
                           checkpoint=checkpoint, resume=args.resume, on_epoch_end=progress)
     except KeyboardInterrupt:
-        # Ctrl-C outside an epoch (fit keeps the last completed epoch from inside one only): before
-        # the first epoch or between two. Which epoch the weights are is unsure: nothing is saved.
-        history = None
+        # Ctrl-C outside an epoch (fit handles it inside one), e.g. while an epoch's line is printed:
+        # the weights are the last completed epoch's, or untrained before the first epoch ended
+        history, between_epochs = progress.shown, True
+        history.interrupted = True
     finally:
         progress.close()  # the bar off the terminal before any line is printed
 
-    if history is None:
-        shown = progress.shown
-        where = f" after epoch {shown['epoch'][-1]}" if len(shown) else " before the first epoch"
-        return _interrupted("train", where + (f"; {args.save} not written" if args.save else ""))
     if args.resume and len(history) and not len(progress.shown) and not history.interrupted:
         _say(f"nothing to train: {checkpoint} already holds {history['epoch'][-1]} epochs "
              f"(--epochs {args.epochs}); raise --epochs to go on")
     _report_training(history, checkpoint)
     written = _write_results(args, net, history, checkpoint)
     if history.interrupted:
-        return _interrupted("train", _kept_text(history, args.save, written, checkpoint))
+        return _interrupted("train", _kept_text(history, between_epochs, args.save, written, checkpoint))
     for line in written:
         _say(line)
     return 0
@@ -470,13 +467,15 @@ def _write_results(args, net, history, checkpoint):
     return written
 
 
-def _kept_text(history, save, written, checkpoint):
-    """The rest of the Ctrl-C line after fit stopped inside an epoch: which epoch's weights
-    were kept and what was written."""
+def _kept_text(history, between_epochs, save, written, checkpoint):
+    """The rest of the Ctrl-C line: which epoch's weights were kept and what was written."""
     if not len(history):
-        return " in epoch 1, before any epoch ended" + (f"; {save} not written" if save else "")
+        return " before the first epoch ended" + (f"; {save} not written" if save else "")
     last = history["epoch"][-1]
-    parts = [f" in epoch {last + 1}: kept the weights of epoch {last}", *written]
+    if between_epochs:  # the last epoch shown, or one more whose line had not come yet
+        parts = [f" after epoch {last}: kept the weights of the last completed epoch", *written]
+    else:
+        parts = [f" in epoch {last + 1}: kept the weights of epoch {last}", *written]
     if checkpoint:
         parts.append(f"--resume continues from {checkpoint}")
     return "; ".join(parts)

@@ -215,9 +215,30 @@ def test_ctrl_c_before_the_first_epoch_keeps_a_saved_model(tmp_path, capsys, mon
     _interrupt_in_epoch(monkeypatch, 1)
     status, out, err = run_main(capsys, *common, "--epochs", 3, "--plot", tmp_path / "c.png")
     assert status == 130 and out == ""
-    assert err.splitlines()[-1] == (f"fastnn train: interrupted (Ctrl-C) in epoch 1, before any epoch ended; "
+    assert err.splitlines()[-1] == (f"fastnn train: interrupted (Ctrl-C) before the first epoch ended; "
                                     f"{model} not written")
     assert model.read_bytes() == saved and not (tmp_path / "c.png").exists()
+
+
+def test_ctrl_c_between_epochs_keeps_and_saves_the_last_one(tmp_path, capsys, monkeypatch):
+    real = cli._Progress.__call__
+
+    def progress(self, epoch, logs):  # Ctrl-C while epoch 2's line is printed: it escapes fit
+        real(self, epoch, logs)
+        if epoch == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(cli._Progress, "__call__", progress)
+    model, plot = tmp_path / "m.npz", tmp_path / "c.png"
+    args = ["train", "--epochs", 5, "--limit", 100, "--hidden", 8, "--backend", "numpy", "--save", model]
+    if has_module("matplotlib"):
+        args += ["--plot", plot]
+    status, out, err = run_main(capsys, *args)
+    assert status == 130 and len(err.splitlines()) == 1  # fit did not see this Ctrl-C: its line is not there
+    curves = f"; curves written to {plot}" if "--plot" in args else ""
+    assert err == (f"fastnn train: interrupted (Ctrl-C) after epoch 2: kept the weights of the last completed "
+                   f"epoch; model saved to {model}{curves}\n")
+    assert out.splitlines()[-1].startswith("best epoch ") and "(last epoch 2: " in out.splitlines()[-1]
+    assert fastnn.load(model, backend="numpy").n_in == 784
 
 
 def _ctrl_c(*args, **kwargs):
@@ -240,7 +261,8 @@ def test_ctrl_c_anywhere_else_is_one_line_and_130(command, patch, trained, tmp_p
     assert status == 130 and len(err.splitlines()) == 1, err
     assert err.startswith(f"fastnn {command[0]}: interrupted (Ctrl-C)")
     if "--save" in command:
-        assert err == f"fastnn train: interrupted (Ctrl-C) before the first epoch; {tmp_path}/m.npz not written\n"
+        assert err == (f"fastnn train: interrupted (Ctrl-C) before the first epoch ended; "
+                       f"{tmp_path}/m.npz not written\n")
         assert not (tmp_path / "m.npz").exists()
 
 
@@ -270,10 +292,10 @@ def test_sigint_in_a_subprocess(tmp_path):
                         r"model saved to (.+)", last)
     if kept:  # the usual case: Ctrl-C lands inside an epoch
         assert int(kept.group(1)) == int(kept.group(2)) + 1 >= 3 and kept.group(3) == str(model)
-        assert fastnn.load(model, backend="numpy").n_in == 784
-    else:  # between two epochs: nothing saved, said so
-        assert re.fullmatch(rf"fastnn train: interrupted \(Ctrl-C\) after epoch \d+; {re.escape(str(model))} "
-                            rf"not written", last), last
+    else:  # or between two, while an epoch's line is printed
+        assert re.fullmatch(rf"fastnn train: interrupted \(Ctrl-C\) after epoch \d+: kept the weights of the last "
+                            rf"completed epoch; model saved to {re.escape(str(model))}", last), last
+    assert fastnn.load(model, backend="numpy").n_in == 784
 
 
 def test_resume_with_other_settings_or_nothing_left_to_train(tmp_path, capsys):
