@@ -242,6 +242,20 @@ class Backend:
         """
         return None
 
+    def training_plan(self, net, loss, optimizer, rows, epochs, batch_size):
+        """``(trainer, path)`` for a ``fit`` of ``epochs`` over ``rows`` rows: the
+        :meth:`epoch_trainer` (None: layer by layer) and, in words, the path that trains.
+
+        A backend that compiles decides here, knowing the size of the job, whether a
+        compile pays (and tells the user through :mod:`fastnn.notices`) or the job runs
+        at once on a path that is ready.
+        """
+        trainer = self.epoch_trainer(net, loss, optimizer)
+        if trainer is not None:
+            return trainer, trainer.describe(batch_size)
+        reason = self.layer_path_reason(net, loss, optimizer)
+        return None, "layer by layer" + (f" ({reason})" if reason else "")
+
     def layer_path_reason(self, net, loss, optimizer):
         """Why ``fit`` trains ``net`` layer by layer here, for ``verbose``; None: nothing to say.
 
@@ -330,22 +344,53 @@ def _load_class(base):
 
 
 def _default_name():
-    return _current.get() or os.environ.get("FASTNN_BACKEND") or "numpy"
+    return _current.get() or os.environ.get("FASTNN_BACKEND") or "auto"
+
+
+def _auto_choice():
+    """``(name, why)`` of ``"auto"``: numba where it is usable, else numpy. Never cupy: a small job
+    on a GPU pays compile and launch latency it cannot win back, so the GPU is used when named."""
+    try:
+        reason = _unavailable_reason("numba", _load_class("numba"))
+    except BackendUnavailable as exc:
+        reason = exc.reason
+    if reason:
+        return "numpy", f"numba is unavailable ({reason})"
+    return "numba", "numba is installed (the GPU backend, cupy, is used only when named)"
 
 
 def _resolve_auto():
-    status = available_backends()
-    for candidate in ("cupy", "numba", "numpy"):
-        if status.get(candidate, (False, ""))[0]:
-            return candidate
-    return "numpy"
+    return _auto_choice()[0]
+
+
+def default_backend():
+    """``(name, why)``: the backend an unspecified ``backend=`` resolves to here, and why.
+
+    The scoped default (``use_backend``/``set_backend``) wins, then ``FASTNN_BACKEND``, then
+    ``"auto"``: numba where it is usable, else numpy. Every entry point (``Sequential``,
+    ``fastnn.load``, the estimators, the ``fastnn`` command) follows this one rule.
+    """
+    scoped = _current.get()
+    if scoped is not None:
+        name = scoped if isinstance(scoped, str) else scoped.name
+        source = "set by set_backend/use_backend"
+    elif os.environ.get("FASTNN_BACKEND"):
+        name, source = os.environ["FASTNN_BACKEND"], "set by FASTNN_BACKEND"
+    else:
+        name, why = _auto_choice()
+        return name, f"auto: {why}"
+    if _split(name)[0] == "auto":
+        resolved, why = _auto_choice()
+        return resolved, f"auto ({source}): {why}"
+    return name, source
 
 
 def get_backend(name=None, **options):
     """The backend ``name`` (default: the current one), created on first use.
 
     ``name`` may be a :class:`Backend` instance (returned as is), a registered
-    name, ``"auto"`` (cupy if usable, then numba, then numpy) or ``"cupy:N"``.
+    name, ``"auto"`` (numba if usable, else numpy; see :func:`default_backend`) or
+    ``"cupy:N"``. None: the default of :func:`default_backend`.
     Keyword options (e.g. ``num_threads=2`` for numba) go to the constructor.
     Raises ``ValueError`` for an unknown name and :class:`BackendUnavailable`
     when the backend is known but cannot run here.
