@@ -26,11 +26,16 @@ for a while after their work: two pools over the same two cores made a step
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
+import os
 
 import numpy as np
 
 from fastnn.backend import ACTIVATIONS, Backend, _check_act
+from fastnn.notices import logger, waiting
+
+from . import numba_cache
 
 #: The dtypes the kernels take. Compared by identity (NumPy's native float dtypes are
 #: singletons): fast, and an unusual equal dtype (byte-swapped, ...) just takes the reference.
@@ -48,6 +53,9 @@ TILE_VECTOR_BITS = 512
 TILE_MIN_WORK = 50_000
 #: Multiply-adds from which a tile product is shared between threads.
 PARALLEL_MIN_WORK = 400_000
+
+#: The cost model of ``reference_seconds`` (fit on the reference ops).
+PER_BATCH_S, PER_LAYER_S, REFERENCE_FLOPS = 30e-6, 40e-6, 40e9
 
 _kernels = None  # backends/numba_kernels.py, imported by the first NumbaBackend
 
@@ -95,12 +103,41 @@ def _gemm_operands(A, B, trans_a, trans_b, C):
     return A, trans_a, B, trans_b, M, N, P
 
 
+def _kernel_op(method):
+    """An op that runs its kernels once they are compiled for its dtype, else the reference at once
+    (numba would otherwise compile on this call, seconds; see ``NumbaBackend.training_plan``)."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def op(self, A, *args, **kwargs):
+        if getattr(A, "dtype", None) in self._kernel_dtypes:
+            return method(self, A, *args, **kwargs)
+        return getattr(Backend, name)(self, A, *args, **kwargs)
+    return op
+
+
+def _env_flag(name, default=True):
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return default
+    return value.strip().lower() not in ("0", "false", "no", "off")
+
+
 class NumbaBackend(Backend):
-    """Compiled kernels on NumPy arrays; ``NumbaBackend(num_threads=None, compiled=True)``.
+    """Compiled kernels on NumPy arrays; ``NumbaBackend(num_threads=None, compiled=True,
+    defer_compile=None)``.
 
     ``num_threads``: how many threads the kernels (and BLAS) may use, from 1 to
     ``NUMBA_NUM_THREADS`` (the default). ``compiled=False`` turns off the
     compiled whole-epoch trainer, so ``fit`` runs layer by layer.
+
+    The kernels compile once per machine (10-15 s per part on 2 cores) and load from
+    the disk cache afterwards. ``defer_compile`` (default: on; ``FASTNN_DEFER_COMPILE=0``
+    turns it off) decides what a job does while they are not compiled yet: a ``fit``
+    shorter than the compile trains at once on the NumPy reference ops while a background
+    process compiles them for the next run (``fastnn.backends.numba_cache``); a longer one
+    compiles first, and ``verbose=1`` says so; ops outside ``fit`` take the reference until
+    the kernels are there. Off: every op compiles on first use, as plain numba does.
     """
 
     name = "numba"
@@ -112,7 +149,7 @@ class NumbaBackend(Backend):
             return f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed"
         return None
 
-    def __init__(self, num_threads=None, compiled=True):
+    def __init__(self, num_threads=None, compiled=True, defer_compile=None):
         super().__init__()
         global _kernels
         import numba
@@ -128,15 +165,32 @@ class NumbaBackend(Backend):
                              f"(NUMBA_NUM_THREADS), got {num_threads!r}")
         self.num_threads = int(num_threads)
         self.compiled = bool(compiled)
+        self.defer_compile = _env_flag("FASTNN_DEFER_COMPILE") if defer_compile is None else bool(defer_compile)
+        #: dtypes whose layer kernels run now (see _kernel_op): all, unless compiling is deferred
+        self._kernel_dtypes = set() if self.defer_compile else {_FLOAT32, _FLOAT64}
+        self._refresh_kernel_dtypes()
         self._tile_batch_max = TILE_BATCH_MAX if _kernels.VECTOR_BITS >= TILE_VECTOR_BITS else 0
         self._blas_cap = _BlasCap(self.num_threads)
-        self._blas_threaded = _BlasCap(1).active  # BLAS runs a pool of its own: no prange beside it
+        self._one_blas_thread = _BlasCap(1)
+        self._blas_threaded = self._one_blas_thread.active  # BLAS runs a pool of its own: no prange beside it
 
     def __repr__(self):
         return f"<fastnn backend 'numba' num_threads={self.num_threads} compiled={self.compiled}>"
 
+    def _refresh_kernel_dtypes(self):
+        """Add the dtypes whose layer kernels another process has put in the disk cache since."""
+        for dtype in (_FLOAT32, _FLOAT64):
+            if dtype not in self._kernel_dtypes and numba_cache.is_cached("layers", dtype.name):
+                self._kernel_dtypes.add(dtype)
+
     # ---- dense algebra -------------------------------------------------
     def gemm(self, A, B, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, C=None):
+        if getattr(A, "dtype", None) not in self._kernel_dtypes:
+            # the reference while the kernels are not compiled (see _kernel_op), on one BLAS thread:
+            # the other core compiles them meanwhile, and BLAS's threads over a busy core made a
+            # small-batch epoch several times slower (784-100-10 at batch 16: 0.55 s vs 0.08 s)
+            with self._one_blas_thread:
+                return super().gemm(A, B, trans_a, trans_b, alpha, beta, C)
         if (C is None and alpha == 1.0 and type(A) is np.ndarray and type(B) is np.ndarray
                 and (A.dtype is _FLOAT32 or A.dtype is _FLOAT64) and B.dtype is A.dtype
                 and A.ndim == 2 and B.ndim == 2 and not self._blas_cap.active
@@ -180,6 +234,7 @@ class NumbaBackend(Backend):
         if numba.get_num_threads() != self.num_threads:
             numba.set_num_threads(self.num_threads)
 
+    @_kernel_op
     def sum_rows(self, X):
         if not _usable(X, 2):
             return super().sum_rows(X)
@@ -188,6 +243,7 @@ class NumbaBackend(Backend):
         return out
 
     # ---- activations ---------------------------------------------------
+    @_kernel_op
     def bias_act(self, Z, b, act):
         _check_act(act)
         fits = _usable(Z, 2) and (b is None or (_usable(b, 1) and b.dtype is Z.dtype and b.shape[0] == Z.shape[1]))
@@ -199,6 +255,7 @@ class NumbaBackend(Backend):
         _kernels.bias_act(Z, Z[0] if b is None else b, b is not None, _ACT_CODES[act], Y)
         return Y
 
+    @_kernel_op
     def act_backward(self, Y, dY, act):
         _check_act(act)
         if act == "identity":
@@ -213,6 +270,7 @@ class NumbaBackend(Backend):
     def _loss_operands_fit(self, Z, T):
         return _usable(Z, 2) and _usable(T, 2) and T.dtype is Z.dtype and T.shape == Z.shape
 
+    @_kernel_op
     def softmax_xent(self, Z, T):
         if not self._loss_operands_fit(Z, T):
             return super().softmax_xent(Z, T)
@@ -220,6 +278,7 @@ class NumbaBackend(Backend):
         loss = _kernels.softmax_xent(Z, T, dZ)
         return Z.dtype.type(loss), dZ
 
+    @_kernel_op
     def sigmoid_xent(self, Z, T):
         if not self._loss_operands_fit(Z, T):
             return super().sigmoid_xent(Z, T)
@@ -228,6 +287,7 @@ class NumbaBackend(Backend):
         return Z.dtype.type(loss), dZ
 
     # ---- optimizer steps -----------------------------------------------
+    @_kernel_op
     def sgd_update(self, W, dW, lr, V=None, momentum=0.0, nesterov=False, weight_decay=0.0):
         fits = (type(W) is np.ndarray and _usable(W, W.ndim) and _same(W, dW)
                 and (V is None or _same(W, V)) and (V is not None or not momentum))
@@ -239,6 +299,7 @@ class NumbaBackend(Backend):
                             t(lr), t(momentum), bool(nesterov), t(weight_decay))
         return W, V
 
+    @_kernel_op
     def adam_update(self, W, dW, lr, M, V, t, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
         fits = (type(W) is np.ndarray and _usable(W, W.ndim) and _same(W, dW)
                 and _same(W, M) and _same(W, V))
@@ -264,36 +325,78 @@ class NumbaBackend(Backend):
         reason = unsupported_reason(net, loss, optimizer)
         return reason and f"no compiled epoch for it: {reason}"
 
-    def warmup(self, dtypes=("float32", "float64")):
-        """Compile now (or load from numba's disk cache) what ``fit`` runs, so the first
-        ``fit`` of a process starts at once: the compiled-epoch kernels and the layer-path
-        kernels of every activation and loss. Returns ``{"epoch": s, "layers": s}``."""
+    def training_plan(self, net, loss, optimizer, rows, epochs, batch_size):
+        """Compile only where it pays: a job whose kernels are not compiled on this machine yet,
+        and that the reference ops finish sooner than the compile, trains on them at once while a
+        background process compiles for the next run; a longer job compiles first, saying so."""
+        dtype = np.dtype(net.dtype)
+        self._refresh_kernel_dtypes()
+        part = "layers" if self.layer_path_reason(net, loss, optimizer) else "epoch"
+        if not self._must_compile(part, dtype):
+            return super().training_plan(net, loss, optimizer, rows, epochs, batch_size)
+        compile_s = numba_cache.COMPILE_SECONDS[part]
+        if reference_seconds(net, rows, epochs, batch_size) < compile_s:
+            later = ("they compile in the background for the next run" if numba_cache.start_background(dtype.name)
+                     else "they compile when a job is long enough to pay for it")
+            return None, (f"the NumPy reference ops: numba's kernels are not compiled on this machine yet, and "
+                          f"this job is shorter than compiling them (about {compile_s:.0f} s); {later}")
+        what = "compiled whole epoch" if part == "epoch" else "layer-by-layer kernels"
+        with waiting(f"numba: compiling the {what} for {dtype.name} on this machine (once, about "
+                     f"{compile_s:.0f} s; later runs load them from the cache)..."):
+            if part == "layers":
+                self.warm("layers", dtype.name)
+            plan = super().training_plan(net, loss, optimizer, rows, epochs, batch_size)
+        numba_cache.start_background(dtype.name)  # the part this job did not need, for predict and later runs
+        return plan
+
+    def _must_compile(self, part, dtype):
+        """True when ``part`` would compile now (not deferred, not cached, not loaded in this process)."""
+        if not self.defer_compile or numba_cache.is_cached(part, dtype.name):
+            return False
+        if part == "layers":
+            return dtype not in self._kernel_dtypes
+        from .numba_epoch import is_built
+        return not is_built(dtype.name)
+
+    def warm(self, part, dtype):
+        """Compile (or load from the disk cache) one part of the kernels, ``"epoch"`` or ``"layers"``,
+        for ``dtype``, and record it as cached; returns the seconds it took."""
         import time
 
+        started = time.perf_counter()
+        if part == "epoch":
+            from .numba_epoch import warmup as epoch_warmup
+            epoch_warmup((dtype,))
+        else:
+            self._warm_layers(np.dtype(dtype))
+            self._kernel_dtypes.add(np.dtype(dtype))
+        numba_cache.mark_cached(part, dtype)
+        return time.perf_counter() - started
+
+    def _warm_layers(self, dtype):
         from fastnn.layers import Dense, ReLU, Sigmoid, Tanh
         from fastnn.model import Sequential
         from fastnn.optim import SGD, Adam
 
-        from .numba_epoch import warmup as epoch_warmup
-
-        seconds = {"epoch": epoch_warmup(dtypes)}
-        started = time.perf_counter()
-        layers_only = NumbaBackend(self.num_threads, compiled=False)
+        layers_only = NumbaBackend(self.num_threads, compiled=False, defer_compile=False)
         rng = np.random.default_rng(0)
-        for dtype in dtypes:
-            # the product kernels, called as gemm calls them (a tiny model never reaches them)
-            A, B, C = np.ones((2, 3), dtype), np.ones((3, 4), dtype), np.empty((2, 4), dtype)
-            _kernels.gemm_tiles(A, B, C, 1.0, 0.0, 0, -1)
-            _kernels.gemm_tiles_parallel(A, B, C, 1.0, 0.0, self.num_threads)
-            _kernels.blas_gemm(A, False, B, False, C, C.dtype.type(1.0), C.dtype.type(0.0))
-            for act, loss in ((Sigmoid, "mse"), (ReLU, "cross_entropy"), (Tanh, "binary_cross_entropy")):
-                for optimizer in (SGD(0.1, momentum=0.9), Adam(0.01)):
-                    net = Sequential(Dense(6, 5), act(), Dense(5, 3), backend=layers_only, seed=0, dtype=dtype)
-                    # the fused element-wise kernels, losses and optimizer steps
-                    X, y = rng.random((44, 6)), rng.integers(0, 3, 44)
-                    net.fit(X, y, epochs=1, batch_size=40, loss=loss, optimizer=optimizer)
-        seconds["layers"] = time.perf_counter() - started
-        return seconds
+        # the product kernels, called as gemm calls them (a tiny model never reaches them)
+        A, B, C = np.ones((2, 3), dtype), np.ones((3, 4), dtype), np.empty((2, 4), dtype)
+        _kernels.gemm_tiles(A, B, C, 1.0, 0.0, 0, -1)
+        _kernels.gemm_tiles_parallel(A, B, C, 1.0, 0.0, self.num_threads)
+        _kernels.blas_gemm(A, False, B, False, C, C.dtype.type(1.0), C.dtype.type(0.0))
+        for act, loss in ((Sigmoid, "mse"), (ReLU, "cross_entropy"), (Tanh, "binary_cross_entropy")):
+            for optimizer in (SGD(0.1, momentum=0.9), Adam(0.01)):
+                net = Sequential(Dense(6, 5), act(), Dense(5, 3), backend=layers_only, seed=0, dtype=dtype.name)
+                # the fused element-wise kernels, losses and optimizer steps
+                X, y = rng.random((44, 6)), rng.integers(0, 3, 44)
+                net.fit(X, y, epochs=1, batch_size=40, loss=loss, optimizer=optimizer)
+
+    def warmup(self, dtypes=("float32", "float64")):
+        """Compile now (or load from numba's disk cache) what ``fit`` runs, so the first
+        ``fit`` of a process starts at once: the compiled-epoch kernels and the layer-path
+        kernels of every activation and loss. Returns ``{"epoch": s, "layers": s}``."""
+        return {part: sum(self.warm(part, str(dtype)) for dtype in dtypes) for part in numba_cache.PARTS}
 
     def info(self):
         import numba
@@ -308,6 +411,16 @@ class NumbaBackend(Backend):
         return {"numba": numba.__version__, "threading_layer": layer, "num_threads": self.num_threads,
                 "max_threads (NUMBA_NUM_THREADS)": self.max_threads, "compiled_epoch": self.compiled,
                 "blas": _blas_info()}
+
+
+def reference_seconds(net, rows, epochs, batch_size):
+    """Roughly how long ``fit`` takes on the reference ops here (2 cores): a fixed cost per batch
+    and Dense layer (Python and NumPy calls), and the three products of every layer at a modest
+    BLAS rate. Measured on the bundled sample and 60,000 MNIST rows, within a factor of 2."""
+    dense = net.dense_layers
+    batches = epochs * -(-rows // batch_size)
+    macs = sum(layer.n_in * layer.n_out for layer in dense)
+    return batches * (PER_BATCH_S + PER_LAYER_S * len(dense)) + 6 * macs * rows * epochs / REFERENCE_FLOPS
 
 
 def _same(W, X):

@@ -29,6 +29,7 @@ from fastnn.layers import dense_stack
 from fastnn.losses import MSE, BinaryCrossEntropy, CrossEntropy
 from fastnn.optim import is_plain as is_plain_optimizer
 
+from . import numba_cache
 from . import numba_epoch_codegen as codegen
 from . import numba_epoch_simd as simd
 from .numba_epoch_layout import Layout
@@ -89,6 +90,12 @@ def _builds(dtype):
                           stacklevel=4)
         else:
             _built.add(dtype)
+            numba_cache.mark_cached("epoch", dtype)
+    return dtype in _built
+
+
+def is_built(dtype):
+    """True once this process compiled or loaded the kernels of ``dtype``."""
     return dtype in _built
 
 
@@ -272,4 +279,5 @@ def warmup(dtypes=("float32", "float64")):
         kern.epoch(flat, flat, ints, ints, 0, 0, 1, flat, flat, flat, flat, ints,
                    np.zeros(kern.REC0 + kern.REC, dtype=np.int64), np.zeros(16), np.zeros(16, dtype=np.int64),
                    np.zeros(8), 0, 1)
+        _built.add(dtype.name)
     return time.perf_counter() - started

@@ -5,8 +5,9 @@
 ...                         fastnn.Dense(30, 10), fastnn.Sigmoid(), backend="numba", seed=0)
 >>> net.fit(X, y, epochs=30, batch_size=10, loss="mse", lr=3.0)
 """
-from .backend import (ACTIVATIONS, Backend, BackendUnavailable, available_backends, get_backend,
-                      register_backend, set_backend, use_backend)
+from .backend import (ACTIVATIONS, Backend, BackendUnavailable, available_backends, default_backend,
+                      get_backend, register_backend, set_backend, use_backend)
+from .callbacks import Callback, LambdaCallback
 from .gradcheck import gradcheck
 from .history import History
 from .io import ModelFileError, load
@@ -32,9 +33,9 @@ def __getattr__(name):
     raise AttributeError(f"module 'fastnn' has no attribute {name!r}")
 
 __all__ = [
-    "ACTIVATIONS", "Adam", "Backend", "BackendUnavailable", "BinaryCrossEntropy", "CrossEntropy",
-    "Dense", "History", "Identity", "Loss", "MLPClassifier", "MSE", "ModelFileError", "ReLU", "SGD",
+    "ACTIVATIONS", "Adam", "Backend", "BackendUnavailable", "BinaryCrossEntropy", "Callback", "CrossEntropy",
+    "Dense", "History", "LambdaCallback", "Identity", "Loss", "MLPClassifier", "MSE", "ModelFileError", "ReLU", "SGD",
     "Sequential", "Sigmoid", "Softmax", "Tanh", "TrainingDiverged", "UnscaledInputWarning",
-    "available_backends", "gradcheck", "get_backend", "get_loss", "load", "register_backend", "set_backend",
+    "available_backends", "default_backend", "gradcheck", "get_backend", "get_loss", "load", "register_backend", "set_backend",
     "use_backend",
 ]

@@ -25,7 +25,7 @@ import numpy as np
 # Plain SGD (no momentum) at lr 0.3, batch 16: 95.6% mean test accuracy over seeds 0-4 on the
 # sample, as good as momentum 0.9 at lr 0.05 (95.5%) and with no default to undo for Nielsen's runs.
 DEFAULTS = dict(hidden=[100], activation="relu", loss="cross_entropy", epochs=10, batch_size=16,
-                lr_sgd=0.3, lr_adam=0.001, momentum=0.0, seed=0, backend="auto", data="sample")
+                lr_sgd=0.3, lr_adam=0.001, momentum=0.0, seed=0, backend=None, data="sample")
 #: ``--init auto``: He for ReLU; LeCun (N(0, 1/n_in), Nielsen's network2) for sigmoid and tanh.
 AUTO_INIT = {"relu": "he_normal", "sigmoid": "lecun_normal", "tanh": "lecun_normal"}
 #: What the output lines call each ``--loss`` and ``--init``: the words of Nielsen's book, not the
@@ -125,7 +125,8 @@ def backend_name(text):
 
 def _add_backend_option(p):
     p.add_argument("--backend", type=backend_name, default=DEFAULTS["backend"], metavar="numpy|numba|cupy|auto",
-                   help="where to compute; auto: cupy if usable, else numba, else numpy (default: auto)")
+                   help="where to compute (default: $FASTNN_BACKEND if set, else auto: numba where it is "
+                        "installed, else numpy; the GPU backend, cupy, only when named)")
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="numba backend: how many threads (default: NUMBA_NUM_THREADS, all cores)")
 
@@ -381,6 +382,8 @@ class _Progress:
 
 
 def cmd_train(args, parser_error):
+    from . import notices
+
     from .losses import get_loss
 
     sizes = _layer_sizes(args, parser_error)
@@ -414,9 +417,11 @@ def cmd_train(args, parser_error):
 
     progress, between_epochs = _Progress(args.epochs, len(y), args.quiet), False
     try:
-        history = net.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, loss=args.loss,
-                          optimizer=optimizer, validation_data=(data.X_test, data.y_test),
-                          checkpoint=checkpoint, resume=args.resume, on_epoch_end=progress)
+        # which path trains, and a compile when one makes us wait: progress, as the epoch lines
+        with notices.shown(not args.quiet, sys.stdout):
+            history = net.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, loss=args.loss,
+                              optimizer=optimizer, validation_data=(data.X_test, data.y_test),
+                              checkpoint=checkpoint, resume=args.resume, on_epoch_end=progress)
     except KeyboardInterrupt:
         # Ctrl-C outside an epoch (fit handles it inside one), e.g. while an epoch's line is printed:
         # the weights are the last completed epoch's, or untrained before the first epoch ended
@@ -623,7 +628,7 @@ def cmd_warmup(args, parser_error):
 
 def cmd_info(args, parser_error):
     from . import __file__ as package_file, __version__
-    from .backend import available_backends, get_backend
+    from .backend import available_backends, default_backend, get_backend
     from .datasets import mnist
 
     _say(f"fastnn {__version__} ({os.path.dirname(package_file)})")
@@ -647,10 +652,9 @@ def cmd_info(args, parser_error):
                     _say(f"      - {_value_text(item)}")
             else:
                 _say(f"    {key}: {_value_text(value)}")
-    auto = get_backend("auto").name
-    _say(f"default backend: {os.environ.get('FASTNN_BACKEND') or 'numpy'}"
-         f"{' (FASTNN_BACKEND)' if os.environ.get('FASTNN_BACKEND') else ''}; "
-         f"the command's --backend auto picks {auto}")
+    name, why = default_backend()
+    _say(f"default backend: {name} ({why}); every entry point (Sequential, fastnn.load, MLPClassifier, "
+         f"this command) uses it when no backend is named")
     extras = {"tqdm": "tqdm", "matplotlib": "matplotlib", "Pillow": "pillow", "scikit-learn": "scikit-learn"}
     _say("optional: " + ", ".join(f"{label} {_package_version(dist)}" for label, dist in extras.items()))
     try:

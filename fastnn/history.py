@@ -6,12 +6,14 @@ class History:
     """Per-epoch lists: ``epoch``, ``loss``, ``accuracy``, ``seconds`` and, with
     validation data, ``val_loss`` and ``val_accuracy``. ``history["loss"]`` works
     like ``history.history["loss"]`` in Keras. ``interrupted`` is True when
-    Ctrl-C stopped the run.
+    Ctrl-C stopped the run; ``path`` says in words what trained (the compiled
+    whole epoch, layer by layer, or the reference ops while kernels compile).
     """
 
     def __init__(self, history=None):
         self.history = {key: list(values) for key, values in (history or {}).items()}
         self.interrupted = False
+        self.path = None
 
     def append(self, epoch, logs):
         self.history.setdefault("epoch", []).append(epoch)

@@ -17,7 +17,9 @@ import time
 
 import numpy as np
 
+from . import notices
 from .backend import get_backend
+from .callbacks import checked as checked_callbacks
 from .history import History
 from .layers import Activation, Dense, Layer, Softmax
 from .losses import get_loss
@@ -75,6 +77,7 @@ class Sequential:
             layer.initialize(self.backend, dtype, init_rng)
         self.loss = None  # the loss of the last fit/backprop, kept for predict_proba and save
         self.optimizer = None
+        self.stop_training = False  # a callback sets it to end fit after the current epoch
 
     # ---- shape -----------------------------------------------------------
     @property
@@ -246,7 +249,7 @@ class Sequential:
     @_in_backend_scope
     def fit(self, X, y, epochs=1, batch_size=32, loss=None, optimizer=None, lr=None,
             shuffle=True, validation_data=None, verbose=0, checkpoint=None, resume=False,
-            on_epoch_end=None):
+            on_epoch_end=None, callbacks=None):
         """Train by mini-batch gradient descent; returns a :class:`History`.
 
         - ``loss``: ``"mse"``, ``"cross_entropy"``, ``"binary_cross_entropy"`` or a Loss
@@ -260,10 +263,14 @@ class Sequential:
           continues from it (same final weights as an uninterrupted run): the
           checkpoint's weights, optimizer (settings and state), batch order and
           history replace this model's; a missing file starts from epoch 1.
-        - ``verbose=1`` prints which path runs and a line per epoch.
+        - ``callbacks=[...]``: :class:`fastnn.Callback` objects run after every epoch (one
+          may stop training: ``self.model.stop_training = True``); ``on_epoch_end=f``
+          calls ``f(epoch, logs)`` after every epoch, after the callbacks.
+        - ``verbose=1`` prints which path trains (and why), a notice while kernels compile,
+          and a line per epoch. ``History.path`` keeps the path in words.
         - Ctrl-C stops training and keeps the last completed epoch: the epoch in
-          progress is rolled back (weights, optimizer state, batch order), a line
-          on stderr says so, and the History has ``interrupted=True``.
+          progress is rolled back (weights, optimizer state, batch order), the History
+          has ``interrupted=True`` and, with ``verbose``, a line on stderr says so.
         - A NaN/inf loss raises :class:`TrainingDiverged` naming the epoch (and batch),
           with finite weights restored.
         """
@@ -276,14 +283,21 @@ class Sequential:
         optimizer = check.optimizer(optimizer, lr, self.optimizer)
         if resume and not checkpoint:
             raise ValueError("fit: resume=True needs checkpoint='path.npz'")
-        # A compiled epoch that stops at a NaN/inf in X spares the pass over the whole set (a
-        # resume may change the model before the trainer is made: then X is checked here).
-        trainer = None if resume else self.backend.epoch_trainer(self, loss, optimizer)
-        x_checked_by_trainer = getattr(trainer, "checks_finite_x", False)
-        X = check.training_set(self, X, check_finite=not x_checked_by_trainer)
+        callbacks = checked_callbacks(callbacks, on_epoch_end)
+        X = check.training_set(self, X, check_finite=False)
         T, labels = check.targets(self, y, X.shape[0])
         if validation_data is not None:
             validation_data = check.validation_pair(self, validation_data)
+        n = X.shape[0]
+        trainer = path = None
+        if resume:  # a resume changes the model before the trainer is chosen: check X first
+            check.placed_finite(self.backend, X)
+        else:
+            trainer, path = self._training_plan(loss, optimizer, n, epochs, batch_size, verbose)
+            if not getattr(trainer, "checks_finite_x", False):
+                check.placed_finite(self.backend, X)
+        # A compiled epoch that stops at a NaN/inf in X spares the pass over the whole set.
+        x_checked_by_trainer = trainer is not None and getattr(trainer, "checks_finite_x", False)
         previous = self.loss, self.optimizer
         self.loss, self.optimizer = loss, optimizer  # only now: a refused call changes nothing
 
@@ -293,16 +307,13 @@ class Sequential:
             settings = {"loss": loss.name or None, "batch_size": batch_size, "shuffle": bool(shuffle),
                         "optimizer": optimizer.config() if chosen_optimizer else None}
             first_epoch, history = io.resume_checkpoint(self, checkpoint, settings, verbose)
-            trainer = self.backend.epoch_trainer(self, loss, self.optimizer)
-        if verbose:
-            if trainer is not None:
-                path = trainer.describe(batch_size)
-            else:
-                reason = self.backend.layer_path_reason(self, loss, self.optimizer)
-                path = "layer by layer" + (f" ({reason})" if reason else "")
-            print(f"fit: backend {self.backend.name}, {path}", file=sys.stderr)
+            trainer, path = self._training_plan(loss, self.optimizer, n, epochs - first_epoch, batch_size, verbose)
+        history.path = path
 
-        n = X.shape[0]
+        self.stop_training = False
+        for callback in callbacks:
+            callback.set_model(self)
+            callback.on_train_begin({})
         for epoch in range(first_epoch, epochs):
             rng_state = self.batch_rng.bit_generator.state
             saved = self._snapshot()
@@ -333,8 +344,9 @@ class Sequential:
                 # so a later fit (or the checkpoint) continues as if never interrupted.
                 self._restore(saved)
                 self.batch_rng.bit_generator.state = rng_state
-                print(f"fit: interrupted (Ctrl-C) in epoch {epoch + 1}; stopped and kept the weights "
-                      f"of the last completed epoch ({epoch})", file=sys.stderr)
+                if verbose:
+                    print(f"fit: interrupted (Ctrl-C) in epoch {epoch + 1}; stopped and kept the weights "
+                          f"of the last completed epoch ({epoch})", file=sys.stderr)
                 history.interrupted = True
                 break
             logs["seconds"] = time.perf_counter() - started
@@ -343,9 +355,20 @@ class Sequential:
                 io.save_checkpoint(self, checkpoint, epoch + 1, history, batch_size, shuffle)
             if verbose:
                 print(history.line(-1, n), file=sys.stderr)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch + 1, dict(logs))
+            for callback in callbacks:
+                callback.on_epoch_end(epoch + 1, dict(logs))
+            if self.stop_training:
+                break
+        for callback in callbacks:
+            callback.on_train_end({"epochs": len(history), "interrupted": history.interrupted})
         return history
+
+    def _training_plan(self, loss, optimizer, n, epochs, batch_size, verbose):
+        """The backend's ``(trainer, path)`` for this job; with ``verbose``, its notices and the path."""
+        with notices.shown(verbose):
+            trainer, path = self.backend.training_plan(self, loss, optimizer, n, epochs, batch_size)
+            notices.logger.info(f"fit: backend {self.backend.name}, {path}")
+        return trainer, path
 
     def _epoch_layers(self, X, T, labels, order, batch_size, loss, epoch, saved):
         """One epoch, batch by batch, with the backend's ops."""

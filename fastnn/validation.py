@@ -140,6 +140,17 @@ def finite(X, name="X"):
         raise ValueError(f"{name}: contains NaN or inf (first in row {bad})")
 
 
+def placed_finite(backend, X, name="X"):
+    """:func:`finite` for a training set that ``backend.training_set`` placed: host rows name
+    the first bad row; a device array is checked where it lies."""
+    if isinstance(X, np.ndarray):
+        finite(X, name)
+        return
+    xp = backend.xp
+    if not bool(xp.all(xp.isfinite(X))):
+        raise ValueError(f"{name}: contains NaN or inf")
+
+
 def all_finite(a):
     """``np.isfinite(a).all()`` for a host array (integers: True), fast for a whole training set
     (hundreds of MB, checked at every fit).

@@ -3,10 +3,18 @@
 An unavailable backend is *skipped with its reason* (visible in ``-ra``), never
 silently dropped; cupy cases carry the ``gpu`` mark.
 """
-import numpy as np
-import pytest
+import os
 
-import fastnn
+# Tests compare the numba backend's own kernels with the reference: they compile them when
+# the cache is cold (as plain numba does) instead of training small jobs on the reference ops,
+# and start no background compile. Tests of that deferral turn it on where they need it.
+os.environ["FASTNN_DEFER_COMPILE"] = "0"
+os.environ["FASTNN_BACKGROUND_COMPILE"] = "0"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import fastnn  # noqa: E402
 
 BACKENDS = ("numpy", "numba", "cupy")
 

@@ -422,7 +422,7 @@ def test_ctrl_c_keeps_last_completed_epoch_and_says_so(tmp_path, monkeypatch, ca
 
     net, optimizer, ckpt = _net(seed=2), OPTIMIZERS[opt](), tmp_path / "c.npz"
     _interrupt_on_step(monkeypatch, optimizer, 25)
-    history = net.fit(X, y, epochs=4, batch_size=16, optimizer=optimizer, checkpoint=ckpt)
+    history = net.fit(X, y, epochs=4, batch_size=16, optimizer=optimizer, checkpoint=ckpt, verbose=1)
     monkeypatch.undo()
 
     assert history.interrupted and history["epoch"] == [1, 2]
@@ -450,7 +450,7 @@ def test_ctrl_c_during_validation_is_handled_too(monkeypatch, capsys):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
     monkeypatch.setattr(net, "evaluate", evaluate)
-    history = net.fit(X, y, epochs=3, lr=0.05, validation_data=(X, y))
+    history = net.fit(X, y, epochs=3, lr=0.05, validation_data=(X, y), verbose=1)
     assert history.interrupted and len(history) == 1
     assert "interrupted" in capsys.readouterr().err
     _assert_same_weights(net, one)

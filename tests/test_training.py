@@ -456,7 +456,7 @@ def test_ctrl_c_in_a_batch_keeps_the_last_epoch(data, capsys):
         tick()
         real_step(backend, layers)
     optimizer.step = step
-    history = net.fit(X, y, epochs=3, batch_size=10, loss="cross_entropy", optimizer=optimizer)
+    history = net.fit(X, y, epochs=3, batch_size=10, loss="cross_entropy", optimizer=optimizer, verbose=1)
     assert history.interrupted and len(history) == 1
     for a, b in zip(_weights(reference), _weights(net)):
         np.testing.assert_array_equal(a, b)
@@ -485,6 +485,7 @@ def test_ctrl_c_in_a_compiled_epoch_keeps_the_last_epoch(backend_name, data, mon
             result = trainer(*args)  # the whole epoch's updates happen...
             tick()                   # ...then Ctrl-C
             return result
+        run.describe = trainer.describe
         return run
 
     monkeypatch.setattr(type(backend), "epoch_trainer", epoch_trainer)
@@ -492,3 +493,59 @@ def test_ctrl_c_in_a_compiled_epoch_keeps_the_last_epoch(backend_name, data, mon
     assert history.interrupted and len(history) == 1
     for a, b in zip(_weights(reference), _weights(net)):
         np.testing.assert_array_equal(a, b)
+
+
+# ---- callbacks -------------------------------------------------------------------
+def test_a_callback_can_stop_training_and_sees_every_epoch(backend_name):
+    X, y = blobs(n=200)
+    seen = []
+
+    class StopAfterTwo(fastnn.Callback):
+        def on_train_begin(self, logs=None):
+            seen.append("begin")
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((epoch, sorted(logs)))
+            if epoch == 2:
+                self.model.stop_training = True
+
+        def on_train_end(self, logs=None):
+            seen.append(("end", logs["epochs"]))
+
+    net = fastnn.Sequential(fastnn.Dense(20, 8), fastnn.ReLU(), fastnn.Dense(8, 4), backend=backend_name, seed=0)
+    calls = []
+    history = net.fit(X, y, epochs=10, batch_size=32, lr=0.1, callbacks=[StopAfterTwo()],
+                      on_epoch_end=lambda epoch, logs: calls.append(epoch))
+    assert len(history) == 2 and calls == [1, 2]  # on_epoch_end runs after the callbacks, as one of them
+    assert seen == ["begin", (1, ["accuracy", "loss", "seconds"]), (2, ["accuracy", "loss", "seconds"]), ("end", 2)]
+    assert len(net.fit(X, y, epochs=3, batch_size=32)) == 3  # the next fit starts afresh
+
+
+def test_a_callback_changing_the_rate_is_used_from_the_next_epoch(backend_name):
+    """lr changed between epochs by a callback == the same rates given to fit epoch by epoch."""
+    X, y = blobs(n=200)
+
+    def net():
+        return fastnn.Sequential(fastnn.Dense(20, 8), fastnn.ReLU(), fastnn.Dense(8, 4), backend=backend_name,
+                                 seed=0, dtype="float64")
+
+    class Halve(fastnn.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.optimizer.lr /= 2
+
+    a = net()
+    a.fit(X, y, epochs=3, batch_size=32, optimizer=fastnn.SGD(0.2), callbacks=[Halve()])
+    b, optimizer = net(), fastnn.SGD(0.2)
+    for _ in range(3):
+        b.fit(X, y, epochs=1, batch_size=32, optimizer=optimizer)
+        optimizer.lr /= 2
+    for da, db in zip(a.dense_layers, b.dense_layers):
+        np.testing.assert_allclose(np.asarray(da.W), np.asarray(db.W), rtol=1e-12, atol=1e-12)
+
+
+def test_callbacks_are_checked():
+    net = fastnn.Sequential(fastnn.Dense(2, 2), backend="numpy")
+    with pytest.raises(TypeError, match=r"callbacks\[0\] is function, not a fastnn.Callback"):
+        net.fit([[0.0, 1.0]], [1], callbacks=[lambda epoch, logs: None])
+    with pytest.raises(TypeError, match="on_epoch_end must be callable"):
+        net.fit([[0.0, 1.0]], [1], on_epoch_end=3)
