@@ -7,8 +7,9 @@ A script written for scikit-learn switches by changing one import::
     clf = MLPClassifier(hidden_layer_sizes=(30,), max_iter=50, random_state=0).fit(X, y)
     clf.predict(X_test), clf.predict_proba(X_test), clf.score(X_test, y_test)
 
-Same parameter names and defaults as scikit-learn's, plus ``backend="auto"``
-(cupy, else numba, else numpy); the same methods (``fit``, ``partial_fit``,
+Same parameter names and defaults as scikit-learn's, plus ``backend`` (None:
+fastnn's default, ``fastnn.default_backend()``: numba where it is installed, else
+numpy; ``"cupy"`` for a GPU); the same methods (``fit``, ``partial_fit``,
 ``predict``, ``predict_proba``, ``predict_log_proba``, ``score``,
 ``get_params``, ``set_params``) and fitted attributes (``classes_`` of any
 label type, ``loss_curve_``, ``n_iter_``, ``coefs_``, ...).
@@ -53,6 +54,7 @@ import warnings
 
 import numpy as np
 
+from .callbacks import Callback
 from .layers import Dense, Identity, ReLU, Sigmoid, Tanh
 from .losses import get_loss
 from .model import Sequential, TrainingDiverged
@@ -306,6 +308,33 @@ def _validation_split(codes, fraction, rng, stratify):
     return order[n_val:], order[:n_val]
 
 
+class _Epochs(Callback):
+    """scikit-learn's work after each epoch: ``n_iter_``, ``loss_curve_`` (with the L2 term),
+    ``verbose`` lines, early stopping on held-out rows or the ``tol``/``n_iter_no_change`` test,
+    the learning-rate schedules; it stops training where scikit-learn's epoch loop stops."""
+
+    def __init__(self, clf, n, batch_size, validation):
+        self.clf, self.n, self.n_batches, self.validation = clf, n, math.ceil(n / batch_size), validation
+        self.best = None  # with early stopping: host copies of the best weights so far
+
+    def on_epoch_end(self, epoch, logs=None):
+        clf, optimizer = self.clf, self.model.optimizer
+        clf.n_iter_ += 1
+        clf.t_ += self.n
+        clf.loss_ = logs["loss"] + clf._penalty(self.n_batches, self.n)
+        clf.loss_curve_.append(clf.loss_)
+        if clf.verbose:
+            print(f"Iteration {clf.n_iter_}, loss = {clf.loss_:.8f}")
+        if self.validation is not None:
+            self.best = clf._track_validation(*self.validation, self.best)
+        else:
+            clf._track_loss()
+        if clf.solver == "sgd" and clf.learning_rate == "invscaling":
+            optimizer.lr = clf.learning_rate_init / (clf.t_ + 1) ** clf.power_t
+        if clf._no_improvement_count > clf.n_iter_no_change and clf._stop_or_slow_down(optimizer):
+            self.model.stop_training = True
+
+
 class MLPClassifier(ClassifierMixin, BaseEstimator):
     """A multi-layer perceptron classifier with scikit-learn's API (see the module docstring).
 
@@ -319,7 +348,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
                  warm_start=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
-                 max_fun=15000, backend="auto"):
+                 max_fun=15000, backend=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -445,11 +474,12 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     def _fit_stochastic(self, X, codes, incremental):
         net, optimizer = self._net, self._optimizer
+        validation = None
         if self.early_stopping:
             rng = np.random.default_rng([_seed(self.random_state), 1])
             train, val = _validation_split(codes if codes.ndim == 1 else np.zeros(len(codes), int),
                                            self.validation_fraction, rng, stratify=codes.ndim == 1)
-            X, codes, X_val, codes_val = X[train], codes[train], X[val], codes[val]
+            X, codes, validation = X[train], codes[train], (X[val], codes[val])
         n = X.shape[0]
         if self.batch_size == "auto":
             batch_size = min(200, n)
@@ -459,36 +489,19 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                               "to be clipped", stacklevel=4)
             batch_size = min(self.batch_size, n)
         optimizer.weight_decay = self.alpha / batch_size  # see the module docstring
-        X = net.backend.asarray(X)  # once, not every epoch
-        best = None
         self.n_iter_ = 0
-        for _ in range(self.max_iter):
-            history = net.fit(X, codes, epochs=1, batch_size=batch_size, loss=self._loss,
-                              optimizer=optimizer, shuffle=self.shuffle)
-            if history.interrupted:
-                warnings.warn("Training interrupted by user.", stacklevel=4)
-                break
-            self.n_iter_ += 1
-            self.t_ += n
-            self.loss_ = history["loss"][0] + self._penalty(math.ceil(n / batch_size), n)
-            self.loss_curve_.append(self.loss_)
-            if self.verbose:
-                print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
-            if self.early_stopping:
-                best = self._track_validation(X_val, codes_val, best)
-            else:
-                self._track_loss()
-            if self.solver == "sgd" and self.learning_rate == "invscaling":
-                optimizer.lr = self.learning_rate_init / (self.t_ + 1) ** self.power_t
-            if self._no_improvement_count > self.n_iter_no_change and self._stop_or_slow_down(optimizer):
-                break
-            if incremental:
-                break
-            if self.n_iter_ == self.max_iter:
-                warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
-                              f"the optimization hasn't converged yet.", ConvergenceWarning, stacklevel=4)
-        if best is not None:
-            for layer, (W, b) in zip(net.dense_layers, best):
+        # every epoch in one fit (one check of the data, one trainer); scikit-learn's work between
+        # epochs runs in a callback, which stops training where scikit-learn's loop would
+        epochs = _Epochs(self, n, batch_size, validation)
+        history = net.fit(X, codes, epochs=1 if incremental else self.max_iter, batch_size=batch_size,
+                          loss=self._loss, optimizer=optimizer, shuffle=self.shuffle, callbacks=[epochs])
+        if history.interrupted:
+            warnings.warn("Training interrupted by user.", stacklevel=4)
+        elif not incremental and not net.stop_training and self.n_iter_ == self.max_iter:
+            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
+                          f"the optimization hasn't converged yet.", ConvergenceWarning, stacklevel=4)
+        if epochs.best is not None:
+            for layer, (W, b) in zip(net.dense_layers, epochs.best):
                 layer.W, layer.b = W, b
 
     def _penalty(self, n_batches, n):

@@ -43,7 +43,9 @@ def test_parameters_and_defaults_are_sklearns_plus_backend():
     ours, theirs = MLPClassifier().get_params(), SkMLP().get_params()
     assert set(ours) == set(theirs) | {"backend"}
     assert {name: ours[name] for name in theirs} == theirs
-    assert ours["backend"] == "auto"
+    assert ours["backend"] is None  # fastnn's default, as for Sequential
+    with fastnn.use_backend("numpy"):  # a scoped default reaches the estimator too
+        assert MLPClassifier(max_iter=1).fit([[0.0], [1.0]], [0, 1])._net.backend.name == "numpy"
     positional = [p.name for p in inspect.signature(MLPClassifier).parameters.values()
                   if p.kind is p.POSITIONAL_OR_KEYWORD]
     assert positional == ["hidden_layer_sizes", "activation"]  # the rest keyword-only, as sklearn
