@@ -90,8 +90,8 @@ class GraphTrainer:
             self.stream = cp.cuda.Stream(non_blocking=True)  # capture needs a stream of its own
             self.pool = cp.cuda.MemoryPool()  # whatever a capture allocates stays the graph's
 
-    def describe(self, batch_size):
-        """The path, for ``fit(verbose=1)``."""
+    def describe(self, batch_size, rows=None):
+        """The path, for ``fit(verbose=1)`` (``rows``: the training rows, unused here)."""
         if int(batch_size) > GRAPH_BATCH_MAX:
             return (f"layer by layer on cuBLAS (batch {batch_size} is above the CUDA graph's "
                     f"{GRAPH_BATCH_MAX} rows)")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import weakref
 
 import numpy as np
 
@@ -57,6 +58,7 @@ PARALLEL_MIN_WORK = 400_000
 #: The cost model of ``reference_seconds`` (fit on the reference ops).
 PER_BATCH_S, PER_LAYER_S, REFERENCE_FLOPS = 30e-6, 40e-6, 40e9
 
+_live = weakref.WeakSet()  # every NumbaBackend made, for _recap_blas
 _kernels = None  # backends/numba_kernels.py, imported by the first NumbaBackend
 
 
@@ -172,6 +174,7 @@ class NumbaBackend(Backend):
         self._tile_batch_max = TILE_BATCH_MAX if _kernels.VECTOR_BITS >= TILE_VECTOR_BITS else 0
         self._blas_cap = _BlasCap(self.num_threads)
         self._one_blas_thread = _BlasCap(1)
+        _live.add(self)
         self._blas_threaded = self._one_blas_thread.active  # BLAS runs a pool of its own: no prange beside it
 
     def __repr__(self):
@@ -225,6 +228,8 @@ class NumbaBackend(Backend):
         if C is None:
             C, beta = np.empty((M, N), A.dtype), 0.0
         dtype = A.dtype.type
+        if _kernels.ensure_blas():
+            cap = _recap_blas(self)
         with cap:
             _kernels.blas_gemm(A, trans_a, B, trans_b, C, dtype(alpha), dtype(beta))
         return C
@@ -340,7 +345,7 @@ class NumbaBackend(Backend):
                      else "they compile when a job is long enough to pay for it")
             return None, (f"the NumPy reference ops: numba's kernels are not compiled on this machine yet, and "
                           f"this job is shorter than compiling them (about {compile_s:.0f} s); {later}")
-        what = "compiled whole epoch" if part == "epoch" else "layer-by-layer kernels"
+        what = "whole-epoch kernels" if part == "epoch" else "layer-by-layer kernels"
         with waiting(f"numba: compiling the {what} for {dtype.name} on this machine (once, about "
                      f"{compile_s:.0f} s; later runs load them from the cache)..."):
             if part == "layers":
@@ -384,6 +389,8 @@ class NumbaBackend(Backend):
         A, B, C = np.ones((2, 3), dtype), np.ones((3, 4), dtype), np.empty((2, 4), dtype)
         _kernels.gemm_tiles(A, B, C, 1.0, 0.0, 0, -1)
         _kernels.gemm_tiles_parallel(A, B, C, 1.0, 0.0, self.num_threads)
+        if _kernels.ensure_blas():
+            _recap_blas(self)
         _kernels.blas_gemm(A, False, B, False, C, C.dtype.type(1.0), C.dtype.type(0.0))
         for act, loss in ((Sigmoid, "mse"), (ReLU, "cross_entropy"), (Tanh, "binary_cross_entropy")):
             for optimizer in (SGD(0.1, momentum=0.9), Adam(0.01)):
@@ -421,6 +428,14 @@ def reference_seconds(net, rows, epochs, batch_size):
     batches = epochs * -(-rows // batch_size)
     macs = sum(layer.n_in * layer.n_out for layer in dense)
     return batches * (PER_BATCH_S + PER_LAYER_S * len(dense)) + 6 * macs * rows * epochs / REFERENCE_FLOPS
+
+
+def _recap_blas(backend):
+    """SciPy's BLAS was loaded just now (the first ``blas_gemm``): every live backend's BLAS caps
+    are taken again, so that they limit its threads too. Returns ``backend``'s new cap."""
+    for other in list(_live):
+        other._blas_cap, other._one_blas_thread = _BlasCap(other.num_threads), _BlasCap(1)
+    return backend._blas_cap
 
 
 def _same(W, X):

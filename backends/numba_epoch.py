@@ -39,6 +39,10 @@ _LOSSES = {MSE: 0, CrossEntropy: 1, BinaryCrossEntropy: 2}
 #: Multiply-adds per batch (forward) each thread needs to pay for its barriers: measured on
 #: 2 cores, 100-32-10 at batch 10 (35k) gains from a second thread, 30-30-10 (12k) loses.
 WORK_PER_THREAD = 15_000
+#: ...and a whole epoch this many times that: below, starting a second thread for the epoch
+#: and its barriers cost what it saves (1,198 rows of 64-64-10, 5.7M multiply-adds: no faster
+#: on 2 threads than on 1, 2 cores, measured in turns).
+EPOCH_WORK_FACTOR = 1000
 #: Multiply-adds per compiled call: Ctrl-C is noticed between calls (~20 ms apart).
 CHUNK_WORK = 2e9
 #: A barrier wait this long (cycles, ~2 ms) means the partner thread was off its core: when such
@@ -142,12 +146,12 @@ class EpochTrainer:
         self._key, self.layout = None, None
         self.last_threads = None
 
-    def describe(self, batch_size):
+    def describe(self, batch_size, rows=None):
         """The path, for ``fit(verbose=1)``."""
-        P = self._threads_for(int(batch_size))
-        why = "" if self.threads == 1 else f" of {self.threads} (by the work per batch)"
-        return (f"compiled whole epoch ({simd.VECTOR_BITS}-bit SIMD kernels, {P} thread"
-                f"{'s' if P > 1 else ''}{why} at batch {batch_size})")
+        P = self._threads_for(int(batch_size), rows)
+        of = "" if self.threads == 1 else f" of {self.threads} (as many as the work pays for)"
+        return (f"compiled whole epoch (one native call per epoch, {simd.VECTOR_BITS}-bit vectors; {P} thread"
+                f"{'s' if P > 1 else ''}{of} at batch {batch_size})")
 
     # ---- the call -------------------------------------------------------------
     def __call__(self, X, T, labels, order, batch_size):
@@ -158,7 +162,7 @@ class EpochTrainer:
         per_call = max(1, int(CHUNK_WORK / max(1.0, bs * self._macs_per_row)))
         args = (X.reshape(-1), T.reshape(-1), labels, order)
         total, correct, bad, done = 0.0, 0, -1, 0
-        P = self._threads_for(bs)
+        P = self._threads_for(bs, n)
         while True:
             if self._key != (n, bs, P):
                 self.layout, self._key = Layout(kern, self.dims, self.acts, self.loss_code, self.optimizer,
@@ -239,9 +243,12 @@ class EpochTrainer:
     def _macs_per_row(self):
         return float(sum(a * b for a, b in zip(self.dims[:-1], self.dims[1:])))
 
-    def _threads_for(self, bs):
+    def _threads_for(self, bs, rows=None):
         """As many threads as the work per batch pays for, each owning at least one vector of
-        the layer they split (the first layer's units; its inputs for a one-layer model)."""
+        the layer they split (the first layer's units; its inputs for a one-layer model); one
+        for an epoch too short to pay for starting a second (``EPOCH_WORK_FACTOR``)."""
+        if rows is not None and rows * self._macs_per_row < EPOCH_WORK_FACTOR * WORK_PER_THREAD:
+            return 1
         split = -(-self.dims[1] // self.vw) if len(self.dims) > 2 else self.dims[0] // 4
         return max(1, min(self.threads, split, int(bs * self._macs_per_row // WORK_PER_THREAD)))
 

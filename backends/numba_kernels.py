@@ -4,7 +4,7 @@ One module on purpose: numba's disk cache (``cache=True``) does not notice edits
 in *other* files a kernel uses, and it freezes globals at compile time, so
 tunables are passed as arguments. Nothing here may defeat the cache: no ctypes
 pointers captured, no ``exec``; BLAS is reached through a symbol registered
-with LLVM (``_register_blas``) on every import, before compiled code runs.
+with LLVM (``ensure_blas``) in every process, before ``blas_gemm`` first runs.
 
 Layout conventions: arrays are C-contiguous; a matrix is often handled as its
 flat buffer with explicit index arithmetic, because with runtime 2-D strides
@@ -131,13 +131,21 @@ def _exp_overload(x):
 
 # ---- BLAS (SciPy's), callable from compiled code and cacheable -------------
 
-def _register_blas():
-    """Register SciPy's BLAS gemm under stable names; must run in every process."""
+_blas_registered = False
+
+
+def ensure_blas():
+    """Register SciPy's BLAS gemm under stable names, once per process, before ``blas_gemm``
+    first runs (its machine code calls them). Not at import: importing ``scipy.linalg`` takes
+    ~0.25 s, which a process that never calls ``blas_gemm`` should not pay. Returns True
+    the first time (SciPy's BLAS library has just been loaded)."""
+    global _blas_registered
+    if _blas_registered:
+        return False
     for name in ("sgemm", "dgemm"):
         llvm.add_symbol(f"fastnn_scipy_{name}", get_cython_function_address("scipy.linalg.cython_blas", name))
-
-
-_register_blas()
+    _blas_registered = True
+    return True
 _char_p, _int_p = types.CPointer(types.int8), types.CPointer(types.int32)
 
 

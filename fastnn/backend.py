@@ -236,7 +236,7 @@ class Backend:
         the correct predictions (from each batch's output before its update,
         as ``Sequential._epoch_layers`` does), and returns the index of the first
         batch whose loss was NaN/inf (that batch not applied), else -1. Its
-        ``describe(batch_size)`` names the path for ``verbose``. A trainer whose
+        ``describe(batch_size, rows)`` names the path for ``verbose``. A trainer whose
         ``checks_finite_x`` is True also stops at a batch whose rows of X hold a NaN/inf;
         ``fit`` then leaves that check of the whole set to it.
         """
@@ -252,7 +252,7 @@ class Backend:
         """
         trainer = self.epoch_trainer(net, loss, optimizer)
         if trainer is not None:
-            return trainer, trainer.describe(batch_size)
+            return trainer, trainer.describe(batch_size, rows)
         reason = self.layer_path_reason(net, loss, optimizer)
         return None, "layer by layer" + (f" ({reason})" if reason else "")
 
@@ -297,6 +297,8 @@ _current: contextvars.ContextVar = contextvars.ContextVar("fastnn_backend", defa
 def register_backend(name, target):
     """Register ``"module:Class"`` (or a class) as backend ``name``."""
     _BUILTIN[name] = target
+    for key in [key for key in _instances if key[0] == "auto"]:
+        del _instances[key]  # "auto" may resolve to it now
 
 
 def _known():
@@ -408,16 +410,19 @@ def get_backend(name=None, **options):
     if not isinstance(name, str):
         raise TypeError(f"backend must be a name or a Backend, got {type(name).__name__}")
     base, parsed = _split(name)
-    if base == "auto":
-        base = _resolve_auto()
     options = {**parsed, **options}
     key = (base, tuple(sorted(options.items())))
-    if key not in _instances:
-        cls = _load_class(base)
-        reason = _unavailable_reason(base, cls)
+    if key in _instances:  # "auto" too, once resolved: every Sequential() asks (entry points are slow)
+        return _instances[key]
+    resolved = _resolve_auto() if base == "auto" else base
+    resolved_key = (resolved, key[1])
+    if resolved_key not in _instances:
+        cls = _load_class(resolved)
+        reason = _unavailable_reason(resolved, cls)
         if reason:
-            raise BackendUnavailable(f"backend {base!r} is unavailable: {reason}", reason)
-        _instances[key] = cls(**options)
+            raise BackendUnavailable(f"backend {resolved!r} is unavailable: {reason}", reason)
+        _instances[resolved_key] = cls(**options)
+    _instances[key] = _instances[resolved_key]
     return _instances[key]
 
 

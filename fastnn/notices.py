@@ -10,6 +10,7 @@ import contextlib
 import logging
 import sys
 import threading
+import time
 
 logger = logging.getLogger("fastnn")
 
@@ -36,13 +37,24 @@ def shown(verbose, stream=None):
 
 
 @contextlib.contextmanager
-def waiting(message, after=0.5):
-    """Log ``message`` once if the block is still running ``after`` seconds on: a wait that
-    turns out short (a kernel loaded from the disk cache) stays silent, a compile is told."""
-    timer = threading.Timer(after, logger.info, args=(message,))
-    timer.daemon = True
-    timer.start()
+def waiting(message, after=0.5, every=3.0):
+    """Log ``message`` once if the block is still running ``after`` seconds on, then a short
+    "still at it" line every ``every`` seconds: a wait that turns out short (kernels loaded
+    from the disk cache) stays silent, and a compile never leaves the screen still for long."""
+    done = threading.Event()
+
+    def tell():
+        started = time.monotonic()
+        if done.wait(after):
+            return
+        logger.info(message)
+        while not done.wait(every):
+            logger.info(f"  ... still at it, {time.monotonic() - started:.0f} s so far")
+
+    teller = threading.Thread(target=tell, daemon=True, name="fastnn-notice")
+    teller.start()
     try:
         yield
     finally:
-        timer.cancel()
+        done.set()
+        teller.join()

@@ -75,7 +75,7 @@ def test_a_long_job_compiles_first_and_says_so(cold, monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="fastnn"):
         history = _net(be).fit(X, y, epochs=1, batch_size=16, lr=0.1)
     assert history.path.startswith("compiled whole epoch")
-    assert len(waited) == 1 and "compiling the compiled whole epoch for float32" in waited[0]
+    assert len(waited) == 1 and "compiling the whole-epoch kernels for float32" in waited[0]
     assert "about 13 s" in waited[0]
     assert numba_cache.is_cached("epoch", "float32")  # marked: the next process loads it
 
@@ -158,3 +158,12 @@ def test_the_background_process_fills_the_cache_and_logs_its_cpu(tmp_path):
                                 "print(numba_cache.is_cached('layers', 'float64'), numba_cache.running())"],
                                env=env, capture_output=True, text=True, timeout=60)
     assert env_check.stdout.split() == ["True", "False"], env_check.stderr
+
+
+def test_a_long_wait_keeps_telling(caplog):
+    with caplog.at_level(logging.INFO, logger="fastnn"):
+        with notices.waiting("compiling", after=0.01, every=0.05):
+            time.sleep(0.18)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0] == "compiling" and 2 <= len(messages) <= 5
+    assert all("still at it" in m for m in messages[1:])

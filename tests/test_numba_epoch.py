@@ -203,6 +203,10 @@ def test_thread_count_follows_the_work_per_batch():
     one_vector = numba_epoch.simd.width(np.dtype(np.float32))  # 8 floats with AVX2, 16 with AVX-512
     assert threads([784, one_vector, 10], 100) == 1  # one vector of hidden units: nothing to split
     assert threads([784, 128, 10], 1024, available=1) == 1
+    net = _net([64, 64, 10], "relu", _Compiled(2), dtype="float64")
+    trainer = numba_epoch.make_epoch_trainer(net.backend, net, loss, SGD(0.1))
+    assert trainer._threads_for(200) == 2 and trainer._threads_for(200, rows=1198) == 1  # a short epoch
+    assert trainer._threads_for(200, rows=60_000) == 2
 
 
 # ---- behaviour: assigned weights, validation, checkpoints, divergence, fallback ----
@@ -351,7 +355,7 @@ def test_verbose_names_the_compiled_path(capsys):
     _net([5, 9, 3], "relu", _Compiled()).fit(X, y, epochs=1, batch_size=4, verbose=1)
     assert "compiled whole epoch (" in capsys.readouterr().err
     _net([5, 9, 3], "relu", _Compiled(2)).fit(X, y, epochs=1, batch_size=4, verbose=1)
-    assert "1 thread of 2 (by the work per batch) at batch 4)" in capsys.readouterr().err
+    assert "1 thread of 2 (as many as the work pays for) at batch 4)" in capsys.readouterr().err
 
 
 def test_a_failed_build_falls_back_to_layers_with_a_warning(monkeypatch):
