@@ -35,7 +35,7 @@ def _module(impl):
 
 
 #: ``fastnn-numba/numpy@``: NumPy's own ``@`` timed in the numba process, right beside its gemm.
-#: The gemm bar compares with it: both call the same OpenBLAS, and times of separate processes
+#: The gemm target compares with it: both call the same OpenBLAS, and times of separate processes
 #: minutes apart drift by several per cent on these shared machines.
 SAME_PROCESS_NUMPY = "numpy@"
 MATMUL = [Entry("fastnn-numpy"), Entry("fastnn-numba"), Entry("fastnn-numba", SAME_PROCESS_NUMPY),

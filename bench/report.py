@@ -23,7 +23,7 @@ from .workloads import (IMPLS, MATMUL_DTYPES, NETS, OPENBLAS_VARS, QUIET_SHARE, 
 PEERS = {"PyTorch": ("torch",), "JAX best": ("jax",), "NumPy hand": ("numpy",),
          "fastnn numpy": ("fastnn-numpy",)}
 MATMUL_PEER = "numpy"  # NumPy's own `@`, in its own process
-#: (impl, variant) of NumPy's `@` timed in the numba process: the gemm bar's reference where present
+#: (impl, variant) of NumPy's `@` timed in the numba process: the gemm target's reference where present
 SAME_PROCESS_PEER = ("fastnn-numba", "numpy@")
 #: The gemm target: fastnn numba's gemm takes at most this times NumPy's `@` at every shape.
 GEMM_TOLERANCE = 1.10

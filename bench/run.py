@@ -152,7 +152,7 @@ def _combine_passes(benchmarks):
             first["stats"] = stats
             first["extra_info"] = dict(first["extra_info"], pass_medians=medians)
             ratios = [r["extra_info"].get("vs_numpy_interleaved") for r in runs]
-            if all(ratios):  # the gemm bar's paired ratio: its geometric mean too
+            if all(ratios):  # the gemm target's paired ratio: its geometric mean too
                 first["extra_info"]["vs_numpy_interleaved"] = math.prod(ratios) ** (1 / len(ratios))
         combined.append(first)
     return combined
