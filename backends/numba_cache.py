@@ -30,8 +30,6 @@ import time
 
 from fastnn.files import atomic_writer
 
-from . import numba_epoch_codegen as codegen
-
 PARTS = ("epoch", "layers")
 #: Seconds a cold compile of one part of one dtype takes, roughly (2 cores, Zen 3/4; AVX-512
 #: machines are faster): what a job must outlast before waiting for a compile pays.
@@ -43,8 +41,20 @@ _key = None
 _spawned = []  # the background processes this one started (kept: no "still running" warning)
 
 
+def cache_dir():
+    """Where generated kernels and these markers live: $FASTNN_CACHE_DIR, else under
+    $NUMBA_CACHE_DIR, else ~/.cache/fastnn/numba."""
+    folder = os.environ.get("FASTNN_CACHE_DIR")
+    if not folder and os.environ.get("NUMBA_CACHE_DIR"):
+        folder = os.path.join(os.environ["NUMBA_CACHE_DIR"], "fastnn")
+    if not folder:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder = os.path.join(base, "fastnn", "numba")
+    return folder
+
+
 def folder():
-    return codegen.cache_dir()
+    return cache_dir()
 
 
 def key():

@@ -23,6 +23,8 @@ import threading
 
 from fastnn.files import atomic_writer
 
+from .numba_cache import cache_dir
+
 from .numba_epoch_simd import VECTOR_BITS
 
 
@@ -179,17 +181,6 @@ def _indent(lines, n):
 
 
 # ---- the cache folder ----------------------------------------------------------------
-def cache_dir():
-    """Where generated kernels live: $FASTNN_CACHE_DIR, else under $NUMBA_CACHE_DIR, else ~/.cache."""
-    folder = os.environ.get("FASTNN_CACHE_DIR")
-    if not folder and os.environ.get("NUMBA_CACHE_DIR"):
-        folder = os.path.join(os.environ["NUMBA_CACHE_DIR"], "fastnn")
-    if not folder:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        folder = os.path.join(base, "fastnn", "numba")
-    return folder
-
-
 def _digest():
     import numba
 

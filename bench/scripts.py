@@ -102,13 +102,31 @@ def wait_for_background(cache_dir, timeout=600):
     """CPU seconds of the cache-filling process of a cold run (0 when none ran), once it ended."""
     log = os.path.join(cache_dir, "background-compile.json")
     lock = os.path.join(cache_dir, "background-compile.lock")
-    deadline = time.monotonic() + timeout
-    while os.path.exists(lock) and time.monotonic() < deadline:
+    started = time.monotonic()  # a process started as the script ended takes its lock within a second
+    while not _held(lock) and not os.path.exists(log) and time.monotonic() < started + 3:
+        time.sleep(0.05)
+    while _held(lock) and time.monotonic() < started + timeout:
         time.sleep(0.2)
     if not os.path.exists(log):
         return 0.0
     with open(log) as f:
         return float(json.load(f).get("cpu_seconds", 0.0))
+
+
+def _held(lock):
+    """True while the background compile holds its flock on ``lock`` (the file itself stays)."""
+    import fcntl
+
+    if not os.path.exists(lock):
+        return False
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def main(argv=None):
