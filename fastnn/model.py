@@ -96,21 +96,20 @@ class Sequential:
         inner = ", ".join(repr(layer) for layer in self.layers)
         return f"Sequential({inner}, backend={self.backend.name!r}, dtype={self.dtype!r})"
 
-    def summary(self):
-        """A table of layers, output shapes and parameter counts (returned and printed)."""
-        lines = [f"Sequential on backend {self.backend.name!r}, {self.dtype}",
-                 f"{'layer':<40}{'output':>12}{'params':>12}"]
+    def summary(self, print_fn=print):
+        """Print a table of layers, output shapes and parameter counts, a line per call of
+        ``print_fn`` (Keras's rule: ``summary(print_fn=lines.append)`` collects the text).
+        Returns None, so ``print(net.summary())`` does not show the table twice."""
+        print_fn(f"Sequential on backend {self.backend.name!r}, {self.dtype}")
+        print_fn(f"{'layer':<40}{'output':>12}{'params':>12}")
         width, total = self.n_in, 0
         for layer in self.layers:
             params = 0
             if isinstance(layer, Dense):
                 width, params = layer.n_out, layer.n_in * layer.n_out + layer.n_out
             total += params
-            lines.append(f"{layer!r:<40}{f'(B, {width})':>12}{params:>12,}")
-        lines.append(f"{'total':<40}{'':>12}{total:>12,}")
-        text = "\n".join(lines)
-        print(text)
-        return text
+            print_fn(f"{layer!r:<40}{f'(B, {width})':>12}{params:>12,}")
+        print_fn(f"{'total':<40}{'':>12}{total:>12,}")
 
     # ---- moving between backends -----------------------------------------
     def to(self, backend):
