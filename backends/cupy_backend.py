@@ -172,7 +172,7 @@ class CupyBackend(Backend):
     def synchronize(self):
         self.device.synchronize()
 
-    def scope(self):
+    def scope(self, net=None):
         return self.device  # a cupy.cuda.Device is a context manager that makes itself current
 
     def _on_device(self, op, *arrays):

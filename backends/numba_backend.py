@@ -26,6 +26,7 @@ for a while after their work: two pools over the same two cores made a step
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -180,6 +181,15 @@ class NumbaBackend(Backend):
     def __repr__(self):
         return f"<fastnn backend 'numba' num_threads={self.num_threads} compiled={self.compiled}>"
 
+    def scope(self, net=None):
+        """While ``net``'s dtype runs on the reference ops (its kernels not compiled yet), BLAS on
+        one thread: the other core compiles them meanwhile, and BLAS's threads over a busy core
+        made a small-batch epoch several times slower (784-100-10 at batch 16: 0.55 s vs 0.08 s).
+        Once per fit/predict call: around every product, threadpoolctl's switch cost 15%."""
+        if net is not None and np.dtype(net.dtype) not in self._kernel_dtypes:
+            return self._one_blas_thread
+        return contextlib.nullcontext()
+
     def _refresh_kernel_dtypes(self):
         """Add the dtypes whose layer kernels another process has put in the disk cache since."""
         for dtype in (_FLOAT32, _FLOAT64):
@@ -189,11 +199,7 @@ class NumbaBackend(Backend):
     # ---- dense algebra -------------------------------------------------
     def gemm(self, A, B, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, C=None):
         if getattr(A, "dtype", None) not in self._kernel_dtypes:
-            # the reference while the kernels are not compiled (see _kernel_op), on one BLAS thread:
-            # the other core compiles them meanwhile, and BLAS's threads over a busy core made a
-            # small-batch epoch several times slower (784-100-10 at batch 16: 0.55 s vs 0.08 s)
-            with self._one_blas_thread:
-                return super().gemm(A, B, trans_a, trans_b, alpha, beta, C)
+            return super().gemm(A, B, trans_a, trans_b, alpha, beta, C)  # see _kernel_op and scope
         if (C is None and alpha == 1.0 and type(A) is np.ndarray and type(B) is np.ndarray
                 and (A.dtype is _FLOAT32 or A.dtype is _FLOAT64) and B.dtype is A.dtype
                 and A.ndim == 2 and B.ndim == 2 and not self._blas_cap.active
@@ -462,18 +468,18 @@ class _BlasCap:
         blas = ThreadpoolController().select(user_api="blas")
         if any(lib.num_threads > num_threads for lib in blas.lib_controllers):
             self._blas, self._limit, self.active = blas, num_threads, True
-        self._saved = None
+        self._saved = []  # a stack: fit's scope holds the cap while evaluate's enters it again
 
     def __enter__(self):
         if self._limit is not None:
-            self._saved = [lib.get_num_threads() for lib in self._blas.lib_controllers]
+            self._saved.append([lib.get_num_threads() for lib in self._blas.lib_controllers])
             for lib in self._blas.lib_controllers:
                 lib.set_num_threads(self._limit)
         return self
 
     def __exit__(self, *exc):
         if self._limit is not None:
-            for lib, n in zip(self._blas.lib_controllers, self._saved):
+            for lib, n in zip(self._blas.lib_controllers, self._saved.pop()):
                 lib.set_num_threads(n)
         return False
 

@@ -93,9 +93,10 @@ class Backend:
     def synchronize(self):
         """Wait until queued work is done (a no-op on the CPU); timings call it."""
 
-    def scope(self):
-        """The context a model's work runs in (``with backend.scope():``): a GPU backend's own
-        device, so arrays made inside land beside its parameters; nothing on the CPU."""
+    def scope(self, net=None):
+        """The context a model's work runs in (``with backend.scope(net):``, once per call of
+        ``fit``, ``predict``, ...): a GPU backend's own device, so arrays made inside land beside
+        its parameters; nothing on the CPU's reference."""
         return contextlib.nullcontext()
 
     # ---- dense algebra -------------------------------------------------

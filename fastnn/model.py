@@ -31,11 +31,11 @@ class TrainingDiverged(FloatingPointError):
 
 
 def _in_backend_scope(method):
-    """Run ``method`` inside ``self.backend.scope()``: on a GPU backend, its own device, so
+    """Run ``method`` inside ``self.backend.scope(self)``: on a GPU backend, its own device, so
     every array the model makes lands where the parameters are (``"cupy:1"`` beside ``"cupy:0"``)."""
     @functools.wraps(method)
     def run(self, *args, **kwargs):
-        with self.backend.scope():
+        with self.backend.scope(self):
             return method(self, *args, **kwargs)
     return run
 

@@ -167,3 +167,22 @@ def test_a_long_wait_keeps_telling(caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert messages[0] == "compiling" and 2 <= len(messages) <= 5
     assert all("still at it" in m for m in messages[1:])
+
+
+def test_reference_work_runs_blas_on_one_thread_and_restores_it(cold):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+    if max(before, default=1) < 2:
+        pytest.skip("BLAS runs one thread here: nothing to cap")
+    seen = []
+
+    class Look(fastnn.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append([lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"])
+
+    X, y = blobs(n=100)
+    net = _net(numba_backend.NumbaBackend(defer_compile=True))
+    net.fit(X, y, epochs=2, batch_size=16, lr=0.1, validation_data=(X, y), callbacks=[Look()])
+    assert seen and all(threads == [1] * len(before) for threads in seen)
+    after = [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+    assert after == before  # nested scopes (evaluate inside fit) restored it in order
