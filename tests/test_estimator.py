@@ -427,6 +427,8 @@ if HAVE_SKLEARN:
     from sklearn.utils.estimator_checks import parametrize_with_checks
 
     # max_iter=100 is scikit-learn's own setting for MLPClassifier in its check suite.
+    # scikit-learn's checks feed data around 100 on purpose
+    @pytest.mark.filterwarnings("ignore::fastnn.UnscaledInputWarning")
     @parametrize_with_checks([MLPClassifier(max_iter=100, backend="numpy")],
                              expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
     def test_sklearn_estimator_checks(estimator, check):

@@ -313,6 +313,7 @@ def test_an_inf_the_loss_cannot_see_is_refused(threads, monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.filterwarnings("ignore::fastnn.UnscaledInputWarning")  # unscaled on purpose
 @pytest.mark.filterwarnings("ignore:overflow encountered")
 def test_first_layer_sums_that_overflow_stop_as_diverged():
     """A finite X whose first-layer sums overflow float32 stops the epoch too: not as bad input

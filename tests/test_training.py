@@ -213,6 +213,7 @@ def test_partial_last_batch_is_used(backend_name, shuffle):
 
 
 # ---- History, validation, evaluate -------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::fastnn.UnscaledInputWarning")  # unscaled on purpose
 def test_a_backend_may_keep_uint8_pixels_and_convert_each_batch():
     """Backend.training_set: integer pixels kept as they are (as the cupy backend does when the
     floats do not fit its GPU) train to the same numbers as the floats they stand for."""
@@ -414,6 +415,7 @@ def test_verbose_prints_a_line_per_epoch(capsys, data):
 
 
 # ---- divergence and Ctrl-C ---------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::fastnn.UnscaledInputWarning")  # unscaled on purpose
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_divergence_raises_and_leaves_finite_weights(backend_name, data):
     X, y, _, _ = data
