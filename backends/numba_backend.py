@@ -343,15 +343,20 @@ class NumbaBackend(Backend):
         dtype = np.dtype(net.dtype)
         self._refresh_kernel_dtypes()
         part = "layers" if self.layer_path_reason(net, loss, optimizer) else "epoch"
-        if not self._must_compile(part, dtype):
-            return super().training_plan(net, loss, optimizer, rows, epochs, batch_size)
         compile_s = numba_cache.COMPILE_SECONDS[part]
+        what = "whole-epoch kernels" if part == "epoch" else "layer-by-layer kernels"
+        if not self._must_compile(part, dtype):
+            # loads in milliseconds from the cache; told only if it turns into a compile after all
+            # (a cache numba no longer trusts: a reinstall, another CPU; or deferring turned off)
+            # (loading takes up to ~0.7 s in a new process: numba's own start; a compile, 10 s and more)
+            with waiting(f"numba: compiling the {what} for {dtype.name} (numba's cache did not have them; "
+                         f"once, about {compile_s:.0f} s)...", after=1.5):
+                return super().training_plan(net, loss, optimizer, rows, epochs, batch_size)
         if reference_seconds(net, rows, epochs, batch_size) < compile_s:
             later = ("they compile in the background for the next run" if numba_cache.start_background(dtype.name)
                      else "they compile when a job is long enough to pay for it")
             return None, (f"the NumPy reference ops: numba's kernels are not compiled on this machine yet, and "
                           f"this job is shorter than compiling them (about {compile_s:.0f} s); {later}")
-        what = "whole-epoch kernels" if part == "epoch" else "layer-by-layer kernels"
         with waiting(f"numba: compiling the {what} for {dtype.name} on this machine (once, about "
                      f"{compile_s:.0f} s; later runs load them from the cache)..."):
             if part == "layers":
