@@ -398,6 +398,8 @@ def test_an_interrupted_download_leaves_no_file(tmp_path, home, served, monkeypa
         def read(self, size=-1):
             raise KeyboardInterrupt
 
+        read1 = read
+
     monkeypatch.setattr(mnist, "urlopen", lambda url, timeout=None: Broken(b""))
     with pytest.raises(KeyboardInterrupt):
         datasets.download_mnist(tmp_path / "new")

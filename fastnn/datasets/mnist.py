@@ -10,12 +10,15 @@ A file may be gzipped or not: ``train-images-idx3-ubyte`` or ``...-ubyte.gz``
 (also the ``train-images.idx3-ubyte`` spelling of some copies).
 ``download=True`` fetches the missing ``.gz`` files into the first of those
 folders, from the mirrors in ``MIRRORS`` in turn, checks each file's SHA-256
-and renames it into place only when it matches.
+and renames it into place only when it matches. A stalled mirror (no data for
+``READ_TIMEOUT_S``) is given up for the next one, and the whole download for good
+after ``DEADLINE_S``.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 import urllib.request
 
 import numpy as np
@@ -37,7 +40,11 @@ MIRRORS = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
     "https://yann.lecun.com/exdb/mnist/",
 )
-TIMEOUT_S = 60
+#: Seconds one connect or read may wait for data before its mirror counts as stalled (the next
+#: mirror is tried, and a stalled mirror is not asked again in the same download).
+READ_TIMEOUT_S = 15.0
+#: Seconds the whole download (every file, every mirror) may take before it is given up.
+DEADLINE_S = 60.0
 urlopen = urllib.request.urlopen  # module-level, so tests can put a fake in its place
 
 
@@ -46,7 +53,11 @@ class MNISTNotFound(FileNotFoundError):
 
 
 class DownloadError(OSError):
-    """No mirror delivered a file with the right checksum."""
+    """No mirror delivered a file with the right checksum in the time allowed."""
+
+
+class _Stalled(OSError):
+    """A mirror sent nothing for too long, or the download's deadline passed."""
 
 
 # ---- where the files are -------------------------------------------------------
@@ -138,7 +149,7 @@ def _read_pair(images_path, labels_path):
     return X, y
 
 
-def load_mnist(path=None, download=False, log=None):
+def load_mnist(path=None, download=False, log=None, deadline=None):
     """The full MNIST set from its IDX files, as an :class:`MNISTSplit` (60,000 / 10,000).
 
     >>> X_train, y_train, X_test, y_test = fastnn.datasets.load_mnist()   # or path="~/data/mnist"
@@ -148,12 +159,13 @@ def load_mnist(path=None, download=False, log=None):
     module docstring for where it looks. Missing files raise
     :class:`MNISTNotFound` (a ``FileNotFoundError``) saying where to put
     them; a damaged file :class:`~fastnn.datasets.idx.IDXError` (a ``ValueError``)
-    naming it. ``log``: a function given one line per download step.
+    naming it. ``log``: a function given one line per download step; ``deadline``:
+    seconds the download may take in all (default :data:`DEADLINE_S`; see :func:`download_mnist`).
     """
     if path is not None:
         path = os.path.expanduser(os.fspath(path))
     if download:
-        download_mnist(search_folders(path)[0][0], log=log)
+        download_mnist(search_folders(path)[0][0], log=log, deadline=deadline)
     files = locate(path)
     x_train, y_train = _read_pair(files["train_images"], files["train_labels"])
     x_test, y_test = _read_pair(files["test_images"], files["test_labels"])
@@ -161,17 +173,26 @@ def load_mnist(path=None, download=False, log=None):
 
 
 # ---- downloading ---------------------------------------------------------------
-def download_mnist(folder=None, log=None):
+def download_mnist(folder=None, log=None, deadline=None, read_timeout=None):
     """Fetch the MNIST files that ``folder`` (default: the first folder searched) lacks; returns it.
 
     Each file comes from the first mirror in :data:`MIRRORS` that delivers it
     with the expected SHA-256; it is written to a temporary file beside its
     final name and renamed only then, so a failed or interrupted download never
-    leaves a partial or wrong file. All mirrors failing raises
-    :class:`DownloadError` with each mirror's reason.
+    leaves a partial or wrong file. A mirror that sends nothing for
+    ``read_timeout`` seconds (default :data:`READ_TIMEOUT_S`) counts as stalled:
+    the next one is tried, and it is not asked again. The whole download (all
+    files, all mirrors) gives up after ``deadline`` seconds (default
+    :data:`DEADLINE_S`): raise it on a slow connection (11.6 MB in all). All
+    mirrors failing, or the deadline passing, raises :class:`DownloadError` with
+    each mirror's reason.
     """
     folder = os.path.expanduser(os.fspath(folder if folder is not None else search_folders()[0][0]))
     os.makedirs(folder, exist_ok=True)
+    deadline = DEADLINE_S if deadline is None else deadline
+    read_timeout = READ_TIMEOUT_S if read_timeout is None else read_timeout
+    end = time.monotonic() + deadline
+    stalled = set()  # mirrors that stalled once: the rest of the files skip them
     _, missing = find_files(folder)
     for role in missing:
         name, sha256, size = FILES[role]
@@ -179,26 +200,90 @@ def download_mnist(folder=None, log=None):
         errors = []
         for mirror in MIRRORS:
             url = mirror + name + ".gz"
+            if mirror in stalled:
+                errors.append(f"{url}: skipped (this mirror stalled before)")
+                continue
+            if time.monotonic() >= end:
+                break
             if log:
                 log(f"downloading {url} ({size / 1e6:.1f} MB)")
             try:
-                _fetch(url, target, sha256, size)
+                _fetch(url, target, sha256, size, read_timeout, end)
                 break
-            except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts, bad checksum
+            except (OSError, ValueError) as exc:  # URLError, HTTPError, stalls, bad checksum
+                if isinstance(exc, _Stalled):
+                    stalled.add(mirror)
                 errors.append(f"{url}: {exc}")
         else:
-            raise DownloadError(f"could not download {name}.gz: " + "; ".join(errors)
-                                + f". Put the four MNIST files (.gz or not) in {folder} by hand, "
-                                f"point --data (or $FASTNN_DATA) at a folder holding them, or train "
-                                f"on the bundled sample (--data sample)")
+            raise DownloadError(f"could not download {name}.gz: " + "; ".join(errors) + _by_hand(folder))
+        if time.monotonic() >= end and not os.path.isfile(target):
+            reasons = f" ({'; '.join(errors)})" if errors else ""
+            raise DownloadError(f"could not download {name}.gz: gave up after {deadline:g} s, the time allowed "
+                                f"for the whole download{reasons} (a stalled or very slow connection; "
+                                f"download_mnist(deadline=...) allows more)" + _by_hand(folder))
     return folder
 
 
-def _fetch(url, target, sha256, size):
-    """Stream ``url`` into ``target`` (atomically); keep it only if the SHA-256 matches."""
+def _by_hand(folder):
+    return (f". Put the four MNIST files (.gz or not) in {folder} by hand, point --data (or $FASTNN_DATA) "
+            f"at a folder holding them, or train on the bundled sample (--data sample)")
+
+
+def _socket(response):
+    """The socket under an ``http.client`` response (to bound each read by the deadline), or None."""
+    sock = getattr(getattr(getattr(response, "fp", None), "raw", None), "_sock", None)
+    return sock if hasattr(sock, "settimeout") else None
+
+
+class _Waits:
+    """How long the next connect or read may wait: ``read_timeout``, less once ``end`` (a
+    ``time.monotonic()``) is near; ``last`` is what the latest one was allowed."""
+
+    def __init__(self, read_timeout, end):
+        self.read_timeout, self.end, self.last = read_timeout, end, read_timeout
+
+    def next(self):
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise _Stalled("cut off at the deadline")
+        self.last = min(self.read_timeout, left)
+        return self.last
+
+
+def _timed_out(exc):
+    """True for a connect or read that waited too long (raised as is, or inside urllib's URLError)."""
+    return isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError)
+
+
+def _fetch(url, target, sha256, size, read_timeout, end):
+    """Stream ``url`` into ``target`` (atomically); keep it only if the SHA-256 matches.
+
+    Every connect and read waits at most ``read_timeout`` and never past ``end``
+    (``time.monotonic()``); a wait that runs out raises :class:`_Stalled`. ``read1``
+    returns what one read brought, so a server trickling bytes cannot hold a call open.
+    """
+    waits = _Waits(read_timeout, end)
+    try:
+        _stream(url, target, sha256, size, waits)
+    except OSError as exc:
+        if not _timed_out(exc):
+            raise
+        if waits.last < waits.read_timeout:
+            raise _Stalled("cut off at the deadline") from exc
+        raise _Stalled(f"stalled: no data for {waits.last:g} s") from exc
+
+
+def _stream(url, target, sha256, size, waits):
     digest, received = hashlib.sha256(), 0
-    with atomic_writer(target) as out, urlopen(url, timeout=TIMEOUT_S) as response:
-        while chunk := response.read(1 << 20):
+    with atomic_writer(target) as out, urlopen(url, timeout=waits.next()) as response:
+        sock, read = _socket(response), getattr(response, "read1", response.read)
+        while True:
+            wait = waits.next()
+            if sock is not None:
+                sock.settimeout(wait)
+            chunk = read(1 << 20)
+            if not chunk:
+                break
             received += len(chunk)
             if received > size:  # a wrong or hostile response: stop reading
                 raise ValueError(f"more than the expected {size:,} bytes")
