@@ -489,6 +489,79 @@ def test_an_unwritable_plot_folder_is_said_before_any_work(capsys, tmp_path, mon
         assert f"--plot {tmp_path / 'f.png'}: cannot write in the folder {tmp_path}" in err
 
 
+@pytest.mark.parametrize("flag, name", [("--save", "m.npz"), ("--checkpoint", "c.npz"), ("--plot", "p.png")])
+def test_an_output_under_a_regular_file_is_refused_before_any_epoch(capsys, tmp_path, flag, name):
+    """Unwritable as root too: no folder can be made under a file."""
+    (tmp_path / "file").write_text("")
+    path = tmp_path / "file" / "sub" / name
+    code, out, err = run_main(capsys, "train", flag, path, "--backend", "numpy", "--epochs", 1, "--limit", 50)
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1  # nothing read, nothing trained
+    assert f"{flag} {path}: {tmp_path / 'file'} is a file, not a folder" in err
+    assert ".fastnn-" not in err and not (tmp_path / "file").is_dir()
+
+
+def test_a_folder_that_refuses_files_is_found_by_trying(capsys, tmp_path, monkeypatch):
+    """Permissions can say yes where the file system says no (a read-only mount, as root): a file
+    is made and removed there first."""
+    import errno
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+    monkeypatch.setattr(cli.tempfile, "TemporaryFile", read_only)
+    code, out, err = run_main(capsys, "train", "--save", tmp_path / "m.npz", "--backend", "numpy")
+    assert code == 1 and out == ""
+    assert f"--save {tmp_path / 'm.npz'}: cannot write in the folder {tmp_path} (Read-only file system)" in err
+
+
+def _read_only_mount_works():
+    if not shutil.which("unshare") or sys.platform != "linux":
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount --bind -o ro /tmp /tmp"],
+                           capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _read_only_mount_works(), reason="no user namespace for a read-only bind mount here")
+def test_a_read_only_mount_is_refused_before_training(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    script = (f"mount --bind -o ro {out} {out} && exec {sys.executable} -m fastnn train --backend numpy "
+              f"--epochs 1 --limit 50 --save {out / 'm.npz'}")
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    assert_one_line_error(result, 1, f"--save {out / 'm.npz'}: cannot write in the folder {out} "
+                                     f"(Read-only file system)")
+    assert result.stdout == "" and list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, status, fragment", [
+    (["--layers", "784,100000000000,10"], 2,
+     "--layers 784,100000000000,10: a network of 79,500,000,000,010 weights and biases needs about"),
+    (["--hidden", "30", "--hidden", "10000000000000"], 2, "--hidden 30,10000000000000: a network of"),
+    (["--hidden", "3000000"], 1, "--hidden 3000000: a network of 2,385,000,010 weights and biases needs about"),
+])
+def test_absurd_sizes_are_one_line_before_anything_is_allocated(capsys, monkeypatch, args, status, fragment):
+    monkeypatch.setattr(cli, "available_memory", lambda: 8_000_000_000)  # the same answer on every machine
+    monkeypatch.setattr(cli, "build_network", lambda *a, **k: pytest.fail("the network was built"))
+    code, out, err = run_main(capsys, "train", *args, "--backend", "numpy")
+    assert code == status and out == "" and len(err.strip().splitlines()) == 1
+    assert fragment in err
+    assert ("this machine has 8.0 GB available" in err) == (status == 1)
+
+
+def test_the_memory_estimate():
+    from fastnn.optim import SGD, Adam
+
+    default = cli.training_bytes([784, 100, 10], 16, SGD(0.3), 4_000, 1_000)
+    assert cli.BASE_BYTES < default < 300_000_000
+    # measured peaks (maxrss) of these runs on the sample, numpy backend: 7.58 GB and 3.23 GB
+    wide = cli.training_bytes([784, 300_000, 10], 16, SGD(0.3), 100, 1_000)
+    assert 7.58e9 <= wide <= 1.1 * 7.58e9
+    adam = cli.training_bytes([784, 100_000, 10], 16, Adam(), 100, 1_000)
+    assert 3.23e9 <= adam <= 1.1 * 3.23e9
+    free = cli.available_memory()
+    assert free is None or (isinstance(free, int) and free >= 0)
+
+
 def test_unavailable_backend_is_one_line(capsys):
     unavailable = [n for n, (ok, _) in fastnn.available_backends().items() if not ok]
     if not unavailable:
