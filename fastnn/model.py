@@ -261,7 +261,10 @@ class Sequential:
         - ``checkpoint="ckpt.npz"`` saves after every epoch; ``resume=True``
           continues from it (same final weights as an uninterrupted run): the
           checkpoint's weights, optimizer (settings and state), batch order and
-          history replace this model's; a missing file starts from epoch 1.
+          history replace this model's; a missing file starts from epoch 1. The
+          whole checkpoint is checked first: one that is damaged or crafted
+          (:class:`~fastnn.ModelFileError`) or trained with other settings (``ValueError``)
+          is refused with this model's weights, loss, optimizer and batch order untouched.
         - ``callbacks=[...]``: :class:`fastnn.Callback` objects run after every epoch (one
           may stop training: ``self.model.stop_training = True``); ``on_epoch_end=f``
           calls ``f(epoch, logs)`` after every epoch, after the callbacks.
@@ -297,15 +300,19 @@ class Sequential:
                 check.placed_finite(self.backend, X)
         # A compiled epoch that stops at a NaN/inf in X spares the pass over the whole set.
         x_checked_by_trainer = trainer is not None and getattr(trainer, "checks_finite_x", False)
+        resumed = None
+        if resume:  # the whole checkpoint is checked here; nothing of it is applied yet
+            settings = {"loss": loss.name or None, "batch_size": batch_size, "shuffle": bool(shuffle),
+                        "optimizer": optimizer.config() if chosen_optimizer else None}
+            resumed = io.read_checkpoint(self, checkpoint, settings, verbose)
         previous = self.loss, self.optimizer
         self.loss, self.optimizer = loss, optimizer  # only now: a refused call changes nothing
 
         history = History()
         first_epoch = 0
         if resume:
-            settings = {"loss": loss.name or None, "batch_size": batch_size, "shuffle": bool(shuffle),
-                        "optimizer": optimizer.config() if chosen_optimizer else None}
-            first_epoch, history = io.resume_checkpoint(self, checkpoint, settings, verbose)
+            if resumed is not None:
+                first_epoch, history = io.apply_checkpoint(self, resumed, verbose)
             trainer, path = self._training_plan(loss, self.optimizer, n, epochs - first_epoch, batch_size, verbose)
         history.path = path
 

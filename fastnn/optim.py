@@ -11,6 +11,12 @@ import numbers
 import numpy as np
 
 
+def _shown(value, width=60):
+    """``repr(value)``, cut to ``width`` characters: a message may quote what a file holds."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def _number(value):
     """A real number, NumPy scalars included (np.float32(0.1) is a fine lr); not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
@@ -39,6 +45,7 @@ class Optimizer:
     """Holds per-parameter state (``self.state["0.W"] = {"V": array}``) between steps."""
 
     kind = ""
+    slots = ()  # every state array it may keep per parameter (a checkpoint holds no others)
 
     def __init__(self):
         self.state = {}
@@ -69,15 +76,37 @@ class Optimizer:
         return arrays, self._counters()
 
     def load_state_arrays(self, backend, arrays, counters, dtype):
-        self.state = {}
+        """Take ``arrays`` (``"0.W.V"`` -> host array) and ``counters`` as this optimizer's state.
+        The counters are checked first (see :meth:`checked_counters`); nothing changes on a refusal."""
+        counters = self.checked_counters(counters)
+        state = {}
         for name, value in arrays.items():
             key, slot = name.rsplit(".", 1)
-            self.state.setdefault(key, {})[slot] = backend.asarray(np.ascontiguousarray(value), dtype=dtype)
+            state.setdefault(key, {})[slot] = backend.asarray(np.ascontiguousarray(value), dtype=dtype)
+        self.state = state
         for name, value in counters.items():
             setattr(self, name, value)
 
     def _counters(self):
         return {}
+
+    def checked_counters(self, counters):
+        """``counters`` if they name exactly this optimizer's counters, each a step count (an
+        integer >= 0); else ValueError. A checkpoint restores these and no other attribute."""
+        names = sorted(self._counters())
+        if not isinstance(counters, dict) or sorted(counters) != names:
+            found = sorted(counters)[:4] if isinstance(counters, dict) else type(counters).__name__
+            raise ValueError(f"{type(self).__name__} keeps the counters {names or 'none'}, got {_shown(found)}")
+        for name, value in counters.items():
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
+                    or not 0 <= value < 2**62:
+                raise ValueError(f"{type(self).__name__}: counter {name} must be a step count (an integer "
+                                 f">= 0), got {_shown(value)}")
+        return {name: int(value) for name, value in counters.items()}
+
+    def state_slots(self):
+        """The state arrays this optimizer keeps per parameter once it has stepped."""
+        return self.slots
 
 
 class SGD(Optimizer):
@@ -87,6 +116,7 @@ class SGD(Optimizer):
     """
 
     kind = "sgd"
+    slots = ("V",)
 
     def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
         super().__init__()
@@ -105,6 +135,9 @@ class SGD(Optimizer):
         return {"kind": "sgd", "lr": self.lr, "momentum": self.momentum,
                 "nesterov": self.nesterov, "weight_decay": self.weight_decay}
 
+    def state_slots(self):
+        return self.slots if self.momentum else ()
+
     def step(self, backend, dense_layers):
         for key, layer, name, decays in self._params(dense_layers):
             P, G = getattr(layer, name), getattr(layer, "d" + name)
@@ -120,6 +153,7 @@ class Adam(Optimizer):
     """Adam: ``Adam(lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)``."""
 
     kind = "adam"
+    slots = ("M", "V")
 
     def __init__(self, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__()
@@ -164,11 +198,26 @@ def is_plain(optimizer):
 
 
 def optimizer_from_config(config):
-    """Rebuild an optimizer from :meth:`Optimizer.config` (checkpoints)."""
-    config = dict(config)
-    kind = config.pop("kind", None)
-    if kind not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {kind!r}; expected one of {', '.join(OPTIMIZERS)}")
-    if kind == "adam":
-        config["betas"] = tuple(config["betas"])
-    return OPTIMIZERS[kind](**config)
+    """Rebuild an optimizer from :meth:`Optimizer.config` (checkpoints).
+
+    Only a config that comes back the same is taken: the keys ``config()`` writes,
+    each of its type (``nesterov`` a bool, not 1) and range; anything else is a
+    ValueError, so a checkpoint cannot set what a constructor would refuse.
+    """
+    kind = config.get("kind") if isinstance(config, dict) else None
+    if not isinstance(kind, str) or kind not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {_shown(kind)}; expected one of {', '.join(OPTIMIZERS)}")
+    args = {name: value for name, value in config.items() if name != "kind"}
+    if kind == "adam" and isinstance(args.get("betas"), list):
+        args["betas"] = tuple(args["betas"])
+    try:
+        optimizer = OPTIMIZERS[kind](**args)
+    except TypeError:  # a key the constructor does not take
+        raise ValueError(f"{kind}: expected the settings {sorted(OPTIMIZERS[kind](1.0).config())}, "
+                         f"got {_shown(sorted(config))}") from None
+    rebuilt = optimizer.config()
+    if rebuilt != config or any(isinstance(value, bool) != isinstance(rebuilt[name], bool)
+                                for name, value in config.items()):
+        raise ValueError(f"{kind}: the settings {_shown(config, 200)} are not as fastnn writes them "
+                         f"({optimizer!r})")
+    return optimizer

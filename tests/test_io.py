@@ -243,29 +243,33 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
-def _evil_model(tmp_path, model_file, marker):
+def _evil_model(tmp_path, model_file, marker, member="param.0.W"):
     with np.load(model_file) as data:
         arrays = {name: data[name] for name in data.files}
-    arrays["param.9.W"] = np.array([_Payload(marker)], dtype=object)  # savez pickles object arrays
+    arrays[member] = np.array([_Payload(marker)], dtype=object)  # savez pickles object arrays
     path = tmp_path / "evil.npz"
     with open(path, "wb") as f:
         np.savez(f, **arrays)
     return path
 
 
-def test_pickled_object_array_is_refused_and_not_executed(tmp_path, model_file):
+@pytest.mark.parametrize("member, message", [
+    ("param.0.W", "pickled object array"),                          # one the model needs
+    ("param.9.W", "param.9.W.npy' is not part of the model .*refused unread"),  # one it does not
+])
+def test_pickled_object_array_is_refused_and_not_executed(tmp_path, model_file, member, message):
     # The payload works: NumPy with allow_pickle=True runs it.
     proof = tmp_path / "proof"
-    with np.load(_evil_model(tmp_path, model_file, proof), allow_pickle=True) as data:
-        data["param.9.W"]
+    with np.load(_evil_model(tmp_path, model_file, proof, member), allow_pickle=True) as data:
+        data[member]
     assert proof.exists()
     marker = tmp_path / "marker"
-    path = _evil_model(tmp_path, model_file, marker)
-    with pytest.raises(fastnn.ModelFileError, match="pickled object array") as info:
+    path = _evil_model(tmp_path, model_file, marker, member)
+    with pytest.raises(fastnn.ModelFileError, match=message) as info:
         fastnn.load(path)
     assert _clean_error(info.value)
     assert not marker.exists()
-    with pytest.raises(fastnn.ModelFileError, match="pickled"):
+    with pytest.raises(fastnn.ModelFileError, match=message):
         _net().fit(*blobs(n=40), epochs=1, checkpoint=path, resume=True)
     assert not marker.exists()
 
@@ -397,6 +401,156 @@ def test_corrupt_optimizer_state_in_checkpoint(tmp_path):
         net.fit(X, y, epochs=2, checkpoint=ckpt, resume=True)
     for a, b in zip(before, _weights(net)):  # checked before anything was applied
         np.testing.assert_array_equal(a, b)
+
+
+# ---- a refused resume changes nothing --------------------------------------------------
+def _edit_checkpoint(path, meta=None, arrays=None):
+    """Rewrite the checkpoint at ``path``: ``meta(checkpoint_dict)`` and ``arrays(dict)`` edit in place."""
+    with np.load(path) as data:
+        found = {name: data[name] for name in data.files}
+    description = json.loads(found.pop("meta").tobytes())
+    if meta:
+        meta(description["checkpoint"])
+    if arrays:
+        arrays(found)
+    found["meta"] = np.frombuffer(json.dumps(description).encode(), np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **found)
+
+
+def _state_of(net):
+    """Everything a resume may change: weights, loss, optimizer (object, settings, state), batch order."""
+    optimizer = net.optimizer
+    state = {key: {slot: np.array(v) for slot, v in entry.items()} for key, entry in optimizer.state.items()}
+    return (_weights(net), net.loss, optimizer, optimizer.config(), dict(optimizer._counters()), state,
+            net.batch_rng, net.batch_rng.bit_generator.state)
+
+
+def _assert_unchanged(net, before):
+    weights, loss, optimizer, config, counters, state, rng, rng_state = before
+    for a, b in zip(weights, _weights(net), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert net.loss is loss and net.optimizer is optimizer and net.batch_rng is rng
+    assert optimizer.config() == config and optimizer._counters() == counters
+    assert optimizer.state.keys() == state.keys()
+    for key, entry in state.items():
+        for slot, value in entry.items():
+            np.testing.assert_array_equal(np.asarray(optimizer.state[key][slot]), value)
+    assert rng.bit_generator.state == rng_state
+
+
+def _set(key, value):
+    return lambda checkpoint: checkpoint.__setitem__(key, value)
+
+
+def _set_in(outer, key, value):
+    return lambda checkpoint: checkpoint[outer].__setitem__(key, value)
+
+
+def _history_of(n):
+    return {"epoch": list(range(1, n + 1)), "loss": [0.5] * n, "accuracy": [0.5] * n, "seconds": [0.1] * n}
+
+
+REFUSED = {  # name: (edit of the checkpoint's record, edit of its arrays, error, message)
+    "negative epoch": (_set("epoch", -1), None, "epoch -1 is not a positive integer"),
+    "epoch zero": (_set("epoch", 0), None, "epoch 0 is not a positive integer"),
+    "epoch as text": (_set("epoch", "2"), None, "epoch '2' is not"),
+    "epoch true": (_set("epoch", True), None, "epoch True is not"),
+    "epoch past history": (_set("epoch", 10**18), None, "history does not list epochs 1 to"),
+    "history short": (_set("history", _history_of(1)), None, "history does not list epochs 1 to 2"),
+    "history of text": (_set("history", dict(_history_of(2), loss=["a", "b"])), None, "history 'loss' is not 2 numbers"),
+    "history unknown list": (_set("history", dict(_history_of(2), evil=[1, 2])), None, "history is not lists named"),
+    "lr 1e6 as a counter": (_set("counters", {"t": 20, "lr": 1e6}), None, r"keeps the counters \['t'\]"),
+    "any attribute as a counter": (_set("counters", {"t": 20, "__class__": 1}), None, "keeps the counters"),
+    "negative step count": (_set("counters", {"t": -1}), None, "counter t must be a step count"),
+    "step count not an int": (_set("counters", {"t": 2.5}), None, "counter t must be a step count"),
+    "no counters": (lambda c: c.pop("counters"), None, "keeps the counters"),
+    "negative lr": (_set_in("optimizer", "lr", -1.0), None, "lr must be a positive number"),
+    "lr not finite": (_set_in("optimizer", "lr", float("inf")), None, "lr must be a positive number"),
+    "lr as text": (_set_in("optimizer", "lr", "0.01"), None, "lr must be a positive number"),
+    "unknown setting": (_set_in("optimizer", "evil", 1), None, "adam: expected the settings"),
+    "missing setting": (lambda c: c["optimizer"].pop("eps"), None, "not as fastnn writes them"),
+    "betas out of range": (_set_in("optimizer", "betas", [0.9, 1.5]), None, "beta2 must be in"),
+    "unknown optimizer": (_set_in("optimizer", "kind", "rmsprop"), None, "unknown optimizer 'rmsprop'"),
+    "optimizer not a record": (_set("optimizer", [1, 2]), None, "unknown optimizer None"),
+    "rng of another kind": (_set_in("batch_rng", "bit_generator", "MT19937"), None, "not a PCG64 state"),
+    "rng state as a float": (lambda c: c["batch_rng"]["state"].__setitem__("state", 1.5), None, "not a PCG64 state"),
+    "rng state negative": (lambda c: c["batch_rng"]["state"].__setitem__("inc", -3), None, "not a PCG64 state"),
+    "rng has_uint32 7": (_set_in("batch_rng", "has_uint32", 7), None, "not a PCG64 state"),
+    "rng missing": (lambda c: c.pop("batch_rng"), None, "not a PCG64 state"),
+    "batch_size zero": (_set("batch_size", 0), None, "batch_size 0 is not a positive integer"),
+    "shuffle as text": (_set("shuffle", "yes"), None, "shuffle 'yes' is not true or false"),
+    "state with nan": (None, lambda a: a["opt.0.W.M"].__setitem__((0, 0), np.nan), "opt.0.W.M contains NaN or inf"),
+    "state of ints": (None, lambda a: a.__setitem__("opt.0.b.V", a["opt.0.b.V"].astype(np.int32)),
+                      "opt.0.b.V has dtype int32, not float"),
+    "state of another shape": (None, lambda a: a.__setitem__("opt.1.W.V", a["opt.1.W.V"][:2]),
+                               r"opt.1.W.V has shape \(2, 4\), but the architecture says \(8, 4\)"),
+    "state missing": (None, lambda a: a.pop("opt.1.b.M"), "optimizer state opt.1.b.M is missing"),
+    "weights with inf": (None, lambda a: a["param.1.W"].__setitem__((0, 0), np.inf), "param.1.W contains NaN or inf"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_a_refused_resume_leaves_weights_loss_optimizer_and_batch_order_as_they_were(tmp_path, case):
+    edit_meta, edit_arrays, message = REFUSED[case]
+    X, y = blobs(n=64)
+    ckpt = tmp_path / "c.npz"
+    _net(seed=1).fit(X, y, epochs=2, batch_size=16, loss="cross_entropy", optimizer=fastnn.Adam(0.01),
+                     checkpoint=ckpt)
+    _edit_checkpoint(ckpt, edit_meta, edit_arrays)
+    net = _net(seed=5)  # trained before with other settings: every one of them must survive
+    net.fit(X, y, epochs=1, batch_size=8, loss="mse", optimizer=fastnn.SGD(0.02, momentum=0.5))
+    before = _state_of(net)
+    with pytest.raises(fastnn.ModelFileError, match=message) as info:
+        net.fit(X, y, epochs=3, batch_size=16, loss="cross_entropy", checkpoint=ckpt, resume=True)
+    assert str(ckpt) in str(info.value)
+    _assert_unchanged(net, before)
+
+
+def test_an_sgd_checkpoint_holds_no_state_it_does_not_keep(tmp_path):
+    X, y = blobs(n=64)
+    ckpt = tmp_path / "c.npz"
+    _net().fit(X, y, epochs=1, batch_size=16, optimizer=fastnn.SGD(0.05, momentum=0.9), checkpoint=ckpt)
+    _edit_checkpoint(ckpt, arrays=lambda a: a.__setitem__("opt.0.W.M", a["opt.0.W.V"]))
+    net = _net(seed=5)
+    net.fit(X, y, epochs=1, batch_size=8, loss="mse", lr=0.01)
+    before = _state_of(net)
+    with pytest.raises(fastnn.ModelFileError, match=r"opt.0.W.M is not state that SGD\(.*\) keeps"):
+        net.fit(X, y, epochs=2, batch_size=16, checkpoint=ckpt, resume=True)
+    _assert_unchanged(net, before)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(loss="mse"), "trained with loss 'cross_entropy'"),
+    (dict(lr=0.5), "trained with optimizer adam"),
+    (dict(batch_size=8), "trained with batch_size 16"),
+])
+def test_a_resume_with_other_settings_changes_nothing_either(tmp_path, backend_name, change, message):
+    X, y = blobs(n=64)
+    ckpt = tmp_path / "c.npz"
+    _net(backend_name).fit(X, y, epochs=1, batch_size=16, loss="cross_entropy", optimizer=fastnn.Adam(0.01),
+                           checkpoint=ckpt)
+    net = _net(backend_name, seed=5)
+    net.fit(X, y, epochs=1, batch_size=8, loss="mse", optimizer=fastnn.SGD(0.02, momentum=0.5))
+    before = _state_of(net)
+    kwargs = {**dict(batch_size=16, loss="cross_entropy"), **change}
+    with pytest.raises(ValueError, match=message):
+        net.fit(X, y, epochs=2, checkpoint=ckpt, resume=True, **kwargs)
+    _assert_unchanged(net, before)
+
+
+def test_a_checkpoint_that_passes_every_check_still_resumes_exactly(tmp_path):
+    """The checks refuse what fastnn never writes, not what it does: edit nothing, and it resumes."""
+    X, y = blobs(n=64)
+    ckpt = tmp_path / "c.npz"
+    whole = _net(seed=1)
+    whole.fit(X, y, epochs=3, batch_size=16, optimizer=fastnn.Adam(0.01))
+    _net(seed=1).fit(X, y, epochs=2, batch_size=16, optimizer=fastnn.Adam(0.01), checkpoint=ckpt)
+    _edit_checkpoint(ckpt)  # a round trip through json and savez
+    resumed = _net(seed=9)
+    resumed.fit(X, y, epochs=3, batch_size=16, checkpoint=ckpt, resume=True)
+    _assert_same_weights(whole, resumed)
+    assert resumed.optimizer.t == whole.optimizer.t
 
 
 # ---- Ctrl-C ------------------------------------------------------------------
