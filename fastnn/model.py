@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+import threading
 import time
 
 import numpy as np
@@ -37,6 +38,24 @@ def _in_backend_scope(method):
     def run(self, *args, **kwargs):
         with self.backend.scope(self):
             return method(self, *args, **kwargs)
+    return run
+
+
+def _one_thread_at_a_time(method):
+    """Refuse ``method`` (fit, backprop) while another thread runs either on the same model: both
+    would update the same weights, gradients and optimizer state, and lose or mix updates. The
+    thread already training may call them again (a callback's backprop); nobody waits."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        if not self._training.acquire(blocking=False):
+            raise RuntimeError(f"{method.__name__}: this model ({self!r}) is being trained by another "
+                               f"thread ({self._training_thread}); a model trains in one thread at a time: "
+                               f"wait for that one, or give this thread its own model")
+        try:
+            self._training_thread = threading.current_thread().name
+            return method(self, *args, **kwargs)
+        finally:
+            self._training.release()
     return run
 
 
@@ -78,6 +97,8 @@ class Sequential:
         self.loss = None  # the loss of the last fit/backprop, kept for predict_proba and save
         self.optimizer = None
         self.stop_training = False  # a callback sets it to end fit after the current epoch
+        self._training = threading.RLock()  # held by the thread in fit or backprop
+        self._training_thread = None
 
     # ---- shape -----------------------------------------------------------
     @property
@@ -203,6 +224,7 @@ class Sequential:
             dY = layer.backward(dY)
         return value, Y
 
+    @_one_thread_at_a_time
     @_in_backend_scope
     def backprop(self, X, y, loss="mse"):
         """Backpropagation as one call: forward, loss, backward.
@@ -245,6 +267,7 @@ class Sequential:
             guess = xp.argmax(Y, axis=1)
         return xp.sum(xp.astype(guess == labels, xp.int64))
 
+    @_one_thread_at_a_time
     @_in_backend_scope
     def fit(self, X, y, epochs=1, batch_size=32, loss=None, optimizer=None, lr=None,
             shuffle=True, validation_data=None, verbose=0, checkpoint=None, resume=False,
@@ -275,6 +298,8 @@ class Sequential:
           has ``interrupted=True`` and, with ``verbose``, a line on stderr says so.
         - A NaN/inf loss raises :class:`TrainingDiverged` naming the epoch (and batch),
           with finite weights restored.
+        - A model trains in one thread at a time: ``fit`` or ``backprop`` while another
+          thread's runs raises ``RuntimeError`` at once (a callback may call ``backprop``).
         """
         from . import io
 
