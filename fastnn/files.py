@@ -52,6 +52,19 @@ def open_regular(path, error):
         raise
 
 
+def read_into(stream, array, chunk=1 << 20):
+    """Fill the C-contiguous NumPy ``array`` from ``stream``'s bytes, a chunk at a time: a large
+    array is read without a second copy, and a decompressing stream never inflates more than
+    fits. Returns how many bytes came, fewer than ``array.nbytes`` when the stream ended first."""
+    view, done = memoryview(array.reshape(-1).view("u1")), 0
+    while done < len(view):
+        n = stream.readinto(view[done:done + chunk])
+        if not n:
+            break
+        done += n
+    return done
+
+
 # ---- temporary files: named after their writer, so the dead ones can be found -----------
 def _host():
     """This machine, and on Linux this pid namespace: where a pid in a temp file's name means a process."""

@@ -38,7 +38,7 @@ import zlib
 
 import numpy as np
 
-from .files import atomic_writer, open_regular
+from .files import atomic_writer, open_regular, read_into
 
 FORMAT = "fastnn-model"
 VERSION = 1
@@ -51,7 +51,6 @@ MAX_DEPTH = 16
 _MAX_DIRECTORY_BYTES = 4 << 20  # the zip's list of members (~40,000): zipfile keeps ~10x that in memory
 _NPY_HEADER_BYTES = 16 << 10   # an .npy header before its data (NumPy writes 128 bytes, reads <= 10,000)
 _WIDEST_FLOAT = 8              # float64: no parameter needs more bytes per number
-_CHUNK = 1 << 20               # inflated a megabyte at a time: no second copy of a large array
 _ZIP_MAGIC = b"PK\x03\x04"  # a .npz is a zip archive
 
 
@@ -152,17 +151,6 @@ def _members(archive, path):
     return members
 
 
-def _fill(member, array):
-    """Read exactly ``array.nbytes`` bytes from ``member`` into ``array``, a chunk at a time."""
-    view = memoryview(array.reshape(-1).view(np.uint8))
-    done = 0
-    while done < len(view):
-        n = member.readinto(view[done:done + _CHUNK])
-        if not n:
-            raise EOFError(f"the data ends after {done:,} of {len(view):,} bytes")
-        done += n
-
-
 def _read_array(archive, info, path, check):
     """The array in member ``info``: its .npy header first, given to ``check(shape, dtype)``
     (which raises to refuse), then exactly the bytes that header implies, never more."""
@@ -183,7 +171,9 @@ def _read_array(archive, info, path, check):
                 raise ModelFileError(f"{path}: member {info.filename} claims {info.file_size:,} bytes, but its "
                                      f".npy header and shape make {member.tell() + data_bytes:,}")
             array = np.empty(shape[::-1] if fortran_order else shape, dtype)
-            _fill(member, array)
+            found = read_into(member, array)
+            if found < data_bytes:
+                raise EOFError(f"the data ends after {found:,} of {data_bytes:,} bytes")
             if member.read(1):
                 raise ValueError("more data than its .npy header says")
     except ModelFileError:

@@ -3,6 +3,7 @@ what its own description implies and by a documented cap, both checked before an
 inflated; what is not a regular file is refused at once; every failure is fastnn's own error
 naming the file, and the CLI says it in one line.
 """
+import gzip
 import io
 import json
 import os
@@ -11,6 +12,7 @@ import threading
 import time
 import tracemalloc
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -239,3 +241,160 @@ def _data():
 
 def _net_for_resume():
     return fastnn.Sequential(fastnn.Dense(2, 3), backend="numpy", seed=0)
+
+
+# ---- IDX files: the header first, its claim checked before any data is read -----------------
+def _idx_header(shape, code=0x08):
+    return bytes([0, 0, code, len(shape)]) + struct.pack(f">{len(shape)}I", *shape)
+
+
+def test_a_gzip_claiming_a_billion_images_fails_fast_in_little_memory(tmp_path):
+    from fastnn.datasets import IDXError, read_idx
+
+    path = _write(tmp_path, gzip.compress(_idx_header((10**9, 28, 28)) + bytes(16 * MB)), "images.gz")
+    _refused_cheaply(IDXError, r"images.gz: the header claims shape \(1000000000, 28, 28\), 784,000,000,000 "
+                     r"bytes of data, more than max_bytes=268,435,456; if you trust this file, read it with a "
+                     r"larger max_bytes", read_idx, path)
+
+
+def test_a_gzip_holding_more_than_its_header_says_stops_where_the_header_ends(tmp_path):
+    from fastnn.datasets import IDXError, read_idx
+
+    path = _write(tmp_path, gzip.compress(_idx_header((10, 28, 28)) + bytes(64 * MB)), "images.gz")
+    _refused_cheaply(IDXError, r"unexpected bytes after the data of shape \(10, 28, 28\)", read_idx, path)
+
+
+def test_a_plain_file_claiming_more_than_it_holds_is_refused_unread(tmp_path):
+    from fastnn.datasets import IDXError, read_idx
+
+    path = _write(tmp_path, _idx_header((10**9, 28, 28)) + bytes(100), "images")
+    _refused_cheaply(IDXError, r"truncated: shape \(1000000000, 28, 28\) needs 784,000,000,000 bytes of data, "
+                     r"the file has 100", read_idx, path)
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
+def test_max_bytes_bounds_an_idx_file_and_can_be_raised(tmp_path, gz):
+    from fastnn.datasets import IDXError, idx, read_idx, write_idx
+
+    path = tmp_path / ("labels.gz" if gz else "labels")
+    write_idx(path, np.arange(1000, dtype=np.int32) % 7)
+    with pytest.raises(IDXError, match=r"claims shape \(1000,\), 4,000 bytes of data, more than max_bytes=3,999"):
+        read_idx(path, max_bytes=3999)
+    assert read_idx(path, max_bytes=4000).sum() == (np.arange(1000) % 7).sum()
+    assert idx.MAX_BYTES == 256 << 20  # the default, as the README says: full MNIST five times over
+
+
+@posix_only
+def test_a_named_pipe_or_folder_as_an_idx_file_is_refused_at_once(tmp_path):
+    from fastnn.datasets import IDXError, read_idx
+
+    pipe = tmp_path / "train-images-idx3-ubyte"
+    os.mkfifo(pipe)
+    with pytest.raises(IDXError, match="train-images-idx3-ubyte: is a named pipe"):
+        _within(5, read_idx, pipe)
+    with pytest.raises(IDXError, match="is a folder"):
+        read_idx(tmp_path)
+
+
+# ---- images --------------------------------------------------------------------------------
+@pytest.fixture
+def pil():
+    return pytest.importorskip("PIL.Image", reason="Pillow is not installed (pip install 'fastnn[image]')")
+
+
+def _png_claiming(tmp_path, width, height):
+    """A small valid PNG whose header is rewritten to claim ``width`` x ``height`` (CRC fixed)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8), 0).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    at = data.index(b"IHDR")
+    struct.pack_into(">II", data, at + 4, width, height)
+    struct.pack_into(">I", data, at + 17, zlib.crc32(bytes(data[at:at + 17])))
+    return _write(tmp_path, bytes(data), "digit.png")
+
+
+def test_an_image_claiming_too_many_pixels_is_refused_before_decoding(pil, tmp_path):
+    from fastnn.datasets.images import ImageFileError, load_digit_image
+
+    path = _png_claiming(tmp_path, 8000, 8000)
+    _refused_cheaply(ImageFileError, "digit.png: 8000 x 8000 pixels, more than max_pixels=25,000,000",
+                     load_digit_image, path)
+    path = _png_claiming(tmp_path, 100_000, 100_000)  # past Pillow's own cap too
+    _refused_cheaply(ImageFileError, "digit.png: .*pixels", load_digit_image, path)
+
+
+def test_an_image_file_over_max_bytes_is_refused_unread(pil, tmp_path):
+    from fastnn.datasets.images import ImageFileError, load_digit_image
+
+    path = _write(tmp_path, b"\x89PNG" + bytes(2000), "digit.png")
+    with pytest.raises(ImageFileError, match="digit.png: 2,004 bytes, more than max_bytes=1,000"):
+        load_digit_image(path, max_bytes=1000)
+
+
+def test_a_truncated_image_is_fastnns_error(pil, tmp_path):
+    from PIL import Image
+
+    from fastnn.datasets.images import ImageFileError, load_digit_image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(buffer, "PNG")
+    path = _write(tmp_path, buffer.getvalue()[:-200], "digit.png")
+    with pytest.raises(ImageFileError, match="digit.png: not an image Pillow can read"):
+        load_digit_image(path)
+
+
+@posix_only
+def test_a_named_pipe_as_an_image_is_refused_at_once(pil, tmp_path):
+    from fastnn.datasets.images import ImageFileError, load_digit_image
+
+    pipe = tmp_path / "digit.png"
+    os.mkfifo(pipe)
+    with pytest.raises(ImageFileError, match="digit.png: is a named pipe"):
+        _within(5, load_digit_image, pipe)
+
+
+# ---- the CLI says each in one line -------------------------------------------------------------
+@pytest.fixture
+def hostile(tmp_path):
+    deep = '{"format": "fastnn-model", "version": 1, "x": ' + "[" * 50_000 + "]" * 50_000 + "}"
+    files = {
+        "bomb.npz": _declare_size(_zip(_members()), "param.0.W", 3 << 30),
+        "extra.npz": _zip(_members(extra=bytes(1000))),
+        "deep.npz": _with_raw_meta(deep),
+    }
+    for name, data in files.items():
+        _write(tmp_path, data, name)
+    if os.name == "posix":
+        os.mkfifo(tmp_path / "pipe.npz")
+    return tmp_path
+
+
+@pytest.mark.parametrize("name, message", [
+    ("bomb.npz", "claims 3,221,225,472 bytes"),
+    ("extra.npz", "is not part of the model"),
+    ("deep.npz", "nested 50,001 deep"),
+    pytest.param("pipe.npz", "is a named pipe", marks=posix_only),
+    ("", "is a folder"),
+])
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_the_cli_says_what_is_wrong_with_a_model_file_in_one_line(hostile, capsys, name, message, command):
+    from fastnn import cli
+
+    argv = [command, str(hostile / name)] + (["x.npy"] if command == "predict" else [])
+    assert _within(30, cli.main, argv) == 1
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and f"fastnn {command}: error: " in err and message in err, err
+    assert "Traceback" not in err
+
+
+def test_the_cli_says_what_is_wrong_with_an_image_in_one_line(pil, tmp_path, capsys):
+    from fastnn import cli
+
+    net = fastnn.Sequential(fastnn.Dense(784, 10), backend="numpy", seed=0)
+    net.save(tmp_path / "m.npz")
+    image = _png_claiming(tmp_path, 8000, 8000)
+    assert cli.main(["predict", str(tmp_path / "m.npz"), str(image)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "more than max_pixels=25,000,000" in err, err

@@ -7,16 +7,36 @@ image; ``load_digit_image`` reads a file (PNG, JPEG, ...) with Pillow first.
 
 >>> x = load_digit_image("seven.png")     # (28, 28) float32 in [0, 1]
 >>> net.predict(x.reshape(1, 784))
+
+A picture may come from anyone: ``load_digit_image`` opens only a regular file
+of at most ``MAX_BYTES`` and decodes it only when it has at most
+``MAX_PIXELS`` (both can be raised per call); anything else, or a file Pillow
+cannot read, raises :class:`ImageFileError` naming the file.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+from ..files import open_regular
+from ..validation import count
+
+#: ``load_digit_image``'s default cap on width x height: a 24-megapixel photo (6000 x 4000)
+#: fits; reading one takes about 0.7 GB at the peak (float64 grey levels and their copies).
+MAX_PIXELS = 25_000_000
+#: ... and on the file's size: what Pillow may read (an unknown chunk is read whole).
+MAX_BYTES = 64 << 20
 
 SIDE = 28   # the MNIST field
 BOX = 20    # the digit's bounding box is scaled to fit this square
 CENTER = 14.0  # measured: the mean center of mass of the bundled sample is (13.99, 14.01)
 INK = 0.15  # a pixel belongs to the digit's bounding box from this much ink (0..1); low enough
             # to keep MNIST's own anti-aliased edges, high enough to ignore faint noise
+
+
+class ImageFileError(ValueError):
+    """An image file that fastnn will not read (not a regular file, too large) or Pillow cannot."""
 
 
 def _pillow():
@@ -87,19 +107,43 @@ def mnist_style(grey):
     return _center(_fit_box(_ink(grey)))
 
 
-def load_digit_image(path):
+def _open_checked(Image, ImageOps, f, path, max_pixels):
+    """The image in the open file ``f``, decoded only once its size (from the header) is allowed."""
+    try:
+        with Image.open(f) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageFileError(f"{path}: {width} x {height} pixels, more than max_pixels={max_pixels:,}; "
+                                     f"if you trust this file, read it with a larger max_pixels (or shrink it)")
+            image.load()
+            return ImageOps.exif_transpose(image)  # photos: the way the camera was held (a copy)
+    except ImageFileError:
+        raise
+    except Image.DecompressionBombError as exc:  # past Pillow's own cap (PIL.Image.MAX_IMAGE_PIXELS)
+        raise ImageFileError(f"{path}: {exc}") from None
+    except (Image.UnidentifiedImageError, SyntaxError, OSError, ValueError) as exc:
+        raise ImageFileError(f"{path}: not an image Pillow can read ({exc})") from None
+
+
+def load_digit_image(path, max_pixels=MAX_PIXELS, max_bytes=MAX_BYTES):
     """The image file ``path`` (PNG, JPEG, ... any size) as a ``(28, 28)`` MNIST-style float32 array.
 
     A picture with a transparent background (a drawing app's export) uses its
     alpha channel as the ink; otherwise the grey levels (see :func:`mnist_style`).
+    ``max_pixels`` (width x height, default ``MAX_PIXELS``) and ``max_bytes`` (the
+    file's size, default ``MAX_BYTES``) are checked before the picture is decoded;
+    a larger one, anything but a regular file, or one Pillow cannot read raises
+    :class:`ImageFileError` (a ``ValueError``).
     """
     Image, ImageOps = _pillow()
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)  # photos: the way the camera was held
-            image.load()
-    except (Image.UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as exc:
-        raise ValueError(f"{path}: not an image Pillow can read ({exc})") from None
+    max_pixels = count("max_pixels", max_pixels, minimum=1)
+    max_bytes = count("max_bytes", max_bytes, minimum=0)
+    with open_regular(path, ImageFileError) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise ImageFileError(f"{path}: {size:,} bytes, more than max_bytes={max_bytes:,}; if you trust "
+                                 f"this file, read it with a larger max_bytes")
+        image = _open_checked(Image, ImageOps, f, path, max_pixels)
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         alpha = np.asarray(image.convert("RGBA"))[:, :, 3]
         if alpha.min() != alpha.max():
