@@ -177,6 +177,7 @@ class NumbaBackend(Backend):
         self._one_blas_thread = _BlasCap(1)
         _live.add(self)
         self._blas_threaded = self._one_blas_thread.active  # BLAS runs a pool of its own: no prange beside it
+        numba_cache.warn_if_uncached(stacklevel=4)  # no writable cache: once per process, why and what to do
 
     def __repr__(self):
         return f"<fastnn backend 'numba' num_threads={self.num_threads} compiled={self.compiled}>"
@@ -345,20 +346,27 @@ class NumbaBackend(Backend):
         part = "layers" if self.layer_path_reason(net, loss, optimizer) else "epoch"
         compile_s = numba_cache.COMPILE_SECONDS[part]
         what = "whole-epoch kernels" if part == "epoch" else "layer-by-layer kernels"
+        cacheable = numba_cache.cacheable(part)
         if not self._must_compile(part, dtype):
             # loads in milliseconds from the cache; told only if it turns into a compile after all
             # (a cache numba no longer trusts: a reinstall, another CPU; or deferring turned off)
             # (loading takes up to ~0.7 s in a new process: numba's own start; a compile, 10 s and more)
-            with waiting(f"numba: compiling the {what} for {dtype.name} (numba's cache did not have them; "
-                         f"once, about {compile_s:.0f} s)...", after=1.5):
+            why = "numba's cache did not have them; once" if cacheable else "no writable cache: in every process"
+            with waiting(f"numba: compiling the {what} for {dtype.name} ({why}, about {compile_s:.0f} s)...",
+                         after=1.5):
                 return super().training_plan(net, loss, optimizer, rows, epochs, batch_size)
         if reference_seconds(net, rows, epochs, batch_size) < compile_s:
+            if not cacheable:
+                return None, (f"the NumPy reference ops: numba's kernels are not compiled in this process, this "
+                              f"job is shorter than compiling them (about {compile_s:.0f} s), and there is no "
+                              f"writable cache to keep them for later runs")
             later = ("they compile in the background for the next run" if numba_cache.start_background(dtype.name)
                      else "they compile when a job is long enough to pay for it")
             return None, (f"the NumPy reference ops: numba's kernels are not compiled on this machine yet, and "
                           f"this job is shorter than compiling them (about {compile_s:.0f} s); {later}")
-        with waiting(f"numba: compiling the {what} for {dtype.name} on this machine (once, about "
-                     f"{compile_s:.0f} s; later runs load them from the cache)..."):
+        when = ("once, about {:.0f} s; later runs load them from the cache" if cacheable
+                else "about {:.0f} s; with no writable cache, every process compiles them again")
+        with waiting(f"numba: compiling the {what} for {dtype.name} on this machine ({when.format(compile_s)})..."):
             if part == "layers":
                 self.warm("layers", dtype.name)
             plan = super().training_plan(net, loss, optimizer, rows, epochs, batch_size)
@@ -428,7 +436,7 @@ class NumbaBackend(Backend):
             layer = f"{numba.config.THREADING_LAYER} (configured; no parallel kernel run yet)"
         return {"numba": numba.__version__, "threading_layer": layer, "num_threads": self.num_threads,
                 "max_threads (NUMBA_NUM_THREADS)": self.max_threads, "compiled_epoch": self.compiled,
-                "blas": _blas_info()}
+                "disk_cache": numba_cache.uncached_reason() or numba_cache.folder(), "blas": _blas_info()}
 
 
 def reference_seconds(net, rows, epochs, batch_size):

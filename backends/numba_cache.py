@@ -17,6 +17,11 @@ A job too small to pay for a compile runs on the NumPy reference ops while
 - numba writes its cache files atomically, so processes racing for the cache are safe;
 - it logs its CPU seconds to ``background-compile.json``;
 - ``FASTNN_BACKGROUND_COMPILE=0`` switches it off.
+
+With no writable cache (a read-only install, home and temp folder), numba's ``cache=True``
+would raise at import: :func:`cacheable` says so beforehand, the kernels are compiled in
+memory in every process that needs them, nothing is marked as cached, no background process
+starts, and :func:`warn_if_uncached` says it once, with the way out.
 """
 from __future__ import annotations
 
@@ -24,9 +29,12 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import subprocess
 import sys
+import tempfile
 import time
+import warnings
 
 from fastnn.files import atomic_writer
 
@@ -39,6 +47,10 @@ LOCK, LOG = "background-compile.lock", "background-compile.json"
 _SOURCES = ("numba_kernels.py", "numba_epoch_template.py", "numba_epoch_codegen.py", "numba_epoch_simd.py")
 _key = None
 _spawned = []  # the background processes this one started (kept: no "still running" warning)
+_folders = {}  # cache_dir() -> (the folder used, or None; what was wrong with those refused)
+_kernels_cacheable = None  # whether numba has a cache folder for this package's kernels
+_not_cached = {}  # part -> why it could not be cached after all (found while importing it)
+_warned = False
 
 
 def cache_dir():
@@ -54,7 +66,111 @@ def cache_dir():
 
 
 def folder():
-    return cache_dir()
+    """Where the generated epoch module, the markers and the background lock live: :func:`cache_dir`
+    when it takes files, else a private folder of this user in the temp folder (a read-only home);
+    None when neither does (nothing is cached then). Tried once per process and cache_dir()."""
+    wanted = cache_dir()
+    if wanted not in _folders:
+        _folders[wanted] = _first_writable(wanted)
+    return _folders[wanted][0]
+
+
+def _first_writable(wanted):
+    """``(folder, problems)``: ``wanted`` if it takes files, else the private temp folder, else None."""
+    problems = []
+    for path, private in ((wanted, False), (_private_temp_path(), True)):
+        try:
+            if private:
+                _make_private(path)
+            else:
+                os.makedirs(path, exist_ok=True)
+            tempfile.TemporaryFile(dir=path).close()  # permissions alone miss read-only mounts
+            return path, problems
+        except OSError as exc:
+            problems.append(f"{path}: {exc.strerror or exc}")
+    return None, problems
+
+
+def _private_temp_path():
+    name = f"fastnn-{os.getuid()}" if hasattr(os, "getuid") else "fastnn-user"
+    return os.path.join(tempfile.gettempdir(), name)
+
+
+def _make_private(path):
+    """A folder in the temp dir that only this user can write, for a home that is read-only.
+
+    Code is imported from it, so a folder someone else made (or can write) is refused.
+    """
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if not hasattr(os, "getuid"):
+        return
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise PermissionError(f"not a private folder of this user (owner uid {st.st_uid}, mode "
+                              f"{stat.S_IMODE(st.st_mode):o}): fastnn will not import code from it")
+
+
+def kernels_cacheable():
+    """True when numba can keep this package's kernels on disk: one of its cache locators
+    (``$NUMBA_CACHE_DIR``, the package's ``__pycache__``, numba's folder in the user's cache;
+    ``numba/core/caching.py``) takes files. With none, ``njit(cache=True)`` raises "no locator
+    available" at import, so ``numba_kernels`` asks here first. Asked once per process."""
+    global _kernels_cacheable
+    if _kernels_cacheable is None:
+        from numba import njit
+        try:
+            njit(cache=True)(_probe)  # numba looks for a cache folder for this file's folder
+            _kernels_cacheable = True
+        except RuntimeError:
+            _kernels_cacheable = False
+    return _kernels_cacheable
+
+
+def _probe():
+    """A function beside ``numba_kernels.py``: numba's cache locators answer for both alike."""
+    return 0
+
+
+def cacheable(part):
+    """True when ``part`` (``"epoch"`` or ``"layers"``) can be compiled once and loaded by later
+    processes: numba caches its code and fastnn has a folder for its markers (and the epoch module)."""
+    if part in _not_cached or folder() is None:
+        return False
+    return kernels_cacheable() if part == "layers" else True
+
+
+def not_cached(part, reason):
+    """Record that ``part`` turned out impossible to cache (and warn, once per process)."""
+    _not_cached[part] = reason
+    warn_if_uncached(stacklevel=3)
+
+
+def uncached_reason():
+    """Why some part of the kernels cannot be cached here, with the way out; None when all can."""
+    problems = []
+    if folder() is None:
+        problems.append("fastnn's folders refuse files (" + "; ".join(_folders[cache_dir()][1]) + ")")
+    if not kernels_cacheable():
+        where = [f"$NUMBA_CACHE_DIR ({os.environ['NUMBA_CACHE_DIR']})"] if os.environ.get("NUMBA_CACHE_DIR") else []
+        where += [os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__"),
+                  "numba's folder in the user's cache"]
+        problems.append(f"numba's refuse files too ({', '.join(where)})" if folder() is None
+                        else f"numba's folders refuse files ({', '.join(where)})")
+    problems += [f"the {part} kernels: {reason}" for part, reason in _not_cached.items()]
+    if not problems:
+        return None
+    return ("no writable cache: " + "; ".join(problems) + ". The kernels compile in memory in every process "
+            "that needs them (10-15 s per part; a short fit trains on the NumPy reference ops instead). "
+            "Set NUMBA_CACHE_DIR or FASTNN_CACHE_DIR to a writable folder to compile them once")
+
+
+def warn_if_uncached(stacklevel=2):
+    """One RuntimeWarning per process when some part cannot be cached, saying why and how to fix it."""
+    global _warned
+    reason = None if _warned else uncached_reason()
+    if reason:
+        _warned = True
+        warnings.warn(f"numba backend: {reason}", RuntimeWarning, stacklevel=stacklevel + 1)
 
 
 def key():
@@ -82,11 +198,14 @@ def _marker(part, dtype):
 
 def is_cached(part, dtype):
     """True when ``part`` of ``dtype`` loads from the disk cache instead of compiling."""
-    return os.path.exists(_marker(part, dtype))
+    return cacheable(part) and os.path.exists(_marker(part, dtype))
 
 
 def mark_cached(part, dtype):
-    """Record that ``part`` of ``dtype`` is in the cache (after it compiled or loaded)."""
+    """Record that ``part`` of ``dtype`` is in the cache (after it compiled or loaded); nothing when
+    it cannot be cached (compiled in memory: the next process compiles it again)."""
+    if not cacheable(part):
+        return
     path = _marker(part, dtype)
     if not os.path.exists(path):
         with contextlib.suppress(OSError):  # a cache folder we cannot write: no marker, no harm
@@ -102,7 +221,7 @@ def background_enabled():
 def start_background(dtype):
     """Compile the parts of ``dtype`` that are not cached yet in a process of their own, at idle
     priority; returns True when one was started (not when switched off or nothing is missing)."""
-    missing = [part for part in PARTS if not is_cached(part, dtype)]
+    missing = [part for part in PARTS if cacheable(part) and not is_cached(part, dtype)]
     if not missing or not background_enabled() or _running_here(dtype):
         return False
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", FASTNN_BACKGROUND_COMPILE="0")
@@ -121,6 +240,8 @@ def _running_here(dtype):
 
 def running():
     """True while a background compile holds this cache folder's lock."""
+    if folder() is None:
+        return False
     path = os.path.join(folder(), LOCK)
     if not os.path.exists(path):
         return False
@@ -156,7 +277,8 @@ def _idle_priority():
 def _compile(dtype):
     """The background process: compile what ``dtype`` misses, then log the CPU seconds spent."""
     _idle_priority()
-    os.makedirs(folder(), exist_ok=True)
+    if folder() is None:
+        return 0  # nowhere to keep what it would compile
     with _lock(os.path.join(folder(), LOCK)) as held:
         if not held:
             return 0  # another process is filling this cache
@@ -165,7 +287,7 @@ def _compile(dtype):
         started, done = time.perf_counter(), []
         backend = get_backend("numba", num_threads=1)
         for part in PARTS:
-            if not is_cached(part, dtype):
+            if cacheable(part) and not is_cached(part, dtype):
                 backend.warm(part, dtype)
                 done.append(part)
         usage = os.times()

@@ -9,22 +9,22 @@ The source goes to a ``.py`` file in a cache folder, named by a hash of the
 generator, the template and the SIMD helpers, and is imported from there: numba's
 ``cache=True`` needs a real file (it refuses functions made by ``exec``) and only
 notices edits to the file that defines a kernel, so any edit here or in the
-helpers gives a new file and a fresh compile.
+helpers gives a new file and a fresh compile. With no folder that takes files,
+the module is made from its source in memory, without numba's cache.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import linecache
 import os
-import stat
 import sys
-import tempfile
 import threading
+import types
 
 from fastnn.files import atomic_writer
 
-from .numba_cache import cache_dir
-
+from . import numba_cache
 from .numba_epoch_simd import VECTOR_BITS
 
 
@@ -155,8 +155,8 @@ def _dispatch(name, call, then=None):
     return lines
 
 
-def source():
-    """The full text of the kernel module."""
+def source(cache=True):
+    """The full text of the kernel module (``cache=False``: its kernels without numba's disk cache)."""
     with open(os.path.join(_HERE, "numba_epoch_template.py")) as f:
         template = f.read()
     tiles = [_fwd_tile(nv) for nv in WIDTHS]
@@ -164,6 +164,10 @@ def source():
     tiles += [_dx_tile(dk) for dk in (DK, 1)]
     parts = template.split("# <<TILES>>\n")
     head = parts[0].replace("MR = 0", f"MR = {MR}").replace("MK = 0", f"MK = {MK}").replace("DK = 0", f"DK = {DK}")
+    if not cache:
+        if "_ENTRY = dict(cache=True," not in head:
+            raise RuntimeError("numba_epoch_template.py: no '_ENTRY = dict(cache=True,' to turn the cache off in")
+        head = head.replace("_ENTRY = dict(cache=True,", "_ENTRY = dict(cache=False,", 1)
     body = parts[1]
     for mk, placeholder in ((MK, "MK"), (1, "1")):
         bounds = "k0, kmain" if mk == MK else "kmain, k1"
@@ -200,41 +204,47 @@ def _write(path, text):
         f.write(text.encode("utf-8"))
 
 
-def _private_temp_folder():
-    """A folder in the temp dir that only this user can write, for a home that is read-only.
-
-    Code is imported from it, so a folder someone else made (or can write) is refused.
-    """
-    if not hasattr(os, "getuid"):
-        return os.path.join(tempfile.gettempdir(), "fastnn-user")
-    folder = os.path.join(tempfile.gettempdir(), f"fastnn-{os.getuid()}")
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    st = os.lstat(folder)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
-        raise PermissionError(f"{folder} is not a private folder of this user (owner uid {st.st_uid}, "
-                              f"mode {stat.S_IMODE(st.st_mode):o}): fastnn will not import code from it; "
-                              "set FASTNN_CACHE_DIR to a folder of yours")
-    return folder
-
-
 def load():
-    """The kernel module: written to the cache folder on first use, then imported (once)."""
+    """The kernel module: written to the cache folder on first use, then imported (once); made in
+    memory, without numba's cache, where no folder takes files (see ``numba_cache.folder``)."""
     global _module
     with _lock:
-        if _module is not None:
-            return _module
-        name = f"fastnn_epoch_kernels_{_digest()}"
-        path = os.path.join(cache_dir(), name + ".py")
-        try:
-            if not os.path.exists(path):
-                _write(path, source())
-        except OSError:  # a read-only home: a private temporary folder still caches for this user
-            path = os.path.join(_private_temp_folder(), name + ".py")
-            if not os.path.exists(path):
-                _write(path, source())
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # numba's cache locates a kernel through its module
+        if _module is None:
+            name = f"fastnn_epoch_kernels_{_digest()}"
+            folder = numba_cache.folder()
+            if folder is not None and numba_cache.cacheable("epoch"):
+                try:
+                    _module = _import_file(name, os.path.join(folder, name + ".py"))
+                except (OSError, RuntimeError) as exc:  # the folder went read-only; numba found none
+                    if isinstance(exc, RuntimeError) and "no locator available" not in str(exc):
+                        raise
+                    numba_cache.not_cached("epoch", f"{type(exc).__name__}: {' '.join(str(exc).split())}")
+            if _module is None:
+                _module = _import_source(name)
+        return _module
+
+
+def _import_file(name, path):
+    if not os.path.exists(path):
+        _write(path, source())
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # numba's cache locates a kernel through its module
+    try:
         spec.loader.exec_module(module)
-        _module = module
-        return module
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _import_source(name):
+    """The module from its source, in memory: numba compiles its kernels for this process only."""
+    text = source(cache=False)
+    filename = f"<{name}>"
+    linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)  # for tracebacks
+    module = types.ModuleType(name)
+    module.__file__ = filename
+    sys.modules[name] = module
+    exec(compile(text, filename, "exec"), module.__dict__)  # noqa: S102 - our own generated source
+    return module

@@ -20,14 +20,18 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import get_cython_function_address, intrinsic, models, overload, register_model
 
+from . import numba_cache
 from .numba_epoch_simd import VECTOR_BITS
 
 #: The fast-math flags of every kernel, in one place: reassociation and FMA
 #: contraction let LLVM vectorise reductions; no ``nnan``/``ninf``, so NaN and
 #: inf still propagate and a diverging loss is still seen.
 FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
+#: numba's disk cache where it has a folder for this file; none (a read-only install, home and
+#: temp folder): the kernels compile in memory, in every process (``cache=True`` would raise here).
+CACHE = numba_cache.kernels_cacheable()
 #: Serial kernels. ``error_model="numpy"``: a kernel never raises (x/0 is inf).
-KERNEL = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy", boundscheck=False)
+KERNEL = dict(cache=CACHE, nogil=True, fastmath=FASTMATH, error_model="numpy", boundscheck=False)
 #: Kernels with a ``prange`` loop; called only where there is enough work.
 PARALLEL = dict(KERNEL, parallel=True)
 

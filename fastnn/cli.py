@@ -9,7 +9,8 @@
 
 Errors are one line on stderr: exit status 2 for a bad command line, 1 for
 anything else (missing or corrupt file, unavailable backend, ...). Ctrl-C is one
-line too (what was kept or saved) and exit status 130, as shells expect.
+line too (what was kept or saved) and exit status 130, as shells expect. A
+warning is one line too ("fastnn train: warning: ..."), once.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import os
 import platform
 import sys
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -374,8 +376,9 @@ def available_memory():
     with contextlib.suppress(OSError, ValueError):
         with open("/proc/meminfo") as f:
             found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
-    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2, then v1
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                          "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
         with contextlib.suppress(OSError, ValueError):  # "max": no limit
             with open(limit) as f_limit, open(usage) as f_usage:
                 found.append(int(f_limit.read()) - int(f_usage.read()))
@@ -702,7 +705,15 @@ def _package_version(name):
 def cmd_warmup(args, parser_error):
     from .backend import get_backend
 
-    seconds = get_backend("numba").warmup()  # seconds per part (whole-epoch trainer, layer kernels)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="numba backend: no writable cache")  # the error below says it
+        backend = get_backend("numba")
+    from .backends import numba_cache
+
+    reason = numba_cache.uncached_reason()
+    if reason:
+        raise CLIError(f"nothing would be kept: {reason}")
+    seconds = backend.warmup()  # seconds per part (whole-epoch trainer, layer kernels)
     _say(f"numba backend ready in {sum(seconds.values()):.1f} s: its compiled code is cached on disk, "
          f"so later runs start without compiling")
     return 0
@@ -724,7 +735,9 @@ def cmd_info(args, parser_error):
             continue
         _say(f"  {name}: available")
         try:
-            details = get_backend(name).info()
+            with warnings.catch_warnings():  # shown below, as the backend's disk_cache
+                warnings.filterwarnings("ignore", message="numba backend: no writable cache")
+                details = get_backend(name).info()
         except Exception as exc:  # info is diagnostics: show the problem, list the rest
             details = {"info failed": f"{type(exc).__name__}: {exc}"}
         for key, value in details.items():
@@ -753,6 +766,13 @@ def _one_line(exc):
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _warning_line(command):
+    """``warnings.showwarning`` for the command: one line, without Python's file:line and source line."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"fastnn {command}: warning: {_one_line(message)}", file=sys.stderr, flush=True)
+    return show
+
+
 def main(argv=None):
     """The ``fastnn`` console script; returns the exit status."""
     from .backend import BackendUnavailable
@@ -764,7 +784,9 @@ def main(argv=None):
     if args.command is None:
         parser.error("choose a command: train, evaluate, predict, info or warmup")
     try:
-        return args.run(args, args.error)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line(args.command)
+            return args.run(args, args.error)
     except KeyboardInterrupt:  # reading data, loading a model, predicting: nothing to keep
         return _interrupted(args.command)
     except BrokenPipeError:  # `fastnn evaluate m.npz | head`: not an error

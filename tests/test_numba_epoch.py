@@ -483,12 +483,14 @@ def test_a_new_process_loads_the_kernels_from_the_cache():
 @pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners and modes")
 def test_the_temporary_cache_folder_is_private(tmp_path, monkeypatch):
     """With a read-only home the module goes to the temp dir: never into a folder others can write."""
-    monkeypatch.setattr(numba_epoch.codegen.tempfile, "gettempdir", lambda: str(tmp_path))
-    folder = numba_epoch.codegen._private_temp_folder()
+    numba_cache = numba_epoch.numba_cache
+    monkeypatch.setattr(numba_cache.tempfile, "gettempdir", lambda: str(tmp_path))
+    folder = numba_cache._private_temp_path()
+    numba_cache._make_private(folder)
     assert os.stat(folder).st_mode & 0o777 == 0o700
     os.chmod(folder, 0o777)  # as if someone else had made it, open to all
-    with pytest.raises(PermissionError, match=r"not a private folder of this user .*FASTNN_CACHE_DIR"):
-        numba_epoch.codegen._private_temp_folder()
+    with pytest.raises(PermissionError, match=r"not a private folder of this user .*will not import code"):
+        numba_cache._make_private(folder)
 
 
 # ---- the numba backend uses it ----
