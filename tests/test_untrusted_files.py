@@ -112,6 +112,16 @@ def test_the_test_files_are_valid_models(tmp_path):
     assert net.dense_layers[0].W.shape == (2, 3)
 
 
+def test_what_numpy_writes_otherwise_still_loads(tmp_path):
+    """Deflated members (np.savez_compressed), Fortran order, big-endian floats: all within the checks."""
+    W = np.asfortranarray(np.arange(6, dtype=">f8").reshape(2, 3))
+    path = tmp_path / "m.npz"
+    np.savez_compressed(path, meta=_meta(), **{"param.0.W": W, "param.0.b": np.ones(3, np.float16)})
+    net = fastnn.load(path, backend="numpy")
+    np.testing.assert_array_equal(net.dense_layers[0].W, W)
+    np.testing.assert_array_equal(net.dense_layers[0].b, np.ones(3))
+
+
 def test_an_extra_member_is_refused_unread(tmp_path):
     # a member that would inflate to 3 GiB (declared so; the 16 MB of zeros really inflate)
     data = _declare_size(_zip(_members(extra=bytes(16 * MB))), "extra", 3 << 30)
