@@ -7,9 +7,10 @@
 Both return an :class:`MNISTSplit` (float32 pixels in [0, 1], int64 labels).
 """
 from .idx import IDXError, read_idx, write_idx
+from .images import ImageFileError
 from .mnist import DownloadError, MNISTNotFound, download_mnist, load_mnist
 from .sample import load_mnist_sample
 from .split import MNISTSplit
 
-__all__ = ["DownloadError", "IDXError", "MNISTNotFound", "MNISTSplit", "download_mnist", "load_mnist",
+__all__ = ["DownloadError", "IDXError", "ImageFileError", "MNISTNotFound", "MNISTSplit", "download_mnist", "load_mnist",
            "load_mnist_sample", "read_idx", "write_idx"]
