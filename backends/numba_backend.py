@@ -35,7 +35,7 @@ import weakref
 import numpy as np
 
 from fastnn.backend import ACTIVATIONS, Backend, _check_act
-from fastnn.notices import logger, waiting
+from fastnn.notices import waiting
 
 from . import numba_cache
 

@@ -11,6 +11,9 @@ import os
 os.environ["FASTNN_DEFER_COMPILE"] = "0"
 os.environ["FASTNN_BACKGROUND_COMPILE"] = "0"
 
+import json  # noqa: E402
+import threading  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -57,3 +60,29 @@ def blobs(n=600, n_features=20, n_classes=4, seed=0, spread=1.0):
     y = g.integers(0, n_classes, n)
     X = centers[y] + spread * g.standard_normal((n, n_features))
     return X.astype(np.float32), y
+
+
+def within(seconds, function, *args):
+    """``function(*args)`` in a thread that must end within ``seconds``: a hang fails, not blocks, the test."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = function(*args)
+        except BaseException as exc:  # handed to the test below
+            outcome["error"] = exc
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{getattr(function, '__name__', function)} still running after {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def model_meta(**changes):
+    """A model file's JSON description (a one-layer 2-3 float32 model), as the uint8 member ``save`` writes."""
+    meta = {"format": "fastnn-model", "version": 1, "dtype": "float32", "loss": None,
+            "layers": [{"type": "Dense", "n_in": 2, "n_out": 3, "init": "glorot_uniform"}]}
+    meta.update(changes)
+    return np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)

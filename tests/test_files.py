@@ -6,37 +6,19 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 import fastnn
 from fastnn import files
+from conftest import within
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="named pipes, devices and pids as POSIX has them")
 
 
 class Refused(ValueError):
     pass
-
-
-def _within(seconds, function, *args):
-    """``function(*args)`` in a thread that must end within ``seconds``: a hang fails, not blocks, the test."""
-    outcome = {}
-
-    def run():
-        try:
-            outcome["value"] = function(*args)
-        except BaseException as exc:  # handed to the test below
-            outcome["error"] = exc
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"{function.__name__} still running after {seconds} s: it blocked"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
 
 
 def _read_all(path):
@@ -59,13 +41,13 @@ def test_what_is_not_a_regular_file_is_refused_at_once(tmp_path, kind, make):
     path = tmp_path / "thing"
     make(path)
     with pytest.raises(Refused, match=f"^{re.escape(str(path))}: is {kind}, not a regular file"):
-        _within(5, _read_all, path)
+        within(5, _read_all, path)
 
 
 @posix_only
 def test_a_device_is_refused_before_it_is_opened():
     with pytest.raises(Refused, match="/dev/zero: is a character device"):  # would read forever
-        _within(5, _read_all, "/dev/zero")
+        within(5, _read_all, "/dev/zero")
 
 
 @posix_only
@@ -76,7 +58,7 @@ def test_a_pipe_swapped_in_after_the_check_cannot_block(tmp_path, monkeypatch):
     real_stat = os.stat
     monkeypatch.setattr(files.os, "stat", lambda p, *a, **k: real_stat(regular))  # stat saw a regular file
     with pytest.raises(Refused, match="is a named pipe, not a regular file .it changed while opened"):
-        _within(5, _read_all, pipe)
+        within(5, _read_all, pipe)
 
 
 def test_a_missing_file_stays_pythons_own_error(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 
 import fastnn
 from fastnn import io as fio
-from conftest import BACKENDS, blobs
+from conftest import BACKENDS, blobs, model_meta
 
 
 def _net(backend="numpy", seed=0, dtype="float32", hidden=8):
@@ -142,17 +142,10 @@ def _npz_bytes(**arrays):
     return buffer.getvalue()
 
 
-def _meta(**changes):
-    meta = {"format": "fastnn-model", "version": 1, "dtype": "float32", "loss": None,
-            "layers": [{"type": "Dense", "n_in": 2, "n_out": 3, "init": "glorot_uniform"}]}
-    meta.update(changes)
-    return np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-
-
 _W, _b = np.zeros((2, 3), np.float32), np.zeros(3, np.float32)
 
 
-def _zip_with_raw_meta():
+def _zip_with_rawmodel_meta():
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as z:
         z.writestr("meta", b'{"format": "fastnn-model"}')
@@ -170,27 +163,27 @@ FOREIGN = {
     "flipped bytes": (lambda good: _flip_middle(good), "corrupt"),
     "npz without meta": (lambda good: _npz_bytes(W=_W), "no fastnn description"),
     "meta not json": (lambda good: _npz_bytes(meta=np.frombuffer(b"\xff{", np.uint8)), "description is corrupt"),
-    "meta of other format": (lambda good: _npz_bytes(meta=_meta(format="keras")), "not a fastnn model"),
+    "meta of other format": (lambda good: _npz_bytes(meta=model_meta(format="keras")), "not a fastnn model"),
     "meta as floats": (lambda good: _npz_bytes(meta=np.zeros(4)), "no fastnn description"),
-    "meta not an npy member": (lambda good: _zip_with_raw_meta(), "not an array"),
-    "version missing": (lambda good: _npz_bytes(meta=_meta(version=None)), "format version"),
-    "version newer": (lambda good: _npz_bytes(meta=_meta(version=99), **{"param.0.W": _W, "param.0.b": _b}),
+    "meta not an npy member": (lambda good: _zip_with_rawmodel_meta(), "not an array"),
+    "version missing": (lambda good: _npz_bytes(meta=model_meta(version=None)), "format version"),
+    "version newer": (lambda good: _npz_bytes(meta=model_meta(version=99), **{"param.0.W": _W, "param.0.b": _b}),
                       "newer fastnn"),
-    "param missing": (lambda good: _npz_bytes(meta=_meta(), **{"param.0.W": _W}), "param.0.b is missing"),
-    "param wrong shape": (lambda good: _npz_bytes(meta=_meta(), **{"param.0.W": _W.T, "param.0.b": _b}),
+    "param missing": (lambda good: _npz_bytes(meta=model_meta(), **{"param.0.W": _W}), "param.0.b is missing"),
+    "param wrong shape": (lambda good: _npz_bytes(meta=model_meta(), **{"param.0.W": _W.T, "param.0.b": _b}),
                           r"shape \(3, 2\)"),
-    "param not float": (lambda good: _npz_bytes(meta=_meta(), **{"param.0.W": _W.astype("U1"), "param.0.b": _b}),
+    "param not float": (lambda good: _npz_bytes(meta=model_meta(), **{"param.0.W": _W.astype("U1"), "param.0.b": _b}),
                         "not float"),
-    "param with nan": (lambda good: _npz_bytes(meta=_meta(), **{"param.0.W": _W + np.nan, "param.0.b": _b}),
+    "param with nan": (lambda good: _npz_bytes(meta=model_meta(), **{"param.0.W": _W + np.nan, "param.0.b": _b}),
                        "NaN"),
-    "huge layer claimed": (lambda good: _npz_bytes(meta=_meta(layers=[{"type": "Dense", "n_in": 10**6,
+    "huge layer claimed": (lambda good: _npz_bytes(meta=model_meta(layers=[{"type": "Dense", "n_in": 10**6,
                                                                        "n_out": 10**6}]),
                                                    **{"param.0.W": _W, "param.0.b": _b}), "architecture says"),
-    "layers garbage": (lambda good: _npz_bytes(meta=_meta(layers=["Dense"])), "layer list"),
-    "unknown layer": (lambda good: _npz_bytes(meta=_meta(layers=[{"type": "Conv"}])), "cannot be rebuilt"),
-    "bad dtype": (lambda good: _npz_bytes(meta=_meta(dtype="int8"), **{"param.0.W": _W, "param.0.b": _b}),
+    "layers garbage": (lambda good: _npz_bytes(meta=model_meta(layers=["Dense"])), "layer list"),
+    "unknown layer": (lambda good: _npz_bytes(meta=model_meta(layers=[{"type": "Conv"}])), "cannot be rebuilt"),
+    "bad dtype": (lambda good: _npz_bytes(meta=model_meta(dtype="int8"), **{"param.0.W": _W, "param.0.b": _b}),
                   "cannot be rebuilt"),
-    "unknown loss": (lambda good: _npz_bytes(meta=_meta(loss="hinge"), **{"param.0.W": _W, "param.0.b": _b}),
+    "unknown loss": (lambda good: _npz_bytes(meta=model_meta(loss="hinge"), **{"param.0.W": _W, "param.0.b": _b}),
                      "cannot be rebuilt"),
 }
 

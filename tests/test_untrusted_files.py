@@ -8,7 +8,6 @@ import io
 import json
 import os
 import struct
-import threading
 import time
 import tracemalloc
 import zipfile
@@ -19,6 +18,7 @@ import pytest
 
 import fastnn
 from fastnn import io as fio
+from conftest import model_meta, within
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="named pipes as POSIX has them")
 MB = 1 << 20
@@ -30,16 +30,9 @@ def _npy(array):
     return buffer.getvalue()
 
 
-def _meta(**changes):
-    meta = {"format": "fastnn-model", "version": 1, "dtype": "float32", "loss": None,
-            "layers": [{"type": "Dense", "n_in": 2, "n_out": 3, "init": "glorot_uniform"}]}
-    meta.update(changes)
-    return np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-
-
 def _members(**extra):
     """The members of a valid 2-3 model, as .npy bytes, plus ``extra`` (name -> bytes)."""
-    members = {"meta": _npy(_meta()), "param.0.W": _npy(np.zeros((2, 3), np.float32)),
+    members = {"meta": _npy(model_meta()), "param.0.W": _npy(np.zeros((2, 3), np.float32)),
                "param.0.b": _npy(np.zeros(3, np.float32))}
     members.update(extra)
     return members
@@ -64,24 +57,6 @@ def _declare_size(data, member, size):
                 struct.pack_into("<I", data, at + size_at, size)
             at = data.find(signature, at + 4)
     return bytes(data)
-
-
-def _within(seconds, function, *args):
-    """``function(*args)`` in a thread that must end within ``seconds`` (a hang fails the test)."""
-    outcome = {}
-
-    def run():
-        try:
-            outcome["value"] = function(*args)
-        except BaseException as exc:  # handed to the test below
-            outcome["error"] = exc
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"{getattr(function, '__name__', function)} still running after {seconds} s"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
 
 
 def _refused_cheaply(error, match, function, *args, seconds=5, peak_mb=32):
@@ -116,7 +91,7 @@ def test_what_numpy_writes_otherwise_still_loads(tmp_path):
     """Deflated members (np.savez_compressed), Fortran order, big-endian floats: all within the checks."""
     W = np.asfortranarray(np.arange(6, dtype=">f8").reshape(2, 3))
     path = tmp_path / "m.npz"
-    np.savez_compressed(path, meta=_meta(), **{"param.0.W": W, "param.0.b": np.ones(3, np.float16)})
+    np.savez_compressed(path, meta=model_meta(), **{"param.0.W": W, "param.0.b": np.ones(3, np.float16)})
     net = fastnn.load(path, backend="numpy")
     np.testing.assert_array_equal(net.dense_layers[0].W, W)
     np.testing.assert_array_equal(net.dense_layers[0].b, np.ones(3))
@@ -193,21 +168,21 @@ def test_a_duplicate_member_is_refused(tmp_path):
 
 
 # ---- the JSON description ---------------------------------------------------------------------
-def _with_raw_meta(text):
+def _with_rawmodel_meta(text):
     return _zip(_members(meta=_npy(np.frombuffer(text.encode(), np.uint8))))
 
 
 def test_a_deeply_nested_description_is_refused_before_parsing(tmp_path):
     deep = '{"format": "fastnn-model", "version": 1, "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
     _refused_cheaply(fastnn.ModelFileError, "description is nested 100,001 deep; fastnn writes 4 levels and "
-                     "reads at most 16", fastnn.load, _write(tmp_path, _with_raw_meta(deep)))
+                     "reads at most 16", fastnn.load, _write(tmp_path, _with_rawmodel_meta(deep)))
 
 
 def test_nesting_hidden_behind_brackets_in_strings_is_counted(tmp_path):
     deep = '{"format": "fastnn-model", "version": 1, "x": ' + '["]\\\\", ' * 5000 + "0" + "]" * 5000 + "}"
     assert json.loads('["]\\\\", 0]') == ["]\\", 0]  # the unit: a string ending in a backslash, then a list
     with pytest.raises(fastnn.ModelFileError, match="nested 5,001 deep"):
-        fastnn.load(_write(tmp_path, _with_raw_meta(deep)))
+        fastnn.load(_write(tmp_path, _with_rawmodel_meta(deep)))
 
 
 @pytest.mark.parametrize("value", [
@@ -234,9 +209,9 @@ def test_a_named_pipe_as_a_model_is_refused_at_once(tmp_path):
     pipe = tmp_path / "model.npz"
     os.mkfifo(pipe)
     with pytest.raises(fastnn.ModelFileError, match="model.npz: is a named pipe, not a regular file"):
-        _within(5, fastnn.load, pipe)
+        within(5, fastnn.load, pipe)
     with pytest.raises(fastnn.ModelFileError, match="is a named pipe"):
-        _within(5, lambda: _net_for_resume().fit(*_data(), epochs=1, checkpoint=pipe, resume=True))
+        within(5, lambda: _net_for_resume().fit(*_data(), epochs=1, checkpoint=pipe, resume=True))
 
 
 def test_a_folder_as_a_model_is_refused(tmp_path):
@@ -301,7 +276,7 @@ def test_a_named_pipe_or_folder_as_an_idx_file_is_refused_at_once(tmp_path):
     pipe = tmp_path / "train-images-idx3-ubyte"
     os.mkfifo(pipe)
     with pytest.raises(IDXError, match="train-images-idx3-ubyte: is a named pipe"):
-        _within(5, read_idx, pipe)
+        within(5, read_idx, pipe)
     with pytest.raises(IDXError, match="is a folder"):
         read_idx(tmp_path)
 
@@ -362,7 +337,7 @@ def test_a_named_pipe_as_an_image_is_refused_at_once(pil, tmp_path):
     pipe = tmp_path / "digit.png"
     os.mkfifo(pipe)
     with pytest.raises(ImageFileError, match="digit.png: is a named pipe"):
-        _within(5, load_digit_image, pipe)
+        within(5, load_digit_image, pipe)
 
 
 # ---- the CLI says each in one line -------------------------------------------------------------
@@ -372,7 +347,7 @@ def hostile(tmp_path):
     files = {
         "bomb.npz": _declare_size(_zip(_members()), "param.0.W", 3 << 30),
         "extra.npz": _zip(_members(extra=bytes(1000))),
-        "deep.npz": _with_raw_meta(deep),
+        "deep.npz": _with_rawmodel_meta(deep),
     }
     for name, data in files.items():
         _write(tmp_path, data, name)
@@ -393,7 +368,7 @@ def test_the_cli_says_what_is_wrong_with_a_model_file_in_one_line(hostile, capsy
     from fastnn import cli
 
     argv = [command, str(hostile / name)] + (["x.npy"] if command == "predict" else [])
-    assert _within(30, cli.main, argv) == 1
+    assert within(30, cli.main, argv) == 1
     out, err = capsys.readouterr()
     assert err.count("\n") == 1 and f"fastnn {command}: error: " in err and message in err, err
     assert "Traceback" not in err
