@@ -22,7 +22,10 @@ training step as a CUDA graph (``cupy_graph.py``).
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
+import tempfile
+import warnings
 
 import numpy as np
 
@@ -57,6 +60,29 @@ def no_device_message(runtime, exc):
         return "no NVIDIA driver found, so no CUDA device can be used"
     return (f"no usable CUDA device ({exc}; the driver supports CUDA {_version(driver)}, "
             f"this CuPy runs on CUDA {_version(needed)})")
+
+
+def kernel_cache_folder():
+    """Where CuPy keeps compiled kernels: ``$CUPY_CACHE_DIR``, else ``~/.cupy/kernel_cache``."""
+    return os.environ.get("CUPY_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cupy", "kernel_cache")
+
+
+def _keep_kernel_cache_in_memory_if_unwritable():
+    """With no writable kernel cache (a read-only home), CuPy would fail at its first compile:
+    ``CUPY_CACHE_IN_MEMORY=1`` (read by CuPy at each compile) keeps the kernels in memory for
+    this process instead, with one warning that says why and what to set."""
+    if os.environ.get("CUPY_CACHE_IN_MEMORY"):
+        return
+    folder = kernel_cache_folder()
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        os.environ["CUPY_CACHE_IN_MEMORY"] = "1"
+        warnings.warn(f"cupy backend: CuPy's kernel cache {folder} cannot be written ({exc.strerror or exc}); "
+                      f"kernels are compiled in memory in every process. Set CUPY_CACHE_DIR to a writable "
+                      f"folder to keep them.", RuntimeWarning, stacklevel=4)
 
 
 class CupyBackend(Backend):
@@ -97,6 +123,7 @@ class CupyBackend(Backend):
 
     def __init__(self, device=None, graphs=True):
         global _kernels
+        _keep_kernel_cache_in_memory_if_unwritable()
         import array_api_compat.cupy as xp
         import cupy
         import cupy.cublas

@@ -6,6 +6,8 @@ Training runs through ``Sequential.fit`` on a CupyBackend that records the
 trainer ``fit`` asked for, so a test can say which path ran (``last_path``):
 the CUDA graph (``"graph"``) or layer by layer (``"layers"``).
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -347,3 +349,20 @@ def test_no_driver_and_an_old_driver_are_told_apart():
     message = no_device_message(Runtime(11040), RuntimeError("cudaErrorInsufficientDriver"))
     assert "cudaErrorInsufficientDriver" in message
     assert "the driver supports CUDA 11.4, this CuPy runs on CUDA 12.9" in message
+
+
+def test_an_unwritable_kernel_cache_is_kept_in_memory(tmp_path, monkeypatch):
+    """Runs without CuPy: the check before CuPy's first compile (a read-only home)."""
+    from fastnn.backends import cupy_backend
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.delenv("CUPY_CACHE_IN_MEMORY", raising=False)
+    monkeypatch.setenv("CUPY_CACHE_DIR", str(blocker / "kernels"))  # under a regular file: holds as root
+    with pytest.warns(RuntimeWarning, match="cannot be written.*CUPY_CACHE_DIR"):
+        cupy_backend._keep_kernel_cache_in_memory_if_unwritable()
+    assert os.environ["CUPY_CACHE_IN_MEMORY"] == "1"
+    monkeypatch.setenv("CUPY_CACHE_DIR", str(tmp_path / "fine"))
+    monkeypatch.delenv("CUPY_CACHE_IN_MEMORY")
+    cupy_backend._keep_kernel_cache_in_memory_if_unwritable()  # writable: nothing changes
+    assert "CUPY_CACHE_IN_MEMORY" not in os.environ
