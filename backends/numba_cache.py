@@ -251,9 +251,14 @@ def running():
 
 @contextlib.contextmanager
 def _lock(path):
-    """Try to take the exclusive lock at ``path``: yields True when taken (released on exit)."""
-    import fcntl
-
+    """Try to take the exclusive lock at ``path``: yields True when taken (released on exit).
+    Without ``fcntl`` (Windows) it always yields True: processes may then compile side by side,
+    which numba's atomic cache writes make safe, only wasteful."""
+    try:
+        import fcntl
+    except ImportError:
+        yield True
+        return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
