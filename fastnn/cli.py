@@ -661,8 +661,10 @@ def _inputs(paths):
 
     names, rows = [], []
     for path in paths:
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise CLIError(f"{path}: no such file")
+        if not os.path.isfile(path):  # a pipe or device would block the read below
+            raise CLIError(f"{path}: not a regular file (a folder, pipe or device); refused without reading it")
         if path.lower().endswith(".npy"):
             more, X = _npy_images(path)
         else:

@@ -591,8 +591,10 @@ def test_bad_predict_inputs(capsys, trained, tmp_path):
     np.save(tmp_path / "wide.npy", np.zeros((2, 785)))
     np.save(tmp_path / "big.npy", np.full(784, 300.0))
     (tmp_path / "text.png").write_text("hello")
+    os.mkfifo(tmp_path / "pipe.npy")  # would block np.load: refused before reading
     for path, fragment in [(tmp_path / "wide.npy", "shape (2, 785)"), (tmp_path / "big.npy", "0-255 or 0-1"),
-                           (tmp_path / "missing.npy", "no such file")]:
+                           (tmp_path / "missing.npy", "no such file"), (tmp_path / "pipe.npy", "not a regular file"),
+                           (tmp_path, "not a regular file")]:
         code, _, err = run_main(capsys, "predict", model, path, "--backend", "numpy")
         assert code == 1 and fragment in err and len(err.strip().splitlines()) == 1
     if has_module("PIL"):
