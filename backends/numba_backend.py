@@ -390,11 +390,11 @@ class NumbaBackend(Backend):
         started = time.perf_counter()
         if part == "epoch":
             from .numba_epoch import warmup as epoch_warmup
-            epoch_warmup((dtype,))
+            epoch_warmup((dtype,))  # marks the part as cached itself (fit builds through it too)
         else:
             self._warm_layers(np.dtype(dtype))
             self._kernel_dtypes.add(np.dtype(dtype))
-        numba_cache.mark_cached(part, dtype)
+            numba_cache.mark_cached(part, dtype)
         return time.perf_counter() - started
 
     def _warm_layers(self, dtype):

@@ -92,9 +92,6 @@ def _builds(dtype):
             warnings.warn(f"numba backend: the compiled epoch could not be built for {dtype} "
                           f"({_build_failures[dtype]}); fit runs layer by layer", RuntimeWarning,
                           stacklevel=4)
-        else:
-            _built.add(dtype)
-            numba_cache.mark_cached("epoch", dtype)
     return dtype in _built
 
 
@@ -286,5 +283,6 @@ def warmup(dtypes=("float32", "float64")):
         kern.epoch(flat, flat, ints, ints, 0, 0, 1, flat, flat, flat, flat, ints,
                    np.zeros(kern.REC0 + kern.REC, dtype=np.int64), np.zeros(16), np.zeros(16, dtype=np.int64),
                    np.zeros(8), 0, 1)
-        _built.add(dtype.name)
+        _built.add(dtype.name)  # loaded in this process, and kept on disk for later ones
+        numba_cache.mark_cached("epoch", dtype.name)
     return time.perf_counter() - started

@@ -362,10 +362,6 @@ def _auto_choice():
     return "numba", "numba is installed (the GPU backend, cupy, is used only when named)"
 
 
-def _resolve_auto():
-    return _auto_choice()[0]
-
-
 def default_backend():
     """``(name, why)``: the backend an unspecified ``backend=`` resolves to here, and why.
 
@@ -415,7 +411,7 @@ def get_backend(name=None, **options):
     key = (base, tuple(sorted(options.items())))
     if key in _instances:  # "auto" too, once resolved: every Sequential() asks (entry points are slow)
         return _instances[key]
-    resolved = _resolve_auto() if base == "auto" else base
+    resolved = _auto_choice()[0] if base == "auto" else base
     resolved_key = (resolved, key[1])
     if resolved_key not in _instances:
         cls = _load_class(resolved)

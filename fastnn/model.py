@@ -317,14 +317,12 @@ class Sequential:
             validation_data = check.validation_pair(self, validation_data)
         n = X.shape[0]
         trainer = path = None
-        if resume:  # a resume changes the model before the trainer is chosen: check X first
-            check.placed_finite(self.backend, X)
-        else:
+        if not resume:  # a resume changes the model first: its trainer is chosen below
             trainer, path = self._training_plan(loss, optimizer, n, epochs, batch_size, verbose)
-            if not getattr(trainer, "checks_finite_x", False):
-                check.placed_finite(self.backend, X)
         # A compiled epoch that stops at a NaN/inf in X spares the pass over the whole set.
-        x_checked_by_trainer = trainer is not None and getattr(trainer, "checks_finite_x", False)
+        x_checked_by_trainer = getattr(trainer, "checks_finite_x", False)
+        if not x_checked_by_trainer:
+            check.placed_finite(self.backend, X)
         resumed = None
         if resume:  # the whole checkpoint is checked here; nothing of it is applied yet
             settings = {"loss": loss.name or None, "batch_size": batch_size, "shuffle": bool(shuffle),
