@@ -282,8 +282,8 @@ def _sigmoid(xp, Z):
 #: name -> "module:Class", imported on first use.
 _BUILTIN = {
     "numpy": "fastnn.backends.numpy_backend:NumpyBackend",
-    "numba": "fastnn.backends.numba_backend:NumbaBackend",
-    "cupy": "fastnn.backends.cupy_backend:CupyBackend",
+    "numba": "fastnn.backends.numba.backend:NumbaBackend",
+    "cupy": "fastnn.backends.cupy.backend:CupyBackend",
 }
 #: What to install when a backend's package is missing.
 _INSTALL_HINTS = {

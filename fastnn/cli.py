@@ -710,7 +710,7 @@ def cmd_warmup(args, parser_error):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="numba backend: no writable cache")  # the error below says it
         backend = get_backend("numba")
-    from .backends import numba_cache
+    from .backends.numba import cache as numba_cache
 
     reason = numba_cache.uncached_reason()
     if reason:

@@ -649,12 +649,12 @@ def test_warmup_compiles_the_numba_kernels(capsys, monkeypatch):
     available, reason = fastnn.available_backends()["numba"]
     if not available:
         pytest.skip(f"backend 'numba' unavailable: {reason}")
-    from fastnn.backends import numba_backend
+    from fastnn.backends.numba import backend as numba_backend
     calls = []
     real = numba_backend.NumbaBackend.warmup
     monkeypatch.setattr(numba_backend.NumbaBackend, "warmup",
                         lambda self, *a: calls.append(self) or real(self, *a))
-    from fastnn.backends import numba_kernels as kernels
+    from fastnn.backends.numba import kernels
     products = []
 
     class Recorder:  # the product kernels warmup calls, by dtype (the tiny models never reach them)

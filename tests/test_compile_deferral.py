@@ -16,14 +16,14 @@ from fastnn import notices
 
 from conftest import blobs
 
-numba_backend = pytest.importorskip("fastnn.backends.numba_backend", reason="numba is not installed")
-from fastnn.backends import numba_cache  # noqa: E402
+numba_backend = pytest.importorskip("fastnn.backends.numba.backend", reason="numba is not installed")
+from fastnn.backends.numba import cache as numba_cache  # noqa: E402
 
 
 @pytest.fixture
 def cold(tmp_path, monkeypatch):
     """No part marked as cached (markers in an empty folder); no background process unless a test asks."""
-    from fastnn.backends import numba_epoch
+    from fastnn.backends.numba import epoch as numba_epoch
 
     monkeypatch.setattr(numba_cache, "folder", lambda: str(tmp_path))
     monkeypatch.setattr(numba_epoch, "_built", set())  # as in a new process (earlier tests loaded them)
@@ -41,7 +41,7 @@ def _weights(net):
 
 def test_a_small_job_trains_at_once_on_the_reference_ops(cold, monkeypatch):
     be = numba_backend.NumbaBackend(defer_compile=True)
-    from fastnn.backends import numba_epoch
+    from fastnn.backends.numba import epoch as numba_epoch
 
     def no_compile(*args):
         raise AssertionError("a small job must not wait for the compiled epoch")
@@ -124,7 +124,7 @@ def test_the_background_switch_and_what_is_missing(cold, monkeypatch):
     assert numba_cache.start_background("float64") is False  # nothing missing
     assert numba_cache.start_background("float32") is True
     (command,), options = calls[0]
-    assert command[1:] == ["-m", "fastnn.backends.numba_cache", "float32"]
+    assert command[1:] == ["-m", "fastnn.backends.numba.cache", "float32"]
     assert options["start_new_session"] and options["env"]["FASTNN_BACKGROUND_COMPILE"] == "0"
 
 
@@ -143,10 +143,10 @@ def test_the_background_process_fills_the_cache_and_logs_its_cpu(tmp_path):
     env = dict(os.environ, FASTNN_CACHE_DIR=str(tmp_path))
     env.pop("FASTNN_DEFER_COMPILE", None)
     # the epoch part counts as done: its generated module would compile afresh in a new folder
-    subprocess.run([sys.executable, "-c", "from fastnn.backends import numba_cache; "
+    subprocess.run([sys.executable, "-c", "from fastnn.backends.numba import cache as numba_cache; "
                     "numba_cache.mark_cached('epoch', 'float64')"], env=env, check=True, timeout=60)
     fastnn.get_backend("numba", num_threads=1, defer_compile=False).warm("layers", "float64")  # cache it here
-    done = subprocess.run([sys.executable, "-m", "fastnn.backends.numba_cache", "float64"], env=env,
+    done = subprocess.run([sys.executable, "-m", "fastnn.backends.numba.cache", "float64"], env=env,
                           timeout=300, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     record = json.loads((tmp_path / numba_cache.LOG).read_text())
@@ -154,7 +154,7 @@ def test_the_background_process_fills_the_cache_and_logs_its_cpu(tmp_path):
     names = sorted(os.listdir(tmp_path))
     assert not [n for n in names if n.endswith(".tmp")], names
     assert any(n.startswith("ready-") and n.endswith("-layers-float64") for n in names), names
-    env_check = subprocess.run([sys.executable, "-c", "from fastnn.backends import numba_cache; "
+    env_check = subprocess.run([sys.executable, "-c", "from fastnn.backends.numba import cache as numba_cache; "
                                 "print(numba_cache.is_cached('layers', 'float64'), numba_cache.running())"],
                                env=env, capture_output=True, text=True, timeout=60)
     assert env_check.stdout.split() == ["True", "False"], env_check.stderr

@@ -30,7 +30,7 @@ def on_gpu(test):
 
 def _recording(**options):
     """A CupyBackend whose ``trainers`` lists what ``epoch_trainer`` gave each fit."""
-    from fastnn.backends.cupy_backend import CupyBackend
+    from fastnn.backends.cupy.backend import CupyBackend
 
     class Recording(CupyBackend):
         def epoch_trainer(self, net, loss, optimizer):
@@ -156,7 +156,7 @@ def test_second_fit_continues_like_numpy():
 @on_gpu
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
 def test_large_batch_runs_layers_and_matches(opt):
-    from fastnn.backends.cupy_graph import GRAPH_BATCH_MAX
+    from fastnn.backends.cupy.graph import GRAPH_BATCH_MAX
     bs = GRAPH_BATCH_MAX + 1
     ref, gpu, ref_hist, gpu_hist, backend = _fit_both("sigmoid-mse", OPTIMIZERS[opt], bs + 40, batch_size=bs)
     assert backend.trainers[-1].last_path == "layers"
@@ -165,7 +165,7 @@ def test_large_batch_runs_layers_and_matches(opt):
 
 @on_gpu
 def test_verbose_names_the_path(capsys):
-    from fastnn.backends.cupy_graph import GRAPH_BATCH_MAX
+    from fastnn.backends.cupy.graph import GRAPH_BATCH_MAX
     X, y = _data("relu-xent", 30)
     for options, batch_size, said in [({}, 10, "CUDA graph: one training step captured once, replayed for each "
                                                 "batch of 10"),
@@ -221,7 +221,7 @@ def test_nan_in_X_is_refused_before_training():
 def _room_for(monkeypatch, backend, nbytes):
     """``backend`` (a CupyBackend) believes from now on that it has ``nbytes`` free, and checks
     every copy from the host against that."""
-    from fastnn.backends import cupy_backend
+    from fastnn.backends.cupy import backend as cupy_backend
     monkeypatch.setattr(cupy_backend, "CHECK_FIT_BYTES", 0)
     monkeypatch.setattr(backend, "_free_bytes", lambda: (nbytes, 2 * nbytes))
     return backend
@@ -332,7 +332,7 @@ def test_unavailable_cupy_says_what_to_install():
 
 def test_no_driver_and_an_old_driver_are_told_apart():
     """The reason names the case: no NVIDIA driver at all, or the CUDA versions that disagree."""
-    from fastnn.backends.cupy_backend import no_device_message
+    from fastnn.backends.cupy.backend import no_device_message
 
     class Runtime:  # cupy.cuda.runtime's two version calls, as CUDA answers them
         def __init__(self, driver):
@@ -353,7 +353,7 @@ def test_no_driver_and_an_old_driver_are_told_apart():
 
 def test_an_unwritable_kernel_cache_is_kept_in_memory(tmp_path, monkeypatch):
     """Runs without CuPy: the check before CuPy's first compile (a read-only home)."""
-    from fastnn.backends import cupy_backend
+    from fastnn.backends.cupy import backend as cupy_backend
 
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -17,8 +17,8 @@ import pytest
 
 import fastnn
 
-numba_backend = pytest.importorskip("fastnn.backends.numba_backend", reason="numba is not installed")
-from fastnn.backends import numba_cache, numba_epoch_codegen  # noqa: E402
+numba_backend = pytest.importorskip("fastnn.backends.numba.backend", reason="numba is not installed")
+from fastnn.backends.numba import cache as numba_cache, epoch_codegen as numba_epoch_codegen  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def read_only(tmp_path_factory):
     site = root / "site"
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(os.path.dirname(fastnn.__file__), site / "fastnn", ignore=skip)
-    shutil.copytree(os.path.dirname(numba_cache.__file__), site / "fastnn" / "backends", ignore=skip)
+    shutil.copytree(os.path.dirname(os.path.dirname(numba_cache.__file__)), site / "fastnn" / "backends", ignore=skip)
     for folder, _, _ in os.walk(site):
         (site / folder / "__pycache__").write_text("")  # no folder can be made there
     blocker = root / "file"
@@ -56,7 +56,7 @@ def _fastnn(read_only, *args, timeout=120):
 
 def test_nothing_is_writable_and_fastnn_imports(read_only):
     site, blocker, _ = read_only
-    result = _python(read_only, "import fastnn\nfrom fastnn.backends import numba_cache as c\n"
+    result = _python(read_only, "import fastnn\nfrom fastnn.backends.numba import cache as c\n"
                                 "print(fastnn.__file__, c.folder(), c.kernels_cacheable(), c.cacheable('epoch'), "
                                 "c.cacheable('layers'))")
     assert result.returncode == 0, result.stderr
@@ -89,7 +89,7 @@ FIT = """
 import json, warnings
 import numpy as np
 import fastnn
-from fastnn.backends import numba_cache, numba_kernels
+from fastnn.backends.numba import cache as numba_cache, kernels as numba_kernels
 
 g = np.random.default_rng(0)
 X, y = g.random((300, 20), dtype=np.float32), g.integers(0, 3, 300)
@@ -191,7 +191,7 @@ def test_layers_uncached_while_the_epoch_caches(fresh, tmp_path, monkeypatch):
 
 
 def test_numba_finds_a_cache_here_and_the_kernels_use_it(fresh):
-    from fastnn.backends import numba_kernels
+    from fastnn.backends.numba import kernels as numba_kernels
 
     assert numba_cache.kernels_cacheable() and numba_kernels.CACHE is True
     assert numba_kernels.KERNEL["cache"] is True

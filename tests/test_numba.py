@@ -18,7 +18,7 @@ import fastnn  # noqa: E402
 import fastnn.backend  # noqa: E402
 from fastnn import SGD, Adam, Dense, ReLU, Sequential, Sigmoid, Softmax, Tanh  # noqa: E402
 from fastnn.backend import Backend, BackendUnavailable  # noqa: E402
-from fastnn.backends import numba_backend  # noqa: E402
+from fastnn.backends.numba import backend as numba_backend  # noqa: E402
 
 from conftest import blobs  # noqa: E402
 

@@ -21,7 +21,7 @@ numba = pytest.importorskip("numba", reason="the compiled epoch needs numba (pip
 
 import fastnn  # noqa: E402
 from fastnn.backend import Backend  # noqa: E402
-from fastnn.backends import numba_epoch  # noqa: E402
+from fastnn.backends.numba import epoch as numba_epoch  # noqa: E402
 from fastnn.backends.numpy_backend import NumpyBackend  # noqa: E402
 from fastnn.layers import Dense, Identity, ReLU, Sigmoid, Softmax, Tanh  # noqa: E402
 from fastnn.losses import MSE  # noqa: E402
@@ -467,7 +467,7 @@ def test_ctrl_c_keeps_the_last_completed_epoch(monkeypatch):
 def test_a_new_process_loads_the_kernels_from_the_cache():
     numba_epoch.warmup(("float32",))  # compiled here (or already cached)
     code = ("import time; t = time.perf_counter()\n"
-            "from fastnn.backends import numba_epoch\n"
+            "from fastnn.backends.numba import epoch as numba_epoch\n"
             "numba_epoch.warmup(('float32',))\n"
             "kern = numba_epoch.codegen.load()\n"
             "print(kern.epoch.stats.cache_hits and sum(kern.epoch.stats.cache_hits.values()),"

@@ -19,7 +19,7 @@ and come back once per epoch. A batch whose loss is NaN/inf sets a flag on the
 GPU that every later kernel of the epoch reads: that batch and the rest are not
 applied, and the epoch reports the batch (``fit`` raises TrainingDiverged).
 
-The step uses the kernels of ``cupy_kernels.py`` only (CuPy refuses cuBLAS
+The step uses the kernels of ``kernels.py`` only (CuPy refuses cuBLAS
 calls on a capturing stream). Batches above ``GRAPH_BATCH_MAX`` rows run layer
 by layer on cuBLAS, where launches no longer dominate.
 """
@@ -34,7 +34,7 @@ from fastnn.losses import MSE, BinaryCrossEntropy, CrossEntropy
 from fastnn.optim import SGD, Adam
 from fastnn.optim import is_plain as is_plain_optimizer
 
-from . import cupy_kernels as kern
+from . import kernels as kern
 
 #: Batches up to this many rows replay the graph; larger ones run layer by layer.
 GRAPH_BATCH_MAX = 256

@@ -37,7 +37,7 @@ import numpy as np
 from fastnn.backend import ACTIVATIONS, Backend, _check_act
 from fastnn.notices import waiting
 
-from . import numba_cache
+from . import cache as numba_cache
 
 #: The dtypes the kernels take. Compared by identity (NumPy's native float dtypes are
 #: singletons): fast, and an unusual equal dtype (byte-swapped, ...) just takes the reference.
@@ -60,7 +60,7 @@ PARALLEL_MIN_WORK = 400_000
 PER_BATCH_S, PER_LAYER_S, REFERENCE_FLOPS = 50e-6, 100e-6, 40e9
 
 _live = weakref.WeakSet()  # every NumbaBackend made, for _recap_blas
-_kernels = None  # backends/numba_kernels.py, imported by the first NumbaBackend
+_kernels = None  # backends/numba/kernels.py, imported by the first NumbaBackend
 
 
 def _usable(X, ndim):
@@ -138,7 +138,7 @@ class NumbaBackend(Backend):
     the disk cache afterwards. ``defer_compile`` (default: on; ``FASTNN_DEFER_COMPILE=0``
     turns it off) decides what a job does while they are not compiled yet: a ``fit``
     shorter than the compile trains at once on the NumPy reference ops while a background
-    process compiles them for the next run (``fastnn.backends.numba_cache``); a longer one
+    process compiles them for the next run (``fastnn.backends.numba.cache``); a longer one
     compiles first, and ``verbose=1`` says so; ops outside ``fit`` take the reference until
     the kernels are there. Off: every op compiles on first use, as plain numba does.
     """
@@ -157,7 +157,7 @@ class NumbaBackend(Backend):
         global _kernels
         import numba
         if _kernels is None:
-            from . import numba_kernels as _kernels_module
+            from . import kernels as _kernels_module
             _kernels = _kernels_module
         self.max_threads = int(numba.config.NUMBA_NUM_THREADS)
         if num_threads is None:
@@ -327,13 +327,13 @@ class NumbaBackend(Backend):
         """The compiled whole-epoch trainer where the model allows it, else None (layer by layer)."""
         if not self.compiled:
             return None
-        from .numba_epoch import make_epoch_trainer
+        from .epoch import make_epoch_trainer
         return make_epoch_trainer(self, net, loss, optimizer)
 
     def layer_path_reason(self, net, loss, optimizer):
         if not self.compiled:
             return "compiled=False"
-        from .numba_epoch import unsupported_reason
+        from .epoch import unsupported_reason
         reason = unsupported_reason(net, loss, optimizer)
         return reason and f"no compiled epoch for it: {reason}"
 
@@ -379,7 +379,7 @@ class NumbaBackend(Backend):
             return False
         if part == "layers":
             return dtype not in self._kernel_dtypes
-        from .numba_epoch import is_built
+        from .epoch import is_built
         return not is_built(dtype.name)
 
     def warm(self, part, dtype):
@@ -389,7 +389,7 @@ class NumbaBackend(Backend):
 
         started = time.perf_counter()
         if part == "epoch":
-            from .numba_epoch import warmup as epoch_warmup
+            from .epoch import warmup as epoch_warmup
             epoch_warmup((dtype,))  # marks the part as cached itself (fit builds through it too)
         else:
             self._warm_layers(np.dtype(dtype))

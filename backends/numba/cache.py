@@ -44,7 +44,7 @@ PARTS = ("epoch", "layers")
 COMPILE_SECONDS = {"epoch": 13.0, "layers": 10.0}
 LOCK, LOG = "background-compile.lock", "background-compile.json"
 #: The backend's sources whose edits make numba recompile (it checks a kernel's own file).
-_SOURCES = ("numba_kernels.py", "numba_epoch_template.py", "numba_epoch_codegen.py", "numba_epoch_simd.py")
+_SOURCES = ("kernels.py", "epoch_template.py", "epoch_codegen.py", "simd.py")
 _key = None
 _spawned = []  # the background processes this one started (kept: no "still running" warning)
 _folders = {}  # cache_dir() -> (the folder used, or None; what was wrong with those refused)
@@ -227,7 +227,7 @@ def start_background(dtype):
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", FASTNN_BACKGROUND_COMPILE="0")
     try:
         _spawned.append((dtype, subprocess.Popen(
-            [sys.executable, "-m", "fastnn.backends.numba_cache", dtype], env=env, stdin=subprocess.DEVNULL,
+            [sys.executable, "-m", "fastnn.backends.numba.cache", dtype], env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)))
     except OSError:
         return False

@@ -5,11 +5,11 @@
 with identity/sigmoid/relu/tanh activations, loss ``mse``, ``cross_entropy`` or
 ``binary_cross_entropy``, optimizer SGD (momentum, Nesterov, weight decay) or
 Adam, in float32 or float64; anything else gets None (``fit`` then runs layer
-by layer). The kernels (``numba_epoch_template.py``) serve every shape: they
+by layer). The kernels (``epoch_template.py``) serve every shape: they
 compile once per dtype and are cached on disk, so ``warmup()`` once per machine
 makes every later process start at once::
 
-    from fastnn.backends.numba_epoch import warmup
+    from fastnn.backends.numba.epoch import warmup
     warmup()                      # compiles (or loads) the kernels; returns seconds
 
 Threads: up to the backend's ``num_threads`` when a batch carries enough work to
@@ -29,10 +29,10 @@ from fastnn.layers import dense_stack
 from fastnn.losses import MSE, BinaryCrossEntropy, CrossEntropy
 from fastnn.optim import is_plain as is_plain_optimizer
 
-from . import numba_cache
-from . import numba_epoch_codegen as codegen
-from . import numba_epoch_simd as simd
-from .numba_epoch_layout import Layout
+from . import cache as numba_cache
+from . import epoch_codegen as codegen
+from . import simd
+from .epoch_layout import Layout
 
 _ACTS = {"identity": 0, "sigmoid": 1, "relu": 2, "tanh": 3}
 _LOSSES = {MSE: 0, CrossEntropy: 1, BinaryCrossEntropy: 2}

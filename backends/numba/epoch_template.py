@@ -1,5 +1,5 @@
-# flake8: noqa -- a template: numba_epoch_codegen.py inserts the unrolled tiles and writes the module
-"""Kernels of fastnn's compiled epoch (made from numba_epoch_template.py by numba_epoch_codegen.py).
+# flake8: noqa -- a template: epoch_codegen.py inserts the unrolled tiles and writes the module
+"""Kernels of fastnn's compiled epoch (made from epoch_template.py by epoch_codegen.py).
 
 One call of :func:`epoch` trains a run of mini-batches as thread ``tid`` of ``P``.
 Every array is flat; ``lay`` (int64) says where each layer's pieces are:
@@ -23,7 +23,7 @@ import math
 
 from numba import njit
 
-from fastnn.backends.numba_epoch_simd import (
+from fastnn.backends.numba.simd import (
     VECTOR_BITS,
     atomic_load, atomic_store, cpu_relax, cycles, prefetch, sched_yield, vadd, vbroadcast, vdiv, vexp, vfma, vload,
     rt, vmask_pos, vmax, vmaxlanes, vmul, vsplat, vsqrt, vstore, vstore4, vsub, vsum, vsum4, vwidth)

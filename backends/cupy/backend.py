@@ -9,7 +9,7 @@
 ``xp`` is CuPy's array-API namespace (``array_api_compat.cupy``). Matrix products
 run on cuBLAS (``cupy.cublas.gemm``: transposes, alpha and beta without
 temporaries); bias + activation, activation backward, the losses and the
-optimizer steps are fused kernels (``cupy_kernels.py``), compiled on first use.
+optimizer steps are fused kernels (``kernels.py``), compiled on first use.
 Other dtypes take the reference (``super()``).
 
 Data crosses to the GPU once, at the model's boundary (``fit``, ``predict``
@@ -17,7 +17,7 @@ through ``asarray``); an op given a NumPy array refuses with a TypeError rather
 than copy silently. ``fit`` keeps the training set on the GPU, draws batches by
 device-side indexing, and checks the loss once per epoch (``check_every_batch``
 is False: no host sync per batch). For small batches it replays one captured
-training step as a CUDA graph (``cupy_graph.py``).
+training step as a CUDA graph (``graph.py``).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from fastnn.backend import Backend, _check_act
 #: Copies from the host at least this large are checked against the GPU's free memory first.
 CHECK_FIT_BYTES = 16 * 2**20
 
-_kernels = None  # backends/cupy_kernels.py, imported by the first CupyBackend (it needs CuPy)
+_kernels = None  # backends/cupy/kernels.py, imported by the first CupyBackend (it needs CuPy)
 
 
 def numpy_refused(op):
@@ -129,7 +129,7 @@ class CupyBackend(Backend):
         import cupy.cublas
 
         if _kernels is None:
-            from . import cupy_kernels as _kernels_module
+            from . import kernels as _kernels_module
             _kernels = _kernels_module
         count = cupy.cuda.runtime.getDeviceCount()
         if device is None:
@@ -302,13 +302,13 @@ class CupyBackend(Backend):
         """The CUDA-graph trainer where the model allows it, else None (layer by layer)."""
         if not self.graphs:
             return None
-        from .cupy_graph import make_graph_trainer
+        from .graph import make_graph_trainer
         return make_graph_trainer(self, net, loss, optimizer)
 
     def layer_path_reason(self, net, loss, optimizer):
         if not self.graphs:
             return "graphs=False"
-        from .cupy_graph import unsupported_reason
+        from .graph import unsupported_reason
         reason = unsupported_reason(net, loss, optimizer)
         return reason and f"no CUDA-graph step for it: {reason}"
 

@@ -20,8 +20,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import get_cython_function_address, intrinsic, models, overload, register_model
 
-from . import numba_cache
-from .numba_epoch_simd import VECTOR_BITS
+from . import cache as numba_cache
+from .simd import VECTOR_BITS
 
 #: The fast-math flags of every kernel, in one place: reassociation and FMA
 #: contraction let LLVM vectorise reductions; no ``nnan``/``ninf``, so NaN and

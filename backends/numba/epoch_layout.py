@@ -1,6 +1,6 @@
 """Buffers of the compiled epoch: where every layer's pieces live, and the copies in and out.
 
-The kernels (``numba_epoch_template.py``) see flat, 64-byte aligned arrays and an int64
+The kernels (``epoch_template.py``) see flat, 64-byte aligned arrays and an int64
 table ``lay`` of offsets (its field names come from the kernel module). Widths are
 padded to whole SIMD vectors; the padding stays exactly 0. The parameters are copied in
 from the layers and the optimizer before every run and back after it, so weights
@@ -12,7 +12,7 @@ import numpy as np
 
 from fastnn.optim import SGD, Adam
 
-from . import numba_epoch_simd as simd
+from . import simd
 
 
 class Layout:

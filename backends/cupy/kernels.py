@@ -7,7 +7,7 @@ Two kinds, from one set of device functions (``_DEVICE``):
   take any strides and broadcast ``b`` over the rows, so non-contiguous inputs
   need no copy.
 - One ``RawModule`` per dtype with what the CUDA-graph training step needs
-  (``cupy_graph.py``) and the fused losses: a tiled matrix product with a fused
+  (``graph.py``) and the fused losses: a tiled matrix product with a fused
   epilogue, the bias gradient, the losses, and two one-thread bookkeeping
   kernels. The graph step cannot use cuBLAS: CuPy refuses cuBLAS calls on a
   capturing stream ("calling cuBLAS API during stream capture is currently

@@ -2,7 +2,7 @@
 
 The register tiles of the three products are unrolled here (named vector
 accumulators, so LLVM keeps them in registers); everything else comes from
-the template ``numba_epoch_template.py``. Sizes are run-time arguments: one
+the template ``epoch_template.py``. Sizes are run-time arguments: one
 compiled module serves every layer shape, once per dtype.
 
 The source goes to a ``.py`` file in a cache folder, named by a hash of the
@@ -24,8 +24,8 @@ import types
 
 from fastnn.files import atomic_writer
 
-from . import numba_cache
-from .numba_epoch_simd import VECTOR_BITS
+from . import cache as numba_cache
+from .simd import VECTOR_BITS
 
 
 def tile_shapes(vector_bits):
@@ -46,7 +46,7 @@ def tile_shapes(vector_bits):
 MR, MK, DK, WIDTHS = tile_shapes(VECTOR_BITS)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_SOURCES = ("numba_epoch_codegen.py", "numba_epoch_template.py", "numba_epoch_simd.py")
+_SOURCES = ("epoch_codegen.py", "epoch_template.py", "simd.py")
 _lock = threading.Lock()
 _module = None
 
@@ -157,7 +157,7 @@ def _dispatch(name, call, then=None):
 
 def source(cache=True):
     """The full text of the kernel module (``cache=False``: its kernels without numba's disk cache)."""
-    with open(os.path.join(_HERE, "numba_epoch_template.py")) as f:
+    with open(os.path.join(_HERE, "epoch_template.py")) as f:
         template = f.read()
     tiles = [_fwd_tile(nv) for nv in WIDTHS]
     tiles += [_upd_tile(mk, nv) for mk in (MK, 1) for nv in WIDTHS]
@@ -166,7 +166,7 @@ def source(cache=True):
     head = parts[0].replace("MR = 0", f"MR = {MR}").replace("MK = 0", f"MK = {MK}").replace("DK = 0", f"DK = {DK}")
     if not cache:
         if "_ENTRY = dict(cache=True," not in head:
-            raise RuntimeError("numba_epoch_template.py: no '_ENTRY = dict(cache=True,' to turn the cache off in")
+            raise RuntimeError("epoch_template.py: no '_ENTRY = dict(cache=True,' to turn the cache off in")
         head = head.replace("_ENTRY = dict(cache=True,", "_ENTRY = dict(cache=False,", 1)
     body = parts[1]
     for mk, placeholder in ((MK, "MK"), (1, "1")):
@@ -188,7 +188,7 @@ def _indent(lines, n):
 def _digest():
     import numba
 
-    from . import numba_epoch_simd as simd
+    from . import simd
 
     h = hashlib.sha256(f"{numba.__version__} {simd.VECTOR_BITS}".encode())
     for name in _SOURCES:
