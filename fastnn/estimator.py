@@ -17,8 +17,9 @@ label type, ``loss_curve_``, ``n_iter_``, ``coefs_``, ...).
 scikit-learn is optional. Where it is installed the class *is* a scikit-learn
 estimator (it inherits ``BaseEstimator`` and ``ClassifierMixin``, raises
 scikit-learn's ``NotFittedError``, so ``clone``, pipelines and grid search work);
-where it is not, small stand-ins in this module provide the same methods.
-Input checks are fastnn's own in both cases, with scikit-learn's messages.
+where it is not, small stand-ins (``fastnn.estimator_base``) provide the same
+methods. Input checks are fastnn's own in both cases, with scikit-learn's
+messages (``fastnn.estimator_checks``).
 
 How it maps onto scikit-learn's model, and where it differs:
 
@@ -47,292 +48,20 @@ How it maps onto scikit-learn's model, and where it differs:
 """
 from __future__ import annotations
 
-import inspect
-import math
-import numbers
 import warnings
 
 import numpy as np
 
-from .callbacks import Callback
-from .layers import Dense, Identity, ReLU, Sigmoid, Tanh
-from .losses import get_loss
+# the scikit-learn names stay importable from here, as before the split
+from .estimator_base import (HAVE_SKLEARN, BaseEstimator, ClassifierMixin, ConvergenceWarning,  # noqa: F401
+                             DataConversionWarning, NotFittedError)
+from .estimator_checks import (_HIDDEN_ACTIVATIONS, _check_params, _check_X, _check_y, _feature_names,
+                               _hidden_sizes, _seed, _unique_labels)
+from .estimator_epochs import _Epochs, _validation_split
+from .estimator_pickle import pickled_state, restore_state
+from .layers import Dense
 from .model import Sequential, TrainingDiverged
-from .optim import SGD, Adam, optimizer_from_config
-
-try:
-    from sklearn.base import BaseEstimator, ClassifierMixin
-    from sklearn.exceptions import ConvergenceWarning, DataConversionWarning, NotFittedError
-    HAVE_SKLEARN = True
-except ImportError:
-    HAVE_SKLEARN = False
-
-    class NotFittedError(ValueError, AttributeError):
-        """Raised when a method needs a fitted estimator (scikit-learn's, when installed)."""
-
-    class ConvergenceWarning(UserWarning):
-        """The solver stopped at ``max_iter`` before converging."""
-
-    class DataConversionWarning(UserWarning):
-        """The input was converted (e.g. a column-vector ``y`` raveled)."""
-
-    class BaseEstimator:
-        """Stand-in for scikit-learn's: parameters are the ``__init__`` arguments."""
-
-        @classmethod
-        def _param_names(cls):
-            signature = inspect.signature(cls.__init__)
-            return [p.name for p in signature.parameters.values() if p.name != "self"]
-
-        def get_params(self, deep=True):
-            """The constructor parameters (``deep`` is accepted; there are no nested estimators)."""
-            return {name: getattr(self, name) for name in self._param_names()}
-
-        def set_params(self, **params):
-            valid = self._param_names()
-            for name, value in params.items():
-                if name not in valid:
-                    raise ValueError(f"Invalid parameter {name!r} for estimator {type(self).__name__}. "
-                                     f"Valid parameters are: {valid!r}.")
-                setattr(self, name, value)
-            return self
-
-        def __repr__(self):
-            defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
-            changed = [f"{name}={value!r}" for name, value in self.get_params().items()
-                       if not _same(value, defaults.get(name))]
-            return f"{type(self).__name__}({', '.join(changed)})"
-
-    class ClassifierMixin:
-        """Stand-in for scikit-learn's: ``score`` is the (subset) accuracy."""
-
-        def score(self, X, y, sample_weight=None):
-            """Mean accuracy of ``predict(X)`` against ``y`` (weighted by ``sample_weight``)."""
-            predicted, y = self.predict(X), np.asarray(y)
-            hits = predicted == y if predicted.ndim == 1 else np.all(predicted == y, axis=1)
-            return float(np.average(hits, weights=sample_weight))
-
-
-def _same(a, b):
-    try:
-        return type(a) is type(b) and bool(a == b)
-    except (TypeError, ValueError):
-        return a is b
-
-
-_HIDDEN_ACTIVATIONS = {"identity": Identity, "logistic": Sigmoid, "tanh": Tanh, "relu": ReLU}
-
-
-# ---- parameter checks (at fit time, as scikit-learn: __init__ and set_params never raise) ----
-def _number(params, name, low, high=math.inf, low_open=False, high_open=False, integer=False):
-    value = params[name]
-    kind = numbers.Integral if integer else numbers.Real
-    ok = isinstance(value, kind) and not isinstance(value, bool)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open or high == math.inf else ']'}"
-        raise ValueError(f"The {name!r} parameter of MLPClassifier must be "
-                         f"{'an int' if integer else 'a number'} in {interval}. Got {value!r} instead.")
-
-
-def _choice(params, name, options):
-    if not isinstance(params[name], str) or params[name] not in options:
-        raise ValueError(f"The {name!r} parameter of MLPClassifier must be one of "
-                         f"{sorted(options)}. Got {params[name]!r} instead.")
-
-
-def _check_params(params):
-    _choice(params, "activation", _HIDDEN_ACTIVATIONS)
-    if params["solver"] == "lbfgs":
-        raise ValueError("solver='lbfgs' is not supported by fastnn's MLPClassifier (it trains by "
-                         "mini-batches); use solver='adam' or solver='sgd'")
-    _choice(params, "solver", {"sgd", "adam"})
-    _choice(params, "learning_rate", {"constant", "invscaling", "adaptive"})
-    if params["batch_size"] != "auto":
-        _number(params, "batch_size", 1, integer=True)
-    _number(params, "alpha", 0)
-    _number(params, "learning_rate_init", 0, low_open=True)
-    _number(params, "power_t", 0)
-    _number(params, "max_iter", 1, integer=True)
-    _number(params, "tol", 0)
-    _number(params, "momentum", 0, 1, high_open=True)  # 1 never forgets: fastnn's SGD refuses it
-    _number(params, "validation_fraction", 0, 1, high_open=True)
-    _number(params, "beta_1", 0, 1, high_open=True)
-    _number(params, "beta_2", 0, 1, high_open=True)
-    _number(params, "epsilon", 0, low_open=True)
-    _number(params, "max_fun", 1, integer=True)
-    if params["n_iter_no_change"] != np.inf:
-        _number(params, "n_iter_no_change", 1, integer=True)
-    for name in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping"):
-        if not isinstance(params[name], (bool, np.bool_)):
-            raise ValueError(f"The {name!r} parameter of MLPClassifier must be a bool. "
-                             f"Got {params[name]!r} instead.")
-
-
-def _hidden_sizes(value):
-    sizes = [value] if isinstance(value, numbers.Integral) else value
-    try:
-        sizes = list(sizes)
-    except TypeError:
-        sizes = None
-    if sizes is None or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0
-                                for s in sizes):
-        raise ValueError(f"hidden_layer_sizes must be a positive int or a sequence of positive ints, "
-                         f"got {value!r}")
-    return [int(s) for s in sizes]
-
-
-def _seed(random_state):
-    """An int seed from scikit-learn's ``random_state`` (None, int, RandomState, Generator)."""
-    if random_state is None:
-        return np.random.SeedSequence().entropy
-    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
-        return int(random_state)
-    if isinstance(random_state, np.random.RandomState):
-        return int(random_state.randint(np.iinfo(np.int32).max))
-    if isinstance(random_state, np.random.Generator):
-        return int(random_state.integers(2**63 - 1))
-    raise ValueError(f"random_state must be None, an int, a numpy RandomState or Generator, "
-                     f"got {random_state!r}")
-
-
-# ---- input checks ---------------------------------------------------------------
-def _is_sparse(X):
-    return type(X).__module__.startswith("scipy.sparse")
-
-
-def _feature_names(X):
-    columns = getattr(X, "columns", None)
-    if columns is None or isinstance(X, np.ndarray):
-        return None
-    names = list(columns)
-    if names and all(isinstance(name, str) for name in names):
-        return np.asarray(names, dtype=object)
-    return None
-
-
-def _check_X(X):
-    """``X`` as a C-contiguous float32 (if given so) or float64 ``(n, d)`` array."""
-    if X is None:
-        raise ValueError("Expected a 2D array for X, got None")
-    if _is_sparse(X):
-        raise TypeError("MLPClassifier: sparse input is not supported (fastnn trains on dense arrays); "
-                        "pass X.toarray() if it fits in memory")
-    X = np.asarray(X)
-    if X.dtype.kind == "c":
-        raise ValueError("Complex data not supported")
-    if X.dtype.kind not in "biuf":
-        try:
-            X = X.astype(np.float64)  # object arrays of numbers; a dict or a str inside fails here
-        except ValueError as exc:
-            raise ValueError(f"X: expected numbers ({exc})") from None
-    if X.ndim != 2:
-        raise ValueError(f"Expected 2D array, got {X.ndim}D array instead (shape {X.shape}). Reshape "
-                         f"your data either using array.reshape(-1, 1) if your data has a single "
-                         f"feature or array.reshape(1, -1) if it contains a single sample.")
-    for axis, what in ((0, "sample"), (1, "feature")):
-        if X.shape[axis] == 0:
-            raise ValueError(f"Found array with 0 {what}(s) (shape={X.shape}) while a minimum of 1 "
-                             f"is required by MLPClassifier.")
-    X = np.ascontiguousarray(X, dtype=np.float32 if X.dtype == np.float32 else np.float64)
-    finite = np.isfinite(X)
-    if not finite.all():
-        row = int(np.argmin(finite.all(axis=1)))
-        what = "NaN" if np.isnan(X).any() else f"infinity or a value too large for {X.dtype}"
-        raise ValueError(f"Input X contains {what} (first in row {row}); MLPClassifier does not "
-                         f"accept missing or infinite values: impute or drop them first.")
-    return X
-
-
-def _check_y(y, n):
-    """``(y, kind)``: ``kind`` is "multiclass" (incl. binary) or "multilabel"."""
-    if y is None:
-        raise ValueError("MLPClassifier requires y to be passed, but the target y is None.")
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        warnings.warn("A column-vector y was passed when a 1d array was expected. Please change the "
-                      "shape of y to (n_samples,), for example using ravel().", DataConversionWarning,
-                      stacklevel=3)
-        y = y[:, 0]
-    if y.ndim == 0 or y.ndim > 2 or y.shape[0] != n:
-        raise ValueError(f"Found input variables with inconsistent numbers of samples: [{n}, "
-                         f"{y.shape[0] if y.ndim else 'a scalar y'}]")
-    if y.dtype.kind == "c":
-        raise ValueError("Complex data not supported")
-    numeric = y
-    if y.dtype.kind in "OU" and not all(isinstance(v, str) for v in y.ravel()):
-        try:
-            numeric = y.astype(np.float64)
-        except (TypeError, ValueError):
-            raise ValueError("Unknown label type: y mixes strings with other values") from None
-    if numeric.dtype.kind == "f":
-        if not np.isfinite(numeric).all():
-            raise ValueError("Input y contains NaN or infinity.")
-        if not np.all(numeric == np.round(numeric)):
-            raise ValueError("Unknown label type: continuous. MLPClassifier expects discrete class "
-                             "labels, not a regression target with continuous values.")
-    if y.ndim == 1:
-        return y, "multiclass"
-    if numeric.dtype.kind not in "biuf" or not np.isin(numeric, (0, 1)).all():
-        raise ValueError("Unknown label type: multiclass-multioutput. A 2-D y must be a 0/1 "
-                         "multilabel indicator matrix.")
-    return numeric.astype(np.int64), "multilabel"
-
-
-def _unique_labels(y):
-    try:
-        return np.unique(y)
-    except TypeError:
-        raise ValueError("Unknown label type: y mixes labels of types that cannot be compared "
-                         "(e.g. strings and numbers)") from None
-
-
-def _validation_split(codes, fraction, rng, stratify):
-    """``(train_rows, val_rows)``: ``ceil(fraction * n)`` rows held out, classes in proportion."""
-    n = codes.shape[0]
-    n_val = math.ceil(fraction * n)
-    if n_val < 2 or n - n_val < 1:
-        raise ValueError("The validation set is too small. Increase 'validation_fraction' or the "
-                         "size of your dataset.")
-    order = rng.permutation(n)
-    if stratify:
-        # Rank every row within its class (in shuffled order), then sort by rank / class size:
-        # each prefix of the result holds every class in proportion.
-        shuffled = codes[order]
-        counts = np.bincount(shuffled)
-        by_class = np.argsort(shuffled, kind="stable")
-        rank = np.empty(n)
-        rank[by_class] = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
-        order = order[np.argsort((rank + 0.5) / counts[shuffled], kind="stable")]
-    return order[n_val:], order[:n_val]
-
-
-class _Epochs(Callback):
-    """scikit-learn's work after each epoch: ``n_iter_``, ``loss_curve_`` (with the L2 term),
-    ``verbose`` lines, early stopping on held-out rows or the ``tol``/``n_iter_no_change`` test,
-    the learning-rate schedules; it stops training where scikit-learn's epoch loop stops."""
-
-    def __init__(self, clf, n, batch_size, validation):
-        self.clf, self.n, self.n_batches, self.validation = clf, n, math.ceil(n / batch_size), validation
-        self.best = None  # with early stopping: host copies of the best weights so far
-
-    def on_epoch_end(self, epoch, logs=None):
-        clf, optimizer = self.clf, self.model.optimizer
-        clf.n_iter_ += 1
-        clf.t_ += self.n
-        clf.loss_ = logs["loss"] + clf._penalty(self.n_batches, self.n)
-        clf.loss_curve_.append(clf.loss_)
-        if clf.verbose:
-            print(f"Iteration {clf.n_iter_}, loss = {clf.loss_:.8f}")
-        if self.validation is not None:
-            self.best = clf._track_validation(*self.validation, self.best)
-        else:
-            clf._track_loss()
-        if clf.solver == "sgd" and clf.learning_rate == "invscaling":
-            optimizer.lr = clf.learning_rate_init / (clf.t_ + 1) ** clf.power_t
-        if clf._no_improvement_count > clf.n_iter_no_change and clf._stop_or_slow_down(optimizer):
-            self.model.stop_training = True
+from .optim import SGD, Adam
 
 
 class MLPClassifier(ClassifierMixin, BaseEstimator):
@@ -504,51 +233,6 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             for layer, (W, b) in zip(net.dense_layers, epochs.best):
                 layer.W, layer.b = W, b
 
-    def _penalty(self, n_batches, n):
-        """scikit-learn's L2 term of the epoch loss: ``alpha / 2 * ||W||^2`` per batch, over n rows."""
-        xp = self._net.backend.xp
-        squares = sum(float(xp.sum(layer.W * layer.W)) for layer in self._net.dense_layers)
-        return 0.5 * self.alpha * squares * n_batches / n
-
-    def _track_loss(self):
-        if self.best_loss_ is None:  # fitted with early_stopping before, now without it
-            self.best_loss_ = np.inf
-        if self.loss_curve_[-1] > self.best_loss_ - self.tol:
-            self._no_improvement_count += 1
-        else:
-            self._no_improvement_count = 0
-        self.best_loss_ = min(self.best_loss_, self.loss_curve_[-1])
-
-    def _track_validation(self, X_val, codes_val, best):
-        """Score on the held-out rows; returns the best weights so far (host copies)."""
-        score = self._accuracy(self._predict_codes(X_val), codes_val)
-        self.validation_scores_.append(score)
-        if self.verbose:
-            print(f"Validation score: {score:f}")
-        if score < self.best_validation_score_ + self.tol:
-            self._no_improvement_count += 1
-        else:
-            self._no_improvement_count = 0
-        if score > self.best_validation_score_ or best is None:
-            self.best_validation_score_ = max(score, self.best_validation_score_)
-            to_numpy = self._net.backend.to_numpy
-            best = [(to_numpy(d.W).copy(), to_numpy(d.b).copy()) for d in self._net.dense_layers]
-        return best
-
-    def _stop_or_slow_down(self, optimizer):
-        what = "Validation score" if self.early_stopping else "Training loss"
-        message = (f"{what} did not improve more than tol={self.tol:f} for "
-                   f"{self.n_iter_no_change} consecutive epochs.")
-        if self.solver == "sgd" and self.learning_rate == "adaptive" and optimizer.lr > 1e-6:
-            optimizer.lr /= 5.0
-            self._no_improvement_count = 0
-            if self.verbose:
-                print(f"{message} Setting learning rate to {optimizer.lr:f}")
-            return False
-        if self.verbose:
-            print(f"{message} Stopping.")
-        return True
-
     # ---- prediction ----------------------------------------------------------
     def __sklearn_is_fitted__(self):
         return hasattr(self, "_net")
@@ -628,43 +312,12 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self._check_fitted()
         return [self._net.backend.to_numpy(d.b).copy() for d in self._net.dense_layers]
 
-    # ---- pickling: arrays and settings, never backend objects --------------------
+    # ---- pickling: arrays and settings, never backend objects (see estimator_pickle) ----
     def __getstate__(self):
-        state = dict(self.__dict__)
-        net = state.pop("_net", None)
-        optimizer = state.pop("_optimizer", None)
-        if net is not None:
-            state["_weights"] = [(net.backend.to_numpy(d.W).copy(), net.backend.to_numpy(d.b).copy())
-                                 for d in net.dense_layers]
-            state["_layers"] = [layer.config() for layer in net.layers]
-            state["_dtype"] = net.dtype
-            state["_batch_rng"] = net.batch_rng.bit_generator.state
-        if optimizer is not None:
-            arrays, counters = optimizer.state_arrays(net.backend)
-            state["_optimizer_state"] = (optimizer.config(), arrays, counters)
-        return state
+        return pickled_state(self)
 
     def __setstate__(self, state):
-        from .layers import layer_from_config
-
-        state = dict(state)
-        weights = state.pop("_weights", None)
-        layers, dtype = state.pop("_layers", None), state.pop("_dtype", None)
-        rng_state = state.pop("_batch_rng", None)
-        optimizer_state = state.pop("_optimizer_state", None)
-        self.__dict__.update(state)
-        if weights is None:
-            return
-        net = Sequential(*[layer_from_config(c) for c in layers], backend=self.backend, dtype=dtype)
-        for layer, (W, b) in zip(net.dense_layers, weights):
-            layer.W, layer.b = W, b
-        net.batch_rng.bit_generator.state = rng_state
-        net.loss = get_loss(self._loss)  # predict_proba applies the loss's output activation
-        self._net = net
-        if optimizer_state is not None:
-            config, arrays, counters = optimizer_state
-            self._optimizer = optimizer_from_config(config)
-            self._optimizer.load_state_arrays(net.backend, arrays, counters, dtype)
+        restore_state(self, state)
 
     if HAVE_SKLEARN:
         def __sklearn_tags__(self):
