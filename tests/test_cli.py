@@ -507,7 +507,7 @@ def test_a_folder_that_refuses_files_is_found_by_trying(capsys, tmp_path, monkey
 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
-    monkeypatch.setattr(cli.tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr("fastnn.cli_common.tempfile.TemporaryFile", read_only)
     code, out, err = run_main(capsys, "train", "--save", tmp_path / "m.npz", "--backend", "numpy")
     assert code == 1 and out == ""
     assert f"--save {tmp_path / 'm.npz'}: cannot write in the folder {tmp_path} (Read-only file system)" in err
@@ -540,8 +540,9 @@ def test_a_read_only_mount_is_refused_before_training(tmp_path):
     (["--hidden", "3000000"], 1, "--hidden 3000000: a network of 2,385,000,010 weights and biases needs about"),
 ])
 def test_absurd_sizes_are_one_line_before_anything_is_allocated(capsys, monkeypatch, args, status, fragment):
-    monkeypatch.setattr(cli, "available_memory", lambda: 8_000_000_000)  # the same answer on every machine
-    monkeypatch.setattr(cli, "build_network", lambda *a, **k: pytest.fail("the network was built"))
+    monkeypatch.setattr("fastnn.cli_memory.available_memory",
+                        lambda: 8_000_000_000)  # the same answer on every machine
+    monkeypatch.setattr("fastnn.cli_train.build_network", lambda *a, **k: pytest.fail("the network was built"))
     code, out, err = run_main(capsys, "train", *args, "--backend", "numpy")
     assert code == status and out == "" and len(err.strip().splitlines()) == 1
     assert fragment in err
