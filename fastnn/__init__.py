@@ -17,7 +17,7 @@ from .model import Sequential, TrainingDiverged
 from .optim import SGD, Adam
 from .validation import UnscaledInputWarning
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is defined: pyproject.toml reads it from here
 
 
 def __getattr__(name):
