@@ -419,3 +419,29 @@ def test_info_names_numba_threads_and_blas(nb):
     assert info["threading_layer"] in ("omp", "tbb", "workqueue")  # the layer numba really runs
     blas = info["blas"]
     assert isinstance(blas, list) and blas and {"internal_api", "version", "num_threads"} <= set(blas[0])
+
+
+def test_numbas_cache_of_the_kernels_is_keyed_on_simd_py_too(monkeypatch):
+    """numba keys its disk cache of a kernel on the kernel's own file only; the kernels of
+    kernels.py inline simd.py's intrinsics, so each of them is keyed on simd.py's text as well
+    (an edit there alone would otherwise load stale machine code)."""
+    import hashlib
+
+    from numba import types
+    from numba.core.dispatcher import Dispatcher
+
+    from fastnn.backends.numba import kernels, simd
+    with open(simd.__file__, "rb") as f:
+        assert kernels.SIMD_DIGEST == hashlib.sha256(f.read()).hexdigest()[:16]
+    if not kernels.CACHE:
+        pytest.skip("numba has no cache folder for the kernels here")
+    own = [value for value in vars(kernels).values()
+           if isinstance(value, Dispatcher) and value.py_func.__module__ == kernels.__name__]
+    assert {"gemm_tiles", "_tile_4x4", "bias_act", "sum_rows"} <= {d.py_func.__name__ for d in own}
+    assert all(isinstance(d._cache, kernels._Cache) for d in own)  # a kernel added after the sweep fails here
+    cache, sig = kernels.gemm_tiles._cache, (types.float64,)
+    codegen = kernels.gemm_tiles.targetctx.codegen()
+    key = cache._index_key(sig, codegen)
+    monkeypatch.setattr(kernels, "SIMD_DIGEST", "another simd.py")
+    other = cache._index_key(sig, codegen)
+    assert other != key and other[:-1] == key[:-1]

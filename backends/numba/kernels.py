@@ -2,26 +2,31 @@
 
 One module on purpose: numba's disk cache (``cache=True``) does not notice edits
 in *other* files a kernel uses, and it freezes globals at compile time, so
-tunables are passed as arguments. Nothing here may defeat the cache: no ctypes
-pointers captured, no ``exec``; BLAS is reached through a symbol registered
-with LLVM (``ensure_blas``) in every process, before ``blas_gemm`` first runs.
+tunables are passed as arguments. The one other file compiled into these kernels
+is ``simd.py``, the backend's vector layer (vectors, masked loads, exp): its hash
+is part of every kernel's cache key here (``_Cache``), so an edit there
+recompiles them too. Nothing here may defeat the cache: no ctypes pointers
+captured, no ``exec``; BLAS is reached through a symbol registered with LLVM
+(``ensure_blas``) in every process, before ``blas_gemm`` first runs.
 
 Layout conventions: arrays are C-contiguous; a matrix is often handled as its
 flat buffer with explicit index arithmetic, because with runtime 2-D strides
 LLVM gives up vectorising. Indices are cast to unsigned (``U``) so numba emits
 no negative-index wraparound, which would turn contiguous loads into gathers.
 """
-import math
+import hashlib
 
 import llvmlite.binding as llvm
 import numpy as np
-from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.extending import get_cython_function_address, intrinsic, models, overload, register_model
+from numba.core.caching import FunctionCache
+from numba.core.dispatcher import Dispatcher
+from numba.extending import get_cython_function_address, intrinsic, overload
 
 from . import cache as numba_cache
-from .simd import VECTOR_BITS
+from . import simd
+from .simd import VECTOR_BITS, exp, vfma, vload_part, vsplat, vstore_part, vwidth  # noqa: F401 (VECTOR_BITS: backend)
 
 #: The fast-math flags of every kernel, in one place: reassociation and FMA
 #: contraction let LLVM vectorise reductions; no ``nnan``/``ninf``, so NaN and
@@ -34,6 +39,19 @@ CACHE = numba_cache.kernels_cacheable()
 KERNEL = dict(cache=CACHE, nogil=True, fastmath=FASTMATH, error_model="numpy", boundscheck=False)
 #: Kernels with a ``prange`` loop; called only where there is enough work.
 PARALLEL = dict(KERNEL, parallel=True)
+#: simd.py's text, hashed: numba keys its cache of a kernel on the kernel's own file only, and
+#: these kernels inline simd.py's intrinsics, so without it an edit there would load stale code.
+SIMD_DIGEST = hashlib.sha256(simd.__spec__.loader.get_data(simd.__file__)).hexdigest()[:16]
+
+
+class _Cache(FunctionCache):
+    """numba's disk cache of one kernel here, each entry keyed also on :data:`SIMD_DIGEST`: after an
+    edit of simd.py numba finds no entry, compiles and adds one (numba itself drops the index when
+    kernels.py changes). Every cached kernel of this module gets one: see the end."""
+
+    def _index_key(self, sig, codegen):
+        return super()._index_key(sig, codegen) + (SIMD_DIGEST,)
+
 
 U = np.uint64
 
@@ -57,20 +75,6 @@ def _data(typingctx, arr):
     def codegen(context, builder, signature, args):
         return context.make_array(arr)(context, builder, args[0]).data
     return types.CPointer(arr.dtype)(arr), codegen
-
-
-@intrinsic
-def _float32_from_bits(typingctx, bits):
-    """Reinterpret the low 32 bits of an integer as a float32 (vectorises; no memory)."""
-    if not isinstance(bits, types.Integer) or bits.bitwidth < 32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        value = args[0]
-        if bits.bitwidth > 32:
-            value = builder.trunc(value, ir.IntType(32))
-        return builder.bitcast(value, ir.FloatType())
-    return types.float32(bits), codegen
 
 
 def _constant_intrinsic(value):
@@ -97,40 +101,6 @@ def _as_dtype_of(typingctx, like, x):
     def codegen(context, builder, signature, args):
         return context.cast(builder, args[1], signature.args[1], dtype)
     return dtype(like, x), codegen
-
-
-# ---- exp: a vectorisable float32 version ----------------------------------
-# numba's np.exp calls scalar expf (no SVML here), which would make the fused
-# activations slower than NumPy's SIMD exp. Cephes' expf: range reduction by
-# ln 2, a degree-6 polynomial, the exponent put in by bit arithmetic (max
-# relative error ~2e-7). float64 keeps the exact libm exp.
-_F32 = np.float32
-_EXP_HI, _EXP_LO = _F32(88.0), _F32(-87.3)
-_LOG2E, _LN2_HI, _LN2_LO = _F32(1.44269504088896341), _F32(0.693359375), _F32(-2.12194440e-4)
-_P0, _P1, _P2 = _F32(1.9875691500e-4), _F32(1.3981999507e-3), _F32(8.3334519073e-3)
-_P3, _P4, _P5 = _F32(4.1665795894e-2), _F32(1.6666665459e-1), _F32(5.0000001201e-1)
-_HALF, _ONE = _F32(0.5), _F32(1.0)
-
-
-def _exp(x):
-    """exp(x) for float32/float64 scalars inside kernels."""
-    return math.exp(x)
-
-
-@overload(_exp)
-def _exp_overload(x):
-    if x == types.float32:
-        def exp32(x):
-            # comparisons written so that NaN passes through unchanged
-            x = _EXP_HI if x > _EXP_HI else x
-            x = _EXP_LO if x < _EXP_LO else x
-            n = np.floor(x * _LOG2E + _HALF)
-            r = x - n * _LN2_HI - n * _LN2_LO
-            p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
-            p = p * r * r + r + _ONE
-            return p * _float32_from_bits((np.int32(n) + 127) << 23)
-        return exp32
-    return lambda x: math.exp(x)
 
 
 # ---- BLAS (SciPy's), callable from compiled code and cacheable -------------
@@ -190,122 +160,10 @@ def blas_gemm(A, trans_a, B, trans_b, C, alpha, beta):
     _xgemm(op_b, op_a, N, M, K, alpha, _data(B), B.shape[1], _data(A), A.shape[1], beta, _data(C), N)
 
 
-# ---- explicit SIMD vectors ------------------------------------------------
-# numba runs no SLP vectoriser, and LLVM keeps a tile of accumulators in registers
-# only when it can prove they alias nothing; named vector variables make the
-# register tile explicit, whatever the sizes. Masked loads and stores handle a
-# partial last vector (AVX-512 masks) instead of a slow scalar remainder.
-# VECTOR_BITS: the compiled epoch's reading of the CPU numba compiles for (one rule for both).
-
-
-class Vec(types.Type):
-    """A native vector of floats (16 float32 / 8 float64 with AVX-512)."""
-
-    def __init__(self, dtype):
-        self.dtype, self.lanes = dtype, VECTOR_BITS // dtype.bitwidth
-        super().__init__(name=f"Vec({dtype}x{self.lanes})")
-
-
-@register_model(Vec)
-class _VecModel(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, ir.VectorType(dmm.lookup(fe_type.dtype).get_value_type(), fe_type.lanes))
-
-
-def _is_flat(a):
-    return isinstance(a, types.Array) and a.ndim == 1 and isinstance(a.dtype, types.Float)
-
-
-def _lane_mask(builder, lanes, n):
-    """``<lane < n for each lane>``: the first n lanes."""
-    index = ir.Constant(ir.VectorType(ir.IntType(64), lanes), list(range(lanes)))
-    limit = builder.insert_element(ir.Constant(index.type, ir.Undefined), n, ir.Constant(ir.IntType(32), 0))
-    limit = builder.shuffle_vector(limit, ir.Constant(index.type, ir.Undefined),
-                                   ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
-    return builder.icmp_signed("<", index, limit)
-
-
-def _masked(builder, name, vector_type, *args):
-    """Call ``llvm.masked.load`` / ``llvm.masked.store`` for ``vector_type``."""
-    suffix = f"v{vector_type.count}{'f32' if isinstance(vector_type.element, ir.FloatType) else 'f64'}.p0"
-    types_ = [a.type for a in args]
-    result = vector_type if name == "load" else ir.VoidType()
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(result, types_), f"llvm.masked.{name}.{suffix}")
-    return builder.call(fn, list(args))
-
-
-@intrinsic
-def _vload(typingctx, a, i, n):
-    """Elements ``a[i : i + n]`` (n ≤ lanes; the other lanes 0) as a vector; reads nothing past them."""
-    if not (_is_flat(a) and isinstance(i, types.Integer) and isinstance(n, types.Integer)):
-        return None
-    vec = Vec(a.dtype)
-
-    def codegen(context, builder, signature, args):
-        vt = context.get_value_type(vec)
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        ptr = builder.gep(data, [context.cast(builder, args[1], signature.args[1], types.intp)])
-        mask = _lane_mask(builder, vec.lanes, context.cast(builder, args[2], signature.args[2], types.int64))
-        align = ir.Constant(ir.IntType(32), a.dtype.bitwidth // 8)
-        return _masked(builder, "load", vt, ptr, align, mask, ir.Constant(vt, None))
-    return vec(a, i, n), codegen
-
-
-@intrinsic
-def _vstore(typingctx, a, i, v, n):
-    """``a[i : i + n] = v[:n]`` (n ≤ lanes); writes nothing past them."""
-    if not (_is_flat(a) and isinstance(v, Vec) and v.dtype == a.dtype):
-        return None
-
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        ptr = builder.gep(data, [context.cast(builder, args[1], signature.args[1], types.intp)])
-        mask = _lane_mask(builder, v.lanes, context.cast(builder, args[3], signature.args[3], types.int64))
-        _masked(builder, "store", args[2].type, args[2], ptr, ir.Constant(ir.IntType(32), a.dtype.bitwidth // 8), mask)
-        return context.get_dummy_value()
-    return types.none(a, i, v, n), codegen
-
-
-@intrinsic
-def _vsplat(typingctx, x):
-    """A vector with the float ``x`` in every lane."""
-    if not isinstance(x, types.Float):
-        return None
-    vec = Vec(x)
-
-    def codegen(context, builder, signature, args):
-        vt = context.get_value_type(vec)
-        one = builder.insert_element(ir.Constant(vt, ir.Undefined), args[0], ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined),
-                                      ir.Constant(ir.VectorType(ir.IntType(32), vec.lanes), [0] * vec.lanes))
-    return vec(x), codegen
-
-
-@intrinsic
-def _vfma(typingctx, x, y, z):
-    """``x·y + z`` lane by lane, one rounding."""
-    if not (isinstance(x, Vec) and x == y == z):
-        return None
-
-    def codegen(context, builder, signature, args):
-        vt = args[0].type
-        name = f"llvm.fma.v{x.lanes}{'f32' if x.dtype == types.float32 else 'f64'}"
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3), name)
-        return builder.call(fn, list(args))
-    return x(x, y, z), codegen
-
-
-@intrinsic
-def _vlanes(typingctx, a):
-    """Elements of ``a``'s dtype per vector (a compile-time constant)."""
-    lanes = VECTOR_BITS // a.dtype.bitwidth
-
-    def codegen(context, builder, signature, args):
-        return context.get_constant(types.intp, lanes)
-    return types.intp(a), codegen
-
-
 # ---- gemm for small batches: register tiles -------------------------------
+# Explicit vectors (simd.py) in named variables make the register tile explicit,
+# whatever the sizes: numba runs no SLP vectoriser. Masked loads and stores
+# (vload_part, vstore_part) handle a partial last vector instead of a scalar remainder.
 # C (M, N) = alpha·A (M, P) @ B (P, N) + beta·C, all row-major, M a small batch (the
 # forward product X @ W, where BLAS is poorest). A tile is 4 rows of C by 4 vectors
 # (64 float32 columns), or by 2 vectors for a narrow last tile, and 2 rows for the
@@ -321,14 +179,14 @@ def _a_values(a, i, M, P, p):
     x1 = a[U(min(i + 1, M - 1) * P + p)] if i + 1 < M else zero
     x2 = a[U(min(i + 2, M - 1) * P + p)] if i + 2 < M else zero
     x3 = a[U(min(i + 3, M - 1) * P + p)] if i + 3 < M else zero
-    return _vsplat(x0), _vsplat(x1), _vsplat(x2), _vsplat(x3)
+    return vsplat(a, x0), vsplat(a, x1), vsplat(a, x2), vsplat(a, x3)
 
 
 @njit(inline="always", **KERNEL)
 def _a_values2(a, i, M, P, p):
     """``A[i : i+2, p]`` as 2 broadcast vectors; a row past M counts as 0."""
     x1 = a[U(min(i + 1, M - 1) * P + p)] if i + 1 < M else _zero(a)
-    return _vsplat(a[U(i * P + p)]), _vsplat(x1)
+    return vsplat(a, a[U(i * P + p)]), vsplat(a, x1)
 
 
 @njit(inline="always", **KERNEL)
@@ -341,28 +199,29 @@ def _lanes_left(N, j, L):
 def _store_row(c, q, acc, n, alpha, beta):
     """``c[q : q+n] = alpha·acc (+ beta·c)``, masked to n lanes."""
     if beta == _zero(c):
-        out = _vfma(acc, _vsplat(alpha), _vsplat(beta))
+        out = vfma(acc, vsplat(c, alpha), vsplat(c, beta))
     else:
-        out = _vfma(acc, _vsplat(alpha), _vfma(_vload(c, q, n), _vsplat(beta), _vsplat(_zero(c))))
-    _vstore(c, q, out, n)
+        out = vfma(acc, vsplat(c, alpha), vfma(vload_part(c, q, n), vsplat(c, beta), vsplat(c, _zero(c))))
+    vstore_part(c, q, out, n)
 
 
 @njit(**KERNEL)
 def _tile_4x4(a, b, c, M, N, P, i, j0, alpha, beta):
-    L = _vlanes(a)
+    L = vwidth(a)
     n0, n1, n2, n3 = _lanes_left(N, j0, L), _lanes_left(N, j0 + L, L), _lanes_left(N, j0 + 2 * L, L), \
         _lanes_left(N, j0 + 3 * L, L)
-    z = _vsplat(_zero(a))
+    z = vsplat(a, _zero(a))
     c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = z
     c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = z
     for p in range(P):
         q = p * N + j0
-        b0, b1, b2, b3 = _vload(b, q, n0), _vload(b, q + L, n1), _vload(b, q + 2 * L, n2), _vload(b, q + 3 * L, n3)
+        b0, b1 = vload_part(b, q, n0), vload_part(b, q + L, n1)
+        b2, b3 = vload_part(b, q + 2 * L, n2), vload_part(b, q + 3 * L, n3)
         x0, x1, x2, x3 = _a_values(a, i, M, P, p)
-        c00, c01, c02, c03 = _vfma(x0, b0, c00), _vfma(x0, b1, c01), _vfma(x0, b2, c02), _vfma(x0, b3, c03)
-        c10, c11, c12, c13 = _vfma(x1, b0, c10), _vfma(x1, b1, c11), _vfma(x1, b2, c12), _vfma(x1, b3, c13)
-        c20, c21, c22, c23 = _vfma(x2, b0, c20), _vfma(x2, b1, c21), _vfma(x2, b2, c22), _vfma(x2, b3, c23)
-        c30, c31, c32, c33 = _vfma(x3, b0, c30), _vfma(x3, b1, c31), _vfma(x3, b2, c32), _vfma(x3, b3, c33)
+        c00, c01, c02, c03 = vfma(x0, b0, c00), vfma(x0, b1, c01), vfma(x0, b2, c02), vfma(x0, b3, c03)
+        c10, c11, c12, c13 = vfma(x1, b0, c10), vfma(x1, b1, c11), vfma(x1, b2, c12), vfma(x1, b3, c13)
+        c20, c21, c22, c23 = vfma(x2, b0, c20), vfma(x2, b1, c21), vfma(x2, b2, c22), vfma(x2, b3, c23)
+        c30, c31, c32, c33 = vfma(x3, b0, c30), vfma(x3, b1, c31), vfma(x3, b2, c32), vfma(x3, b3, c33)
     rows = ((c00, c01, c02, c03), (c10, c11, c12, c13), (c20, c21, c22, c23), (c30, c31, c32, c33))
     for r in range(min(4, M - i)):
         q = (i + r) * N + j0
@@ -375,16 +234,16 @@ def _tile_4x4(a, b, c, M, N, P, i, j0, alpha, beta):
 
 @njit(**KERNEL)
 def _tile_4x2(a, b, c, M, N, P, i, j0, alpha, beta):
-    L = _vlanes(a)
+    L = vwidth(a)
     n0, n1 = _lanes_left(N, j0, L), _lanes_left(N, j0 + L, L)
-    z = _vsplat(_zero(a))
+    z = vsplat(a, _zero(a))
     c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = z
     for p in range(P):
         q = p * N + j0
-        b0, b1 = _vload(b, q, n0), _vload(b, q + L, n1)
+        b0, b1 = vload_part(b, q, n0), vload_part(b, q + L, n1)
         x0, x1, x2, x3 = _a_values(a, i, M, P, p)
-        c00, c01, c10, c11 = _vfma(x0, b0, c00), _vfma(x0, b1, c01), _vfma(x1, b0, c10), _vfma(x1, b1, c11)
-        c20, c21, c30, c31 = _vfma(x2, b0, c20), _vfma(x2, b1, c21), _vfma(x3, b0, c30), _vfma(x3, b1, c31)
+        c00, c01, c10, c11 = vfma(x0, b0, c00), vfma(x0, b1, c01), vfma(x1, b0, c10), vfma(x1, b1, c11)
+        c20, c21, c30, c31 = vfma(x2, b0, c20), vfma(x2, b1, c21), vfma(x3, b0, c30), vfma(x3, b1, c31)
     rows = ((c00, c01), (c10, c11), (c20, c21), (c30, c31))
     for r in range(min(4, M - i)):
         q = (i + r) * N + j0
@@ -396,17 +255,18 @@ def _tile_4x2(a, b, c, M, N, P, i, j0, alpha, beta):
 @njit(**KERNEL)
 def _tile_2x4(a, b, c, M, N, P, i, j0, alpha, beta):
     # the last rows of a batch that leaves 1 or 2 (a batch of 10: 4 + 4 + 2): half the FMAs of a 4-row tile
-    L = _vlanes(a)
+    L = vwidth(a)
     n0, n1, n2, n3 = _lanes_left(N, j0, L), _lanes_left(N, j0 + L, L), _lanes_left(N, j0 + 2 * L, L), \
         _lanes_left(N, j0 + 3 * L, L)
-    z = _vsplat(_zero(a))
+    z = vsplat(a, _zero(a))
     c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = z
     for p in range(P):
         q = p * N + j0
-        b0, b1, b2, b3 = _vload(b, q, n0), _vload(b, q + L, n1), _vload(b, q + 2 * L, n2), _vload(b, q + 3 * L, n3)
+        b0, b1 = vload_part(b, q, n0), vload_part(b, q + L, n1)
+        b2, b3 = vload_part(b, q + 2 * L, n2), vload_part(b, q + 3 * L, n3)
         x0, x1 = _a_values2(a, i, M, P, p)
-        c00, c01, c02, c03 = _vfma(x0, b0, c00), _vfma(x0, b1, c01), _vfma(x0, b2, c02), _vfma(x0, b3, c03)
-        c10, c11, c12, c13 = _vfma(x1, b0, c10), _vfma(x1, b1, c11), _vfma(x1, b2, c12), _vfma(x1, b3, c13)
+        c00, c01, c02, c03 = vfma(x0, b0, c00), vfma(x0, b1, c01), vfma(x0, b2, c02), vfma(x0, b3, c03)
+        c10, c11, c12, c13 = vfma(x1, b0, c10), vfma(x1, b1, c11), vfma(x1, b2, c12), vfma(x1, b3, c13)
     rows = ((c00, c01, c02, c03), (c10, c11, c12, c13))
     for r in range(min(2, M - i)):
         q = (i + r) * N + j0
@@ -419,15 +279,15 @@ def _tile_2x4(a, b, c, M, N, P, i, j0, alpha, beta):
 
 @njit(**KERNEL)
 def _tile_2x2(a, b, c, M, N, P, i, j0, alpha, beta):
-    L = _vlanes(a)
+    L = vwidth(a)
     n0, n1 = _lanes_left(N, j0, L), _lanes_left(N, j0 + L, L)
-    z = _vsplat(_zero(a))
+    z = vsplat(a, _zero(a))
     c00 = c01 = c10 = c11 = z
     for p in range(P):
         q = p * N + j0
-        b0, b1 = _vload(b, q, n0), _vload(b, q + L, n1)
+        b0, b1 = vload_part(b, q, n0), vload_part(b, q + L, n1)
         x0, x1 = _a_values2(a, i, M, P, p)
-        c00, c01, c10, c11 = _vfma(x0, b0, c00), _vfma(x0, b1, c01), _vfma(x1, b0, c10), _vfma(x1, b1, c11)
+        c00, c01, c10, c11 = vfma(x0, b0, c00), vfma(x0, b1, c01), vfma(x1, b0, c10), vfma(x1, b1, c11)
     rows = ((c00, c01), (c10, c11))
     for r in range(min(2, M - i)):
         q = (i + r) * N + j0
@@ -448,7 +308,7 @@ def gemm_tiles(A, B, C, alpha, beta, t0, t1):
     N = B.shape[1]
     a, b, c = A.ravel(), B.ravel(), C.ravel()
     alpha, beta = _as_dtype_of(a, alpha), _as_dtype_of(a, beta)
-    L = _vlanes(a)
+    L = vwidth(a)
     n_col_tiles = (N + 4 * L - 1) // (4 * L)
     for t in range(t0, _tile_count(M, N, L) if t1 < 0 else t1):
         i = (t // n_col_tiles) * 4
@@ -467,7 +327,7 @@ def gemm_tiles(A, B, C, alpha, beta, t0, t1):
 @njit(**PARALLEL)
 def gemm_tiles_parallel(A, B, C, alpha, beta, n_threads):
     """All tiles, in up to ``n_threads`` contiguous runs shared among the threads."""
-    n_tiles = _tile_count(C.shape[0], C.shape[1], _vlanes(A))
+    n_tiles = _tile_count(C.shape[0], C.shape[1], vwidth(A))
     n_chunks = min(n_threads, n_tiles)
     for chunk in prange(n_chunks):
         gemm_tiles(A, B, C, alpha, beta, chunk * n_tiles // n_chunks, (chunk + 1) * n_tiles // n_chunks)
@@ -494,7 +354,7 @@ def bias_act(Z, b, has_bias, act, Y):
     zero, one = _zero(Z), _one(Z)
     if act == SIGMOID:
         for k in range(y.size):
-            y[k] = one / (one + _exp(-y[k]))
+            y[k] = one / (one + exp(-y[k]))
     elif act == RELU:
         for k in range(y.size):
             y[k] = zero if y[k] < zero else y[k]  # NaN passes, as with np.maximum
@@ -542,7 +402,7 @@ def softmax_xent(Z, T, dZ):
         s = _zero(Z)
         t_sum = _zero(Z)
         for j in range(n):
-            e = _exp(z[j] - m)
+            e = exp(z[j] - m)
             dz[j] = e
             s += e
             t_sum += t[j]
@@ -570,7 +430,7 @@ def sigmoid_xent(Z, T, dZ):
     z, t, dz = Z.ravel(), T.ravel(), dZ.ravel()
     loss = 0.0
     for k in range(z.size):
-        e = _exp(-abs(z[k]))
+        e = exp(-abs(z[k]))
         positive = z[k] >= zero
         loss += (z[k] if positive else zero) + np.log1p(e) - t[k] * z[k]
         sigma = one / (one + e) if positive else e / (one + e)
@@ -626,3 +486,14 @@ def sum_rows(X, out):
         x = X[i]
         for j in range(n):
             out[j] += x[j]
+
+
+# ---- last: key numba's cache of every kernel above on simd.py as well ------
+def _key_caches_on_simd():
+    for kernel in list(globals().values()):
+        if isinstance(kernel, Dispatcher) and kernel.py_func.__module__ == __name__ \
+                and isinstance(kernel._cache, FunctionCache) and not isinstance(kernel._cache, _Cache):
+            kernel._cache = _Cache(kernel.py_func)  # before anything compiles or loads (on first call)
+
+
+_key_caches_on_simd()

@@ -1,4 +1,7 @@
-"""Explicit SIMD vectors and atomics for the compiled epoch kernels (numba intrinsics).
+"""Explicit SIMD vectors, exp and atomics: the numba backend's one vector layer (intrinsics).
+
+Used by the compiled epoch (``epoch_template.py``) and by the register tiles and
+element-wise kernels of the layer-by-layer path (``kernels.py``).
 
 Why: numba's loop vectoriser only reaches the FMA peak when every size is a
 compile-time constant (see PERF-NOTES); with explicit vectors held in named
@@ -9,16 +12,24 @@ A vector ``Vec(dtype x width)`` is a native LLVM vector as wide as the host's
 registers (16 float32 / 8 float64 with AVX-512, half that otherwise). Every
 array given to these functions is 1-D and contiguous; indices are elements.
 
+numba's disk cache keys a kernel on its own file only: ``epoch_codegen`` names the
+generated epoch module by a hash that includes this file, and ``kernels.py`` adds
+this file's hash to the cache key of each of its kernels, so an edit here
+recompiles both.
+
 No function here can raise: the kernels run on two threads joined by spin
 barriers, and an exception in one would leave the other waiting.
 """
 from __future__ import annotations
 
+import math
+
 import llvmlite.binding as llvm
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils, config
-from numba.extending import intrinsic, models, register_model
+from numba.extending import intrinsic, models, overload, register_model
 
 
 def _vector_bits():
@@ -121,6 +132,56 @@ def vstore(typingctx, A, i, v):
     return types.none(A, i, v), codegen
 
 
+def _lane_mask(builder, lanes, n):
+    """``<k < n for each lane k>`` (n an int64): the first n lanes; none for n <= 0, all for n >= lanes."""
+    index = ir.Constant(ir.VectorType(ir.IntType(64), lanes), list(range(lanes)))
+    return builder.icmp_signed("<", index, _splat(builder, n, index.type))
+
+
+def _masked(builder, name, vector_type, *args):
+    """A call of ``llvm.masked.load`` / ``llvm.masked.store`` for ``vector_type``."""
+    bits = 32 if isinstance(vector_type.element, ir.FloatType) else 64
+    result = vector_type if name == "load" else ir.VoidType()
+    fnty = ir.FunctionType(result, [a.type for a in args])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.{name}.v{vector_type.count}f{bits}.p0")
+    return builder.call(fn, list(args))
+
+
+@intrinsic
+def vload_part(typingctx, A, i, n):
+    """``A[i : i + n]`` in the first n lanes of a vector, 0 in the others (n <= width); reads
+    nothing past them: a partial last vector of a row by a masked load, not a scalar remainder.
+    The mask depends on n only, so in a loop with a fixed n LLVM makes it once, outside."""
+    if not (_is_flat(A) and isinstance(i, types.Integer) and isinstance(n, types.Integer)):
+        return None
+    vec = Vec(A.dtype)
+
+    def codegen(context, builder, sig, args):
+        vt = _vec_of(context, vec)
+        ptr = _pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        mask = _lane_mask(builder, vec.width, context.cast(builder, args[2], sig.args[2], types.int64))
+        align = ir.Constant(_I32, A.dtype.bitwidth // 8)
+        return _masked(builder, "load", vt, ptr, align, mask, ir.Constant(vt, None))
+
+    return vec(A, i, n), codegen
+
+
+@intrinsic
+def vstore_part(typingctx, A, i, v, n):
+    """``A[i : i + n] = v[:n]`` (n <= width); writes nothing past them (a masked store)."""
+    if not (_is_flat(A) and isinstance(i, types.Integer) and isinstance(v, Vec) and v.dtype == A.dtype
+            and isinstance(n, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        mask = _lane_mask(builder, v.width, context.cast(builder, args[3], sig.args[3], types.int64))
+        _masked(builder, "store", args[2].type, args[2], ptr, ir.Constant(_I32, A.dtype.bitwidth // 8), mask)
+        return context.get_dummy_value()
+
+    return types.none(A, i, v, n), codegen
+
+
 @intrinsic
 def vbroadcast(typingctx, A, i):
     """A vector of ``A[i]`` in every lane."""
@@ -151,8 +212,8 @@ def vsplat(typingctx, A, x):
 
 @intrinsic
 def vwidth(typingctx, A):
-    """The number of ``A``'s elements per vector (a compile-time constant)."""
-    if not _is_flat(A):
+    """The number of ``A``'s elements per vector (a compile-time constant; ``A`` any float array)."""
+    if not (isinstance(A, types.Array) and isinstance(A.dtype, types.Float)):
         return None
     n = width(A.dtype)
 
@@ -186,7 +247,6 @@ vmax = _binary(lambda builder, a, b: builder.select(builder.fcmp_ordered("<", a,
 #: ``a`` where ``b > 0`` else 0 (ReLU's gradient from its output ``b``).
 vmask_pos = _binary(lambda builder, a, b: builder.select(
     builder.fcmp_ordered(">", b, ir.Constant(b.type, None)), a, ir.Constant(a.type, None)))
-
 
 @intrinsic
 def vfma(typingctx, a, b, c):
@@ -354,6 +414,56 @@ def vexp(typingctx, a):
 
     return a(a), codegen
 
+# exp: the scalar of the element-wise kernels (kernels.py), in loops that LLVM's loop
+# vectoriser widens; numba's own exp calls libm's expf one element at a time (no SVML
+# here), slower than NumPy's SIMD exp. float32: Cephes' expf, range reduction by ln 2,
+# a degree-6 minimax polynomial, the exponent put in by bit arithmetic (relative error
+# about 2e-7; x clamped to [-87.3, 88]). Not vexp's Taylor polynomial, which is closer
+# (< 1 ulp) but costs more: a sigmoid loop with it ran 1.6x slower (1.36x with its
+# Horner on 1/k! coefficients). float64 keeps the exact libm exp.
+_F32 = np.float32
+_EXP_HI, _EXP_LO = _F32(88.0), _F32(-87.3)
+_LOG2E, _C_LN2_HI, _C_LN2_LO = _F32(1.44269504088896341), _F32(0.693359375), _F32(-2.12194440e-4)
+_P0, _P1, _P2 = _F32(1.9875691500e-4), _F32(1.3981999507e-3), _F32(8.3334519073e-3)
+_P3, _P4, _P5 = _F32(4.1665795894e-2), _F32(1.6666665459e-1), _F32(5.0000001201e-1)
+_HALF, _ONE = _F32(0.5), _F32(1.0)
+
+
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """Reinterpret the low 32 bits of an integer as a float32 (vectorises; no memory)."""
+    if not isinstance(bits, types.Integer) or bits.bitwidth < 32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        value = args[0]
+        if bits.bitwidth > 32:
+            value = builder.trunc(value, _I32)
+        return builder.bitcast(value, ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+def exp(x):
+    """e^x of a float32 or float64 scalar inside kernels (float32: Cephes' expf, see above)."""
+    return math.exp(x)
+
+
+@overload(exp)
+def _exp_overload(x):
+    if x == types.float32:
+        def exp32(x):
+            # comparisons written so that NaN passes through unchanged
+            x = _EXP_HI if x > _EXP_HI else x
+            x = _EXP_LO if x < _EXP_LO else x
+            n = np.floor(x * _LOG2E + _HALF)
+            r = x - n * _C_LN2_HI - n * _C_LN2_LO
+            p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
+            p = p * r * r + r + _ONE
+            return p * _float32_from_bits((np.int32(n) + 127) << 23)
+        return exp32
+    return lambda x: math.exp(x)
+
 
 # ---- threads: atomics for the spin barrier ------------------------------------
 @intrinsic
@@ -442,3 +552,4 @@ def rt(typingctx, x):
         return context.cast(builder, args[0], sig.args[0], plain)
 
     return plain(x), codegen
+
