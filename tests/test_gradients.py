@@ -1,16 +1,21 @@
 """Backpropagation against central finite differences (``fastnn.gradcheck``), in float64.
 
-Every hidden activation with every loss, every output layer the losses fold in
-(Softmax into cross_entropy, Sigmoid into binary_cross_entropy) and output layers
-trained through their own backward (Softmax, Sigmoid, Tanh with mse), on every
-backend. Tiny nets (5-4-3), few rows: fast.
+Every hidden activation (LeakyReLU at a slope not its default) with every loss,
+every output layer the losses fold in (Softmax into cross_entropy, Sigmoid into
+binary_cross_entropy) and output layers trained through their own backward
+(Softmax, Sigmoid, Tanh with mse), on every backend. Tiny nets (5-4-3), few rows: fast.
 """
 import numpy as np
 import pytest
 
 import fastnn
 
-HIDDEN = {"sigmoid": fastnn.Sigmoid, "relu": fastnn.ReLU, "tanh": fastnn.Tanh, "identity": fastnn.Identity}
+HIDDEN = {"sigmoid": fastnn.Sigmoid, "relu": fastnn.ReLU, "tanh": fastnn.Tanh, "identity": fastnn.Identity,
+          # their derivatives read the input Z, not the output: the layer keeps Z for backward
+          "leaky_relu": lambda: fastnn.LeakyReLU(alpha=0.2), "gelu": fastnn.GELU, "silu": fastnn.SiLU,
+          "softplus": fastnn.Softplus}
+#: Activations with a kink at 0: no pre-activation may sit within eps of it.
+KINKED = ("relu", "leaky_relu")
 #: (loss, output layer or None): None leaves the last Dense linear (logits for the cross-entropies).
 HEADS = [
     ("mse", None), ("mse", fastnn.Sigmoid), ("mse", fastnn.Softmax), ("mse", fastnn.Tanh),
@@ -49,10 +54,10 @@ def _min_abs_preactivation(net, X):
     for layer in net.layers:
         if isinstance(layer, fastnn.Dense):
             A = A @ net.backend.to_numpy(layer.W) + net.backend.to_numpy(layer.b)
-        elif isinstance(layer, fastnn.ReLU):
+        elif isinstance(layer, (fastnn.ReLU, fastnn.LeakyReLU)):
             smallest = min(smallest, float(np.min(np.abs(A))))
-            A = np.maximum(A, 0)
-        elif isinstance(layer, (fastnn.Sigmoid, fastnn.Tanh, fastnn.Identity, fastnn.Softmax)):
+            A = net.backend.to_numpy(layer.forward(net.backend.asarray(A)))
+        else:  # another activation, or Softmax
             A = net.backend.to_numpy(layer.forward(net.backend.asarray(A)))
     return smallest
 
@@ -63,7 +68,7 @@ def _min_abs_preactivation(net, X):
 def test_gradcheck(backend_name, hidden, loss, head):
     X, y = _data(0, loss)
     net = _net(backend_name, hidden, head, seed=0)
-    if hidden == "relu":
+    if hidden in KINKED:
         # eps = 1e-6 must not carry a pre-activation across the kink; seed 0 keeps them far
         # from it (asserted, so a change of data or initializer cannot hide a failure here)
         assert _min_abs_preactivation(net, X) > 1e-3
@@ -77,7 +82,7 @@ def test_gradcheck_deeper(backend_name, hidden, loss):
     """Two hidden layers: the gradient flows through an activation's backward into a Dense's."""
     X, y = _data(1, loss)
     net = _net(backend_name, hidden, None, seed=3, depth=2)
-    if hidden == "relu":
+    if hidden in KINKED:
         assert _min_abs_preactivation(net, X) > 1e-3
     assert fastnn.gradcheck(net, X, y, loss=loss) < LIMIT
 
@@ -98,17 +103,21 @@ def test_gradcheck_one_output_binary(backend_name):
     assert fastnn.gradcheck(net, X, y, loss="binary_cross_entropy") < LIMIT
 
 
-def test_gradcheck_catches_a_wrong_backward(monkeypatch):
-    """The check can fail: a backward pass 10% off is reported, not averaged away."""
+@pytest.mark.parametrize("hidden", ["tanh", "gelu", "leaky_relu"])
+def test_gradcheck_catches_a_wrong_backward(monkeypatch, hidden):
+    """The check can fail: a backward pass 10% off is reported, not averaged away (an activation
+    whose derivative reads Y, fused into Dense; two that read Z, through their own layer)."""
     X, y = _data(0, "mse")
-    net = _net("numpy", "tanh", None, seed=0)
-    original = fastnn.Tanh.backward
-    monkeypatch.setattr(fastnn.Tanh, "backward", lambda self, dY: original(self, dY) * 1.1)
-    # the model fuses Dense+Tanh through act_backward; break it there as well
+    net = _net("numpy", hidden, None, seed=0)
+    cls = type(HIDDEN[hidden]())
+    original = cls.backward
+    monkeypatch.setattr(cls, "backward", lambda self, dY: original(self, dY) * 1.1)
+    # the model fuses Dense with an activation whose derivative reads Y (Tanh) and calls
+    # act_backward itself; break it there as well
     backend = net.backend
     act_backward = type(backend).act_backward
-    monkeypatch.setattr(type(backend), "act_backward",
-                        lambda self, Y, dY, act: act_backward(self, Y, dY, act) * (1.1 if act == "tanh" else 1))
+    monkeypatch.setattr(type(backend), "act_backward", lambda self, V, dY, act, params=():
+                        act_backward(self, V, dY, act, params) * (1.1 if act == hidden else 1))
     assert fastnn.gradcheck(net, X, y, loss="mse") > 1e-2
 
 

@@ -81,6 +81,77 @@ def test_round_trip_across_backends(tmp_path, backend_name, load_backend_name, d
     np.testing.assert_array_equal(back.predict(X), net.predict(X))
 
 
+#: The activation layers added with the op tables (LeakyReLU at a slope not its default).
+NEW_ACTIVATIONS = {"leaky_relu": lambda: fastnn.LeakyReLU(alpha=0.3), "gelu": fastnn.GELU, "silu": fastnn.SiLU,
+                   "softplus": fastnn.Softplus}
+
+
+@pytest.mark.parametrize("act", list(NEW_ACTIVATIONS))
+def test_a_model_with_each_new_activation_saves_and_loads(tmp_path, backend_name, act):
+    """Trained on numpy, loaded on every backend: the same layers (LeakyReLU's alpha with them),
+    weights and predictions."""
+    X, y = blobs(n=120)
+    net = fastnn.Sequential(fastnn.Dense(20, 8), NEW_ACTIVATIONS[act](), fastnn.Dense(8, 6), NEW_ACTIVATIONS[act](),
+                            fastnn.Dense(6, 4), backend="numpy", seed=0, dtype="float64")
+    net.fit(X, y, epochs=1, batch_size=16, loss="cross_entropy", optimizer=fastnn.Adam(0.01))
+    path = tmp_path / "model.npz"
+    net.save(path)
+    back = fastnn.load(path, backend=backend_name)
+    assert [type(layer) for layer in back.layers] == [type(layer) for layer in net.layers]
+    assert [layer.config() for layer in back.layers] == [layer.config() for layer in net.layers]
+    if act == "leaky_relu":
+        assert [layer.alpha for layer in back.layers[1::2]] == [0.3, 0.3]
+        assert back.layers[1].params == (0.3,) and repr(back.layers[1]) == "LeakyReLU(alpha=0.3)"
+    _assert_same_weights(net, back)
+    np.testing.assert_allclose(back.predict_proba(X), net.predict_proba(X), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(back.predict(X), net.predict(X))
+
+
+def test_leaky_relus_alpha_is_in_the_file_and_changes_the_model(tmp_path):
+    """Two models alike but for alpha predict differently, and each file keeps its own."""
+    X, _ = blobs(n=40)
+    outputs = []
+    for alpha in (0.01, 0.5):
+        net = fastnn.Sequential(fastnn.Dense(20, 8), fastnn.LeakyReLU(alpha), fastnn.Dense(8, 4), seed=0,
+                                backend="numpy")
+        net.save(tmp_path / f"{alpha}.npz")
+        with np.load(tmp_path / f"{alpha}.npz") as data:
+            meta = json.loads(data["meta"].tobytes())
+        assert meta["layers"][1] == {"type": "LeakyReLU", "alpha": alpha}
+        outputs.append(fastnn.load(tmp_path / f"{alpha}.npz").predict_proba(X))
+    assert not np.allclose(outputs[0], outputs[1])
+
+
+def _edit_layers(path, edit):
+    """Rewrite the model file at ``path`` with ``edit(layers)`` applied to its description's layers."""
+    with np.load(path) as data:
+        found = {name: data[name] for name in data.files}
+    description = json.loads(found.pop("meta").tobytes())
+    edit(description["layers"])
+    found["meta"] = np.frombuffer(json.dumps(description).encode(), np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **found)
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda layers: layers[1].pop("alpha"), r"layer LeakyReLU: expected the settings \['alpha'\], got \[\]"),
+    (lambda layers: layers[1].update(alpha="0.1"), "LeakyReLU: alpha must be a finite number"),
+    (lambda layers: layers[1].update(alpha=True), "LeakyReLU: alpha must be a finite number"),
+    (lambda layers: layers[1].update(alpha=float("inf")), "LeakyReLU: alpha must be a finite number, got inf"),
+    (lambda layers: layers[1].update(beta=1.0), r"expected the settings \['alpha'\], got \['alpha', 'beta'\]"),
+    (lambda layers: layers[3].update(alpha=0.1), r"layer GELU: expected the settings none, got \['alpha'\]"),
+], ids=["no alpha", "alpha as text", "alpha true", "alpha infinite", "unknown setting", "setting of another"])
+def test_a_model_file_with_wrong_activation_settings_is_refused(tmp_path, edit, fragment):
+    net = fastnn.Sequential(fastnn.Dense(20, 8), fastnn.LeakyReLU(0.2), fastnn.Dense(8, 4), fastnn.GELU(), seed=0,
+                            backend="numpy")
+    path = tmp_path / "model.npz"
+    net.save(path)
+    _edit_layers(path, edit)
+    with pytest.raises(fastnn.ModelFileError, match=fragment) as info:
+        fastnn.load(path)
+    assert "the architecture cannot be rebuilt" in str(info.value) and _clean_error(info.value)
+
+
 def test_file_layout_is_plain_arrays_and_json(model_file):
     with zipfile.ZipFile(model_file) as z:
         names = sorted(z.namelist())
@@ -298,7 +369,33 @@ OPTIMIZERS = {
     "sgd-momentum": lambda: fastnn.SGD(lr=0.05, momentum=0.9),
     "sgd-nesterov-decay": lambda: fastnn.SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
     "adam": lambda: fastnn.Adam(lr=0.01),
+    "adamw": lambda: fastnn.AdamW(lr=0.01, weight_decay=0.05),
+    "rmsprop": lambda: fastnn.RMSprop(lr=0.005, weight_decay=1e-3),
+    "rmsprop-momentum": lambda: fastnn.RMSprop(lr=0.002, alpha=0.9, momentum=0.9),
 }
+
+
+def test_every_optimizer_is_registered_and_its_config_round_trips():
+    from fastnn.optim import OPTIMIZERS as REGISTERED, optimizer_from_config
+    assert REGISTERED["adamw"] is fastnn.AdamW and REGISTERED["rmsprop"] is fastnn.RMSprop
+    assert set(REGISTERED) == {"sgd", "adam", "adamw", "rmsprop"}
+    made = [make() for make in OPTIMIZERS.values()] + [
+        fastnn.AdamW(), fastnn.RMSprop(), fastnn.AdamW(lr=0.5, betas=(0.5, 0.6), eps=1e-3, weight_decay=0.0),
+        fastnn.RMSprop(lr=0.1, alpha=0.5, eps=1e-4, momentum=0.3, weight_decay=0.2)]
+    for optimizer in made:
+        config = optimizer.config()
+        back = optimizer_from_config(json.loads(json.dumps(config)))  # as a checkpoint holds it
+        assert type(back) is type(optimizer) and back.config() == config
+        assert back.rule is optimizer.rule and back.step_inputs(3) == optimizer.step_inputs(3)
+    assert fastnn.AdamW().config() == {"kind": "adamw", "lr": 0.001, "betas": [0.9, 0.999], "eps": 1e-8,
+                                       "weight_decay": 0.01}
+    assert fastnn.RMSprop().config() == {"kind": "rmsprop", "lr": 0.01, "alpha": 0.99, "eps": 1e-8,
+                                         "momentum": 0.0, "weight_decay": 0.0}
+    assert fastnn.RMSprop().rule.name == "rmsprop" and fastnn.RMSprop(momentum=0.5).rule.name == "rmsprop_momentum"
+    with pytest.raises(ValueError, match="not as fastnn writes them"):  # AdamW's default decay is not implied
+        optimizer_from_config({"kind": "adamw", "lr": 0.001, "betas": [0.9, 0.999], "eps": 1e-8})
+    with pytest.raises(ValueError, match="rmsprop: expected the settings"):
+        optimizer_from_config({"kind": "rmsprop", "lr": 0.01, "betas": [0.9, 0.999]})
 
 
 @pytest.mark.parametrize("opt", list(OPTIMIZERS))
@@ -464,7 +561,10 @@ REFUSED = {  # name: (edit of the checkpoint's record, edit of its arrays, error
     "unknown setting": (_set_in("optimizer", "evil", 1), None, "adam: expected the settings"),
     "missing setting": (lambda c: c["optimizer"].pop("eps"), None, "not as fastnn writes them"),
     "betas out of range": (_set_in("optimizer", "betas", [0.9, 1.5]), None, "beta2 must be in"),
-    "unknown optimizer": (_set_in("optimizer", "kind", "rmsprop"), None, "unknown optimizer 'rmsprop'"),
+    "unknown optimizer": (_set_in("optimizer", "kind", "adagrad"), None, "unknown optimizer 'adagrad'"),
+    "another optimizer's kind": (_set_in("optimizer", "kind", "rmsprop"), None,
+                                 r"rmsprop: expected the settings \['alpha', 'eps', 'kind', 'lr', 'momentum', "
+                                 r"'weight_decay'\], got \['betas', 'eps', 'kind', 'lr', 'weight_decay'\]"),
     "optimizer not a record": (_set("optimizer", [1, 2]), None, "unknown optimizer None"),
     "rng of another kind": (_set_in("batch_rng", "bit_generator", "MT19937"), None, "not a PCG64 state"),
     "rng state as a float": (lambda c: c["batch_rng"]["state"].__setitem__("state", 1.5), None, "not a PCG64 state"),

@@ -89,7 +89,7 @@ FIT = """
 import json, warnings
 import numpy as np
 import fastnn
-from fastnn.backends.numba import cache as numba_cache, kernels as numba_kernels
+from fastnn.backends.numba import cache as numba_cache, kernels as numba_kernels, layer_ops
 
 g = np.random.default_rng(0)
 X, y = g.random((300, 20), dtype=np.float32), g.integers(0, 3, 300)
@@ -105,12 +105,15 @@ with warnings.catch_warnings(record=True) as caught:
     for part, compiled in (("epoch", True), ("layers", False)):
         paths[part], P[part] = fit(fastnn.get_backend("numba", compiled=compiled, defer_compile=False))
     _, P["numpy"] = fit("numpy")
+ops = layer_ops.load()  # the layer path's element-wise kernels: a module generated from the op tables
 print(json.dumps({
     "warnings": [str(w.message) for w in caught],
     "paths": paths,
     "differences": [float(np.abs(P[part] - P["numpy"]).max()) for part in ("epoch", "layers")],
-    "compiled kernels": len(numba_kernels.bias_act.signatures),
-    "cache flag": numba_kernels.CACHE,
+    "layer module": [ops.__name__, ops.__file__],
+    "compiled kernels": [len(ops.bias_act.signatures), len(ops.act_backward.signatures),
+                         len(ops.update_sgd.signatures)],
+    "cache flag": [numba_kernels.CACHE, ops._K["cache"]],
     "cached": [numba_cache.is_cached(part, "float32") for part in numba_cache.PARTS],
     "background": numba_cache.start_background("float32"),
 }))
@@ -128,7 +131,11 @@ def test_a_numba_fit_compiles_in_memory_and_warns_once(read_only):
     assert report["paths"]["epoch"].startswith("compiled whole epoch"), report["paths"]
     assert report["paths"]["layers"].startswith("layer by layer"), report["paths"]
     assert max(report["differences"]) < 1e-4  # the same training as the reference
-    assert report["compiled kernels"] >= 1 and report["cache flag"] is False
+    # the layer kernels: a module generated from the op tables, made in memory (no file to import
+    # from, no numba cache), and compiled for this process: the fit called them
+    name, file = report["layer module"]
+    assert name.startswith("fastnn_layer_ops_") and file == f"<{name}>", report["layer module"]
+    assert min(report["compiled kernels"]) >= 1 and report["cache flag"] == [False, False]
     assert report["cached"] == [False, False] and report["background"] is False
     assert read_only[1].is_file()
 

@@ -16,7 +16,8 @@ pytest.importorskip("scipy", reason="scipy is not installed: pip install 'fastnn
 
 import fastnn  # noqa: E402
 import fastnn.backend  # noqa: E402
-from fastnn import SGD, Adam, Dense, ReLU, Sequential, Sigmoid, Softmax, Tanh  # noqa: E402
+from fastnn import (GELU, SGD, Adam, AdamW, Dense, LeakyReLU, ReLU, RMSprop, Sequential, Sigmoid,  # noqa: E402
+                    SiLU, Softmax, Softplus, Tanh)
 from fastnn.backend import Backend, BackendUnavailable  # noqa: E402
 from fastnn.backends.numba import backend as numba_backend  # noqa: E402
 
@@ -40,8 +41,7 @@ def ref():
 def reference_calls(monkeypatch):
     """Counts calls of the reference ops (``super()``), to see which branch ran."""
     calls = []
-    for op in ("gemm", "bias_act", "act_backward", "softmax_xent", "sigmoid_xent", "sgd_update",
-               "adam_update", "sum_rows"):
+    for op in ("gemm", "bias_act", "act_backward", "softmax_xent", "sigmoid_xent", "update", "sum_rows"):
         original = getattr(Backend, op)
 
         def spy(self, *args, _op=op, _original=original, **kwargs):
@@ -191,19 +191,46 @@ def test_gemm_shape_mismatch_gives_the_reference_error(nb, ref, trans_a):
 
 # ---- element-wise ops ---------------------------------------------------
 
+#: The settings each activation with settings is tested with (not the layers' defaults).
+ACT_PARAMS = {"leaky_relu": (0.2,)}
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bias_act_and_backward_match_numpy(nb, ref, rng, reference_calls, dtype):
+    """Every activation of the table, through the generated kernels: the same values as the reference."""
+    from fastnn.ops import activations
     Z = (rng.standard_normal((7, 33)) * 4).astype(dtype)
+    Z[0, :3] = (0.0, 60.0, -60.0)
     b = rng.standard_normal(33).astype(dtype)
     dY = rng.standard_normal((7, 33)).astype(dtype)
     for act in fastnn.ACTIVATIONS:
+        params = ACT_PARAMS.get(act, ())
+        assert len(params) == len(activations.BY_NAME[act].params), f"settings for {act} in ACT_PARAMS"
         for bias in (b, None):
-            np.testing.assert_allclose(nb.bias_act(Z, bias, act), ref.bias_act(Z, bias, act), **TOL[dtype])
-        Y = ref.bias_act(Z, b, act)
-        np.testing.assert_allclose(nb.act_backward(Y, dY, act), ref.act_backward(Y, dY, act), **TOL[dtype])
+            got = nb.bias_act(Z, bias, act, params)
+            assert got.dtype == Z.dtype and got.shape == Z.shape
+            np.testing.assert_allclose(got, ref.bias_act(Z, bias, act, params), **TOL[dtype], err_msg=act)
+        V = ref.bias_act(Z, b, act, params) if activations.BY_NAME[act].needs == "Y" else Z + b
+        got = nb.act_backward(V, dY, act, params)
+        assert got.dtype == Z.dtype
+        np.testing.assert_allclose(got, ref.act_backward(V, dY, act, params), **TOL[dtype], err_msg=act)
     assert set(reference_calls) <= {"bias_act", "act_backward"}
-    # only the numpy backend's own calls reached the reference (2 per act for bias_act, 1 backward)
-    assert reference_calls.count("bias_act") == 4 * 3 and reference_calls.count("act_backward") == 4
+    # only the numpy backend's own calls reached the reference: 2 bias_act per act (3 where the
+    # derivative reads Y, made here by the reference), 1 act_backward
+    n, from_y = len(fastnn.ACTIVATIONS), sum(rule.needs == "Y" for rule in activations.RULES)
+    assert reference_calls.count("bias_act") == 2 * n + from_y and reference_calls.count("act_backward") == n
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_activation_settings_reach_the_kernels(nb, ref, reference_calls, dtype):
+    """LeakyReLU's alpha is an argument of the generated kernel, not a constant baked into it."""
+    Z = np.array([[-3.0, -1.0, 0.0, 2.0]], dtype)
+    for alpha in (0.01, 0.2, 0.7):
+        np.testing.assert_allclose(nb.bias_act(Z, None, "leaky_relu", (alpha,)), [[-3 * alpha, -alpha, 0.0, 2.0]],
+                                   **TOL[dtype])
+        np.testing.assert_allclose(nb.act_backward(Z, np.ones_like(Z), "leaky_relu", (alpha,)),
+                                   [[alpha, alpha, alpha, 1.0]], **TOL[dtype])
+    assert reference_calls == []
 
 
 def test_float32_sigmoid_exp_is_accurate_over_the_whole_range(nb):
@@ -224,6 +251,16 @@ def test_elementwise_fallbacks_and_nan(nb, ref, rng, reference_calls):
     assert np.isnan(nb.bias_act(Z, None, "relu")[0, 0])
     assert np.isnan(nb.bias_act(Z.astype(np.float32), None, "sigmoid")[0, 0])
     assert np.isnan(nb.act_backward(np.array([[0.0]]), np.array([[np.nan]]), "relu")[0, 0])
+    for act in fastnn.ACTIVATIONS:  # every generated loop, both dtypes: NaN where the reference has it
+        params = ACT_PARAMS.get(act, ())
+        for dtype in DTYPES:
+            V, ones = np.array([[np.nan, 1.0, -1.0]], dtype), np.ones((1, 3), dtype)
+            assert np.isnan(nb.bias_act(V, None, act, params)[0, 0]), act
+            np.testing.assert_allclose(nb.bias_act(V, None, act, params), ref.bias_act(V, None, act, params),
+                                       **TOL[dtype])  # (NaN only where the reference has NaN)
+            np.testing.assert_allclose(nb.act_backward(V, ones, act, params), ref.act_backward(V, ones, act, params),
+                                       **TOL[dtype])
+            assert np.isnan(nb.act_backward(ones, V, act, params)[0, 0]), act  # a NaN gradient goes through
     T = np.array([[1.0, 0.0, 0.0]])
     assert np.isnan(nb.softmax_xent(Z, T)[0]) and np.isnan(nb.sigmoid_xent(Z, T)[0])
 
@@ -241,28 +278,100 @@ def test_losses_and_sum_rows_match_numpy(nb, ref, rng, dtype):
     np.testing.assert_allclose(nb.sum_rows(Z), ref.sum_rows(Z), **TOL[dtype])
 
 
+#: rule name -> its optimizer, settings not the defaults (every rule of fastnn.ops.optimizers).
+UPDATE_RULES = {
+    "sgd": lambda: SGD(0.5, weight_decay=0.01),
+    "momentum": lambda: SGD(0.5, momentum=0.9, weight_decay=0.01),
+    "nesterov": lambda: SGD(0.5, momentum=0.9, nesterov=True, weight_decay=0.1),
+    "adam": lambda: Adam(0.01, betas=(0.9, 0.99), eps=1e-7, weight_decay=0.05),
+    "adamw": lambda: AdamW(0.01, betas=(0.8, 0.99), eps=1e-7, weight_decay=0.05),
+    "rmsprop": lambda: RMSprop(0.01, alpha=0.9, eps=1e-7, weight_decay=0.05),
+    "rmsprop_momentum": lambda: RMSprop(0.01, alpha=0.9, eps=1e-7, momentum=0.5, weight_decay=0.05),
+}
+
+
+def test_every_update_rule_is_tested_here():
+    from fastnn.ops import optimizers
+    assert set(UPDATE_RULES) == set(optimizers.BY_NAME)
+    assert all(UPDATE_RULES[name]().rule.name == name for name in UPDATE_RULES)
+
+
+@pytest.mark.parametrize("rule_name", list(UPDATE_RULES))
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_optimizer_steps_match_numpy_in_place(nb, ref, rng, dtype):
-    shapes = [(4, 3), (3,)]
-    for shape in shapes:
-        W, dW = rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape).astype(dtype)
-        for momentum, nesterov, wd in ((0.0, False, 0.0), (0.9, False, 0.01), (0.9, True, 0.1)):
-            V = rng.standard_normal(shape).astype(dtype) if momentum else None
-            W1, V1 = W.copy(), None if V is None else V.copy()
-            W2, V2 = W.copy(), None if V is None else V.copy()
-            out = nb.sgd_update(W1, dW, 0.5, V1, momentum, nesterov, wd)
-            ref.sgd_update(W2, dW, 0.5, V2, momentum, nesterov, wd)
-            assert out[0] is W1 and out[1] is V1
-            np.testing.assert_allclose(W1, W2, **TOL[dtype])
-            if V is not None:
-                np.testing.assert_allclose(V1, V2, **TOL[dtype])
-        M, V = (np.abs(rng.standard_normal(shape)).astype(dtype) for _ in range(2))
-        states = [[W.copy(), M.copy(), V.copy()] for _ in range(2)]
-        for be, (W_, M_, V_) in zip((nb, ref), states):
-            for t in (1, 2, 3):
-                assert be.adam_update(W_, dW, 0.01, M_, V_, t, 0.9, 0.99, 1e-7, 0.05)[0] is W_
-        for got, want in zip(*states):
-            np.testing.assert_allclose(got, want, **TOL[dtype])
+def test_optimizer_steps_match_numpy_in_place(nb, ref, rng, reference_calls, rule_name, dtype):
+    """Each rule's generated kernel against the reference: three steps from a state that is not
+    zero, with and without decay (a bias), W and every slot in place."""
+    optimizer = UPDATE_RULES[rule_name]()
+    rule = optimizer.rule
+    for shape, decay in (((4, 3), True), ((3,), False), ((1, 1), True)):
+        W = rng.standard_normal(shape).astype(dtype)
+        grads = [rng.standard_normal(shape).astype(dtype) for _ in range(3)]
+        # a state from earlier steps: second moments are never negative
+        start = {name: (np.abs(rng.standard_normal(shape)) if name == "V" and "eps" in rule.hyper
+                        else rng.standard_normal(shape)).astype(dtype) for name in rule.slots}
+        runs = []
+        for be in (nb, ref):
+            W_, slots = W.copy(), {name: value.copy() for name, value in start.items()}
+            arrays = dict(slots)
+            for t, G in enumerate(grads, start=1):
+                h = optimizer.step_inputs(t)
+                out = be.update(rule, W_, G, slots, h if decay else dict(h, weight_decay=0.0))
+                assert out[0] is W_ and out[1] is slots
+                assert all(slots[name] is arrays[name] for name in rule.slots)
+            runs.append((W_, slots))
+        (W1, S1), (W2, S2) = runs
+        assert not np.array_equal(W1, W)
+        np.testing.assert_allclose(W1, W2, **TOL[dtype], err_msg=rule_name)
+        assert set(S1) == set(S2) == set(rule.slots)
+        for name in rule.slots:
+            np.testing.assert_allclose(S1[name], S2[name], **TOL[dtype], err_msg=f"{rule_name} {name}")
+    # the kernels ran: the reference saw only the numpy backend's own calls
+    assert reference_calls == ["update"] * 9, "numba's update ran the reference's step, not its kernel"
+
+
+@pytest.mark.parametrize("rule_name", list(UPDATE_RULES))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_generated_update_kernels_match_the_reference(rng, rule_name, dtype):
+    """Each ``update_<rule>`` kernel of the generated module, called as the backend calls it (flat
+    W, G, two slot arrays, the rule's inputs in its order), against the reference step."""
+    from fastnn.backends.numba import layer_ops
+    optimizer = UPDATE_RULES[rule_name]()
+    rule, ref = optimizer.rule, fastnn.get_backend("numpy")
+    kernel = getattr(layer_ops.load(), f"update_{rule_name}")
+    W = rng.standard_normal((5, 4)).astype(dtype)
+    start = {name: np.abs(rng.standard_normal((5, 4))).astype(dtype) for name in rule.slots}
+    W1, S1 = W.copy(), {name: value.copy() for name, value in start.items()}
+    W2, S2 = W.copy(), {name: value.copy() for name, value in start.items()}
+    unused = np.full(W.size, np.nan, dtype)  # a slot the rule does not keep is never read
+    for t in (1, 2, 3):
+        G = rng.standard_normal((5, 4)).astype(dtype)
+        h = optimizer.step_inputs(t)
+        flat = [S1[name].reshape(-1) for name in rule.slots] + [unused] * (2 - len(rule.slots))
+        kernel(W1.reshape(-1), G.reshape(-1), flat[0], flat[1], np.array([h[name] for name in rule.inputs]))
+        ref.update(rule, W2, G, S2, h)
+    np.testing.assert_allclose(W1, W2, **TOL[dtype])
+    for name in rule.slots:
+        np.testing.assert_allclose(S1[name], S2[name], **TOL[dtype])
+    assert np.isnan(unused).all()
+
+
+def test_optimizer_steps_fall_back_for_what_the_kernels_do_not_take(nb, ref, reference_calls):
+    """A strided W, a slot of another dtype: the reference's step, with the same result."""
+    optimizer = UPDATE_RULES["adamw"]()
+    rule, h = optimizer.rule, optimizer.step_inputs(1)
+    g = np.random.default_rng(0)
+    wide, G = g.standard_normal((3, 8)), g.standard_normal((3, 4))
+    W0 = wide[:, ::2].copy()
+    want = W0.copy()
+    ref.update(rule, want, G, {"M": np.zeros((3, 4)), "V": np.zeros((3, 4))}, h)
+    W = wide[:, ::2]
+    nb.update(rule, W, G, {"M": np.zeros((3, 4)), "V": np.zeros((3, 4))}, h)
+    np.testing.assert_allclose(W, want, rtol=1e-15)
+    W32 = W0.astype(np.float32)  # contiguous, but its slots are float64
+    nb.update(rule, W32, G.astype(np.float32), {"M": np.zeros((3, 4)), "V": np.zeros((3, 4))}, h)
+    assert W32.dtype == np.float32
+    np.testing.assert_allclose(W32, want, rtol=1e-5, atol=1e-6)
+    assert reference_calls == ["update"] * 3
 
 
 # ---- training: same seed, same weights as the NumPy reference ------------
@@ -275,7 +384,7 @@ def train(backend, layers, dtype, epochs, batch_size, loss, optimizer, n=150):
 
 
 def assert_same_training(layers, dtype, epochs, batch_size, loss, optimizer, tol, n=150):
-    numba = fastnn.get_backend("numba", compiled=False)
+    numba = fastnn.get_backend("numba", compiled=False, defer_compile=False)  # the layer path, its kernels
     a, history_a = train(numba, layers, dtype, epochs, batch_size, loss, optimizer, n)
     b, history_b = train("numpy", layers, dtype, epochs, batch_size, loss, optimizer, n)
     for da, db in zip(a.dense_layers, b.dense_layers):
@@ -283,7 +392,7 @@ def assert_same_training(layers, dtype, epochs, batch_size, loss, optimizer, tol
         np.testing.assert_allclose(da.b, db.b, **tol)
     np.testing.assert_allclose(history_a["loss"], history_b["loss"], **tol)
     assert history_a["accuracy"] == history_b["accuracy"]
-    return a
+    return a, history_a
 
 
 def sigmoid_net():
@@ -311,6 +420,27 @@ CASES = [  # (layers, loss, optimizer); batch 32 of 150 rows leaves a partial la
 def test_fit_float64_matches_numpy(layers, loss, optimizer):
     assert_same_training(layers, "float64", epochs=3, batch_size=32, loss=loss, optimizer=optimizer,
                          tol=dict(rtol=1e-9, atol=1e-11))
+
+
+#: The activations and optimizers added with the op tables (LeakyReLU at a slope not its default).
+NEW_ACTIVATIONS = {"leaky_relu": lambda: LeakyReLU(0.1), "gelu": GELU, "silu": SiLU, "softplus": Softplus}
+NEW_OPTIMIZERS = {
+    "adamw": lambda: AdamW(lr=0.01, weight_decay=0.05),
+    "rmsprop": lambda: RMSprop(lr=0.003, weight_decay=1e-3),
+    "rmsprop-momentum": lambda: RMSprop(lr=0.002, alpha=0.95, momentum=0.9),
+}
+
+
+@pytest.mark.parametrize("opt", list(NEW_OPTIMIZERS))
+@pytest.mark.parametrize("act", list(NEW_ACTIVATIONS))
+def test_fit_float64_new_activations_and_optimizers_match_numpy(act, opt):
+    """Layer by layer on numba's kernels, 3 epochs: the reference's weights, losses and accuracies."""
+    def layers():
+        return Dense(8, 12), NEW_ACTIVATIONS[act](), Dense(12, 6), NEW_ACTIVATIONS[act](), Dense(6, 3)
+    _, history = assert_same_training(layers, "float64", epochs=3, batch_size=32, loss="cross_entropy",
+                                      optimizer=NEW_OPTIMIZERS[opt], tol=dict(rtol=1e-12, atol=1e-12))
+    assert history.path.startswith("layer by layer"), history.path
+    assert history["loss"][-1] < history["loss"][0]  # it learns: the comparison is not of a stuck net
 
 
 def test_fit_float64_large_batches_matches_numpy():
