@@ -11,10 +11,10 @@ from .callbacks import Callback, LambdaCallback
 from .gradcheck import gradcheck
 from .history import History
 from .io import ModelFileError, load
-from .layers import Dense, Identity, ReLU, Sigmoid, Softmax, Tanh
+from .layers import GELU, Dense, Identity, LeakyReLU, ReLU, Sigmoid, SiLU, Softmax, Softplus, Tanh
 from .losses import BinaryCrossEntropy, CrossEntropy, Loss, MSE, get_loss
 from .model import Sequential, TrainingDiverged
-from .optim import SGD, Adam
+from .optim import SGD, Adam, AdamW, RMSprop
 from .validation import UnscaledInputWarning
 
 __version__ = "0.1.0"  # the one place the version is defined: pyproject.toml reads it from here
@@ -33,9 +33,9 @@ def __getattr__(name):
     raise AttributeError(f"module 'fastnn' has no attribute {name!r}")
 
 __all__ = [
-    "ACTIVATIONS", "Adam", "Backend", "BackendUnavailable", "BinaryCrossEntropy", "Callback", "CrossEntropy",
-    "Dense", "History", "LambdaCallback", "Identity", "Loss", "MLPClassifier", "MSE", "ModelFileError", "ReLU", "SGD",
-    "Sequential", "Sigmoid", "Softmax", "Tanh", "TrainingDiverged", "UnscaledInputWarning",
+    "ACTIVATIONS", "Adam", "AdamW", "Backend", "BackendUnavailable", "BinaryCrossEntropy", "Callback", "CrossEntropy",
+    "Dense", "GELU", "History", "LambdaCallback", "LeakyReLU", "Identity", "Loss", "MLPClassifier", "MSE", "ModelFileError", "RMSprop", "ReLU", "SGD",
+    "Sequential", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "TrainingDiverged", "UnscaledInputWarning",
     "available_backends", "default_backend", "gradcheck", "get_backend", "get_loss", "load", "register_backend", "set_backend",
     "use_backend",
 ]

@@ -27,8 +27,11 @@ from importlib import metadata
 
 import numpy as np
 
-#: The closed set of activation names; kernels may map them to small integer codes.
-ACTIVATIONS = ("identity", "sigmoid", "relu", "tanh")
+from .ops import ArrayMath
+from .ops import activations as _activations
+
+#: The closed set of activation names (``fastnn.ops.activations``); kernels take their codes.
+ACTIVATIONS = tuple(_activations.BY_NAME)
 
 
 class BackendUnavailable(RuntimeError):
@@ -42,9 +45,12 @@ class BackendUnavailable(RuntimeError):
         self.reason = reason or message
 
 
-def _check_act(act):
-    if act not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
+def _check_act(act, params=()):
+    """The table entry of ``act``, after checking its settings; ValueError naming the problem."""
+    rule = _activations.rule(act)
+    if len(params) != len(rule.params):
+        raise ValueError(f"activation {act!r} takes the settings {rule.params or 'none'}, got {tuple(params)!r}")
+    return rule
 
 
 class Backend:
@@ -136,31 +142,21 @@ class Backend:
         """Sum over the batch: ``(B, n) -> (n,)`` (the bias gradient)."""
         return self.xp.sum(X, axis=0)
 
-    # ---- activations ---------------------------------------------------
-    def bias_act(self, Z, b, act):
-        """``act(Z + b)``, fused: ``Z (B, n)``, ``b (n,)`` or None -> ``Y (B, n)``."""
-        _check_act(act)
-        xp = self.xp
+    # ---- activations (their formulas: fastnn.ops.activations) ------------
+    def bias_act(self, Z, b, act, params=()):
+        """``act(Z + b)``, fused: ``Z (B, n)``, ``b (n,)`` or None -> ``Y (B, n)``; ``params``: the
+        activation's settings (LeakyReLU's alpha), in the order of its table entry."""
+        rule = _check_act(act, params)
         if b is not None:
             Z = Z + b
-        if act == "sigmoid":
-            return _sigmoid(xp, Z)
-        if act == "relu":
-            return xp.maximum(Z, xp.zeros_like(Z))
-        if act == "tanh":
-            return xp.tanh(Z)
-        return Z
+        return rule.forward(ArrayMath(self.xp, Z), Z, *params)
 
-    def act_backward(self, Y, dY, act):
-        """``dZ`` from the activation's *output* ``Y`` and ``dY``, both ``(B, n)``."""
-        _check_act(act)
-        if act == "sigmoid":
-            return dY * Y * (1 - Y)
-        if act == "relu":
-            return dY * self.xp.astype(Y > 0, Y.dtype)
-        if act == "tanh":
-            return dY * (1 - Y * Y)
-        return dY
+    def act_backward(self, V, dY, act, params=()):
+        """``dZ`` from ``dY`` and ``V``, both ``(B, n)``: the activation's output ``Y``, or its input
+        ``Z`` for one whose entry ``needs`` Z (GELU, SiLU, ...)."""
+        rule = _check_act(act, params)
+        slope = rule.derivative(ArrayMath(self.xp, V), V, *params)
+        return dY if isinstance(slope, float) and slope == 1.0 else dY * slope
 
     # ---- losses on logits (summed over outputs, averaged over the batch) -
     def softmax_xent(self, Z, T):
@@ -193,36 +189,17 @@ class Backend:
         dZ = (_sigmoid(xp, Z) - T) / B
         return loss, dZ
 
-    # ---- optimizer steps -----------------------------------------------
-    def sgd_update(self, W, dW, lr, V=None, momentum=0.0, nesterov=False, weight_decay=0.0):
-        """One SGD step; returns ``(W, V)``, updated in place where the backend allows.
-
-        ``g = dW + weight_decay·W``; with momentum ``V ← μV + g`` and the step is
-        ``V`` (or ``g + μV`` with Nesterov); ``W ← W − lr·step``.
-        """
-        g = dW + weight_decay * W if weight_decay else dW
-        if momentum:
-            V *= momentum
-            V += g
-            step = g + momentum * V if nesterov else V
-        else:
-            step = g
-        W -= lr * step
-        return W, V
-
-    def adam_update(self, W, dW, lr, M, V, t, beta1=0.9, beta2=0.999, eps=1e-8,
-                    weight_decay=0.0):
-        """One Adam step at step number ``t`` (from 1); returns ``(W, M, V)``."""
-        xp = self.xp
-        g = dW + weight_decay * W if weight_decay else dW
-        M *= beta1
-        M += (1 - beta1) * g
-        V *= beta2
-        V += (1 - beta2) * (g * g)
-        m_hat = M / (1 - beta1 ** t)
-        v_hat = V / (1 - beta2 ** t)
-        W -= lr * m_hat / (xp.sqrt(v_hat) + eps)
-        return W, M, V
+    # ---- optimizer steps (their formulas: fastnn.ops.optimizers) --------
+    def update(self, rule, W, dW, slots, hyper):
+        """One step of update rule ``rule`` (an entry of ``fastnn.ops.optimizers``) on parameter
+        ``W`` with gradient ``dW``: ``slots`` ({name: array like W}) its state, ``hyper`` ({name:
+        float}) every input the rule reads (``rule.inputs``). Updates W and the slots in place and
+        returns ``(W, slots)``."""
+        new_W, new_slots = rule.update(ArrayMath(self.xp, W), W, dW, slots, hyper)
+        for name, value in new_slots.items():
+            slots[name][...] = value
+        W[...] = new_W
+        return W, slots
 
     # ---- whole-epoch training ------------------------------------------
     def epoch_trainer(self, net, loss, optimizer):

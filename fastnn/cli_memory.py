@@ -24,7 +24,7 @@ def training_bytes(sizes, batch_size, optimizer, rows, test_rows, itemsize=4):
     draw of the largest layer's initial values (two arrays); the data and the process all along.
     An upper estimate: a measured peak is at or under it (``test_the_memory_estimate``)."""
     per_layer = [n_in * n_out + n_out for n_in, n_out in zip(sizes[:-1], sizes[1:])]
-    slots = 2 if optimizer.kind == "adam" else int(bool(optimizer.momentum))
+    slots = len(optimizer.state_slots())
     eval_rows = min(EVAL_ROWS, max(rows, test_rows))
     activations = max(4 * min(batch_size, rows), 3 * eval_rows) * sum(sizes) * itemsize
     training = sum(per_layer) * itemsize * (4 + slots) + activations

@@ -66,8 +66,8 @@ def _optimizer(args, parser_error):
 
 def _optimizer_text(opt):
     """``"SGD, learning rate 0.3, momentum 0.9"``."""
-    text = f"{'Adam' if opt.kind == 'adam' else 'SGD'}, learning rate {opt.lr:g}"
-    if opt.kind != "adam" and opt.momentum:
+    text = f"{type(opt).__name__}, learning rate {opt.lr:g}"
+    if getattr(opt, "momentum", 0.0):
         text += f", momentum {opt.momentum:g}"
     return text + (f", L2 weight decay {opt.weight_decay:g}" if opt.weight_decay else "")
 

@@ -2,8 +2,10 @@
 
 A :class:`Dense` layer holds ``W (n_in, n_out)`` and ``b (n_out,)`` and, after
 a backward pass, ``dW`` and ``db``. Activation layers hold no parameters; they
-keep their output ``Y`` because every activation's derivative is cheapest
-from it (σ' = Y(1−Y), tanh' = 1−Y², relu' = [Y>0]).
+keep their output ``Y``, from which most derivatives are cheapest (σ' = Y(1−Y),
+tanh' = 1−Y², relu' = [Y>0]), or their input ``Z`` where the formula needs it
+(GELU, SiLU, Softplus, LeakyReLU): each activation's formulas are one entry of
+``fastnn.ops.activations``.
 
 Layers run on a backend's ops (``gemm``, ``bias_act``, ``act_backward``,
 ``sum_rows``) and on ``backend.xp`` with array-API functions only.
@@ -15,6 +17,7 @@ import math
 import numpy as np
 
 from .backend import ACTIVATIONS, get_backend
+from .ops import activations as _activations
 
 
 # ---- initializers: host NumPy, so every backend starts from the same numbers --
@@ -139,12 +142,12 @@ class Dense(Layer):
             P = backend.xp.asarray(P, copy=True)  # training updates P in place: never the caller's array
         return P
 
-    def forward(self, X, act="identity"):
+    def forward(self, X, act="identity", params=()):
         """``act(X @ W + b)``: ``X (B, n_in) -> (B, n_out)``; keeps X for backward."""
         backend = self._bound()
         self.X = X
         Z = backend.gemm(X, self._W)  # (B, n_in) @ (n_in, n_out) -> (B, n_out)
-        return backend.bias_act(Z, self._b, act)
+        return backend.bias_act(Z, self._b, act, params)
 
     def backward(self, dZ):
         """From ``dZ (B, n_out)``: sets ``dW``, ``db``; returns ``dX (B, n_in)``."""
@@ -170,20 +173,20 @@ def dense_stack(layers):
     """``(dims, acts)`` when ``layers`` are a plain stack a compiled trainer can take.
 
     A plain stack is Dense layers, each followed by at most one activation layer:
-    ``dims`` are the widths, input to output, and ``acts[i]`` the name of the
-    activation after Dense ``i`` (``"identity"`` for none). Anything else (a user's
-    layer, Softmax inside, two activations in a row) raises ValueError naming it.
+    ``dims`` are the widths, input to output, and ``acts[i]`` the ``(name, params)``
+    of the activation after Dense ``i`` (``("identity", ())`` for none). Anything else
+    (a user's layer, Softmax inside, two activations in a row) raises ValueError naming it.
     """
     dims, acts, previous = [], [], None
     for layer in layers:
         if is_plain(layer, Dense):
             dims += [layer.n_in, layer.n_out] if not dims else [layer.n_out]
-            acts.append("identity")
+            acts.append(("identity", ()))
         elif is_plain(layer, Activation) and isinstance(previous, Dense):
-            acts[-1] = layer.act
+            acts[-1] = (layer.act, layer.params)
         else:
-            raise ValueError(f"layer {layer!r} (only Dense, each followed by at most one "
-                             f"{'/'.join(ACTIVATIONS)} activation)")
+            raise ValueError(f"layer {layer!r} (only Dense, each followed by at most one activation: "
+                             f"{', '.join(ACTIVATIONS)})")
         previous = layer
     if not dims:
         raise ValueError("no Dense layer")
@@ -191,22 +194,37 @@ def dense_stack(layers):
 
 
 class Activation(Layer):
-    """An element-wise activation; ``act`` is one of ``fastnn.backend.ACTIVATIONS``."""
+    """An element-wise activation; ``act`` names its entry in ``fastnn.ops.activations``."""
 
     act = "identity"
 
     def __init__(self):
-        self.Y = None
+        self.Y = self.Z = None
+
+    @property
+    def params(self):
+        """The entry's settings, in its order (LeakyReLU: ``(alpha,)``)."""
+        return tuple(float(getattr(self, name)) for name in self.rule.params)
+
+    @property
+    def rule(self):
+        return _activations.BY_NAME[self.act]
 
     def __repr__(self):
-        return f"{type(self).__name__}()"
+        settings = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.rule.params)
+        return f"{type(self).__name__}({settings})"
+
+    def config(self):
+        return {"type": type(self).__name__, **{name: getattr(self, name) for name in self.rule.params}}
 
     def forward(self, X):
-        self.Y = self._bound().bias_act(X, None, self.act)
+        self.Z = X if self.rule.needs == "Z" else None
+        self.Y = self._bound().bias_act(X, None, self.act, self.params)
         return self.Y
 
     def backward(self, dY):
-        return self._bound().act_backward(self.Y, dY, self.act)
+        V = self.Z if self.rule.needs == "Z" else self.Y
+        return self._bound().act_backward(V, dY, self.act, self.params)
 
 
 class Sigmoid(Activation):
@@ -231,6 +249,37 @@ class Identity(Activation):
     """z (useful to make a linear output explicit)."""
 
     act = "identity"
+
+
+class LeakyReLU(Activation):
+    """z for z > 0, else alpha·z (PyTorch's LeakyReLU, ``negative_slope=alpha``)."""
+
+    act = "leaky_relu"
+
+    def __init__(self, alpha=0.01):
+        super().__init__()
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(alpha):
+            raise ValueError(f"LeakyReLU: alpha must be a finite number, got {alpha!r}")
+        self.alpha = float(alpha)
+
+
+class GELU(Activation):
+    """GELU in its tanh form: ½z(1 + tanh(√(2/π)(z + 0.044715 z³))) (PyTorch's ``approximate="tanh"``)."""
+
+    act = "gelu"
+
+
+class SiLU(Activation):
+    """z·σ(z) (also called swish)."""
+
+    act = "silu"
+
+
+class Softplus(Activation):
+    """ln(1 + e^z), computed stably (PyTorch's Softplus with beta 1)."""
+
+    act = "softplus"
 
 
 class Softmax(Layer):
@@ -259,8 +308,10 @@ class Softmax(Layer):
         return self.Y * (dY - xp.sum(dY * self.Y, axis=1, keepdims=True))
 
 
-LAYER_TYPES = {cls.__name__: cls for cls in (Dense, Sigmoid, ReLU, Tanh, Identity, Softmax)}
-ACTIVATION_LAYERS = {cls.act: cls for cls in (Sigmoid, ReLU, Tanh, Identity)}
+_ACTIVATION_CLASSES = (Sigmoid, ReLU, Tanh, Identity, LeakyReLU, GELU, SiLU, Softplus)
+LAYER_TYPES = {cls.__name__: cls for cls in (Dense, Softmax) + _ACTIVATION_CLASSES}
+ACTIVATION_LAYERS = {cls.act: cls for cls in _ACTIVATION_CLASSES}
+assert set(ACTIVATION_LAYERS) == set(ACTIVATIONS), "every entry of fastnn.ops.activations needs its layer class"
 
 
 def layer_from_config(config):
@@ -270,4 +321,9 @@ def layer_from_config(config):
         raise ValueError(f"unknown layer type {kind!r} in model description")
     if kind == "Dense":
         return Dense(config["n_in"], config["n_out"], init=config.get("init", "glorot_uniform"))
-    return LAYER_TYPES[kind]()
+    cls = LAYER_TYPES[kind]
+    settings = {name: value for name, value in config.items() if name != "type"}
+    expected = set(cls().rule.params) if issubclass(cls, Activation) else set()
+    if set(settings) != expected:
+        raise ValueError(f"layer {kind}: expected the settings {sorted(expected) or 'none'}, got {sorted(settings)}")
+    return cls(**settings)

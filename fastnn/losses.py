@@ -61,6 +61,8 @@ class BinaryCrossEntropy(Loss):
 
 
 LOSSES = {cls.name: cls for cls in (MSE, CrossEntropy, BinaryCrossEntropy)}
+#: The code of each loss in every kernel (its position here): one place.
+CODES = {name: code for code, name in enumerate(LOSSES)}
 
 
 def get_loss(loss):

@@ -158,8 +158,8 @@ class Sequential:
         while i < len(layers):
             layer = layers[i]
             following = layers[i + 1] if i + 1 < len(layers) else None
-            if isinstance(layer, Dense) and isinstance(following, Activation):
-                X = layer.forward(X, act=following.act)
+            if isinstance(layer, Dense) and isinstance(following, Activation) and following.rule.needs == "Y":
+                X = layer.forward(X, act=following.act, params=following.params)
                 following.Y = X
                 i += 2
             else:

@@ -10,6 +10,8 @@ import numbers
 
 import numpy as np
 
+from .ops import optimizers as _rules
+
 
 def _shown(value, width=60):
     """``repr(value)``, cut to ``width`` characters: a message may quote what a file holds."""
@@ -42,13 +44,18 @@ def _non_negative(name, value, owner):
 
 
 class Optimizer:
-    """Holds per-parameter state (``self.state["0.W"] = {"V": array}``) between steps."""
+    """Holds per-parameter state (``self.state["0.W"] = {"V": array}``) between steps.
+
+    A subclass picks its update rule (an entry of ``fastnn.ops.optimizers``) and lists its
+    settings; the step itself is the rule's, on every backend."""
 
     kind = ""
     slots = ()  # every state array it may keep per parameter (a checkpoint holds no others)
+    counts_steps = False  # keeps the step number ``t`` (rules with per-step scalars)
 
     def __init__(self):
         self.state = {}
+        self.t = 0
 
     @staticmethod
     def _params(dense_layers):
@@ -63,11 +70,42 @@ class Optimizer:
             entry[slot] = backend.xp.zeros_like(like)
         return entry[slot]
 
+    @property
+    def rule(self):
+        """The update rule this optimizer steps with (it may depend on its settings)."""
+        return _rules.BY_NAME[self.kind]
+
+    def hyper(self):
+        """``{name: float}``: the settings the rule reads, without the per-step scalars."""
+        rule = self.rule
+        return {name: float(getattr(self, name)) for name in ("lr", "weight_decay") + rule.hyper}
+
+    def step_inputs(self, t):
+        """Every input of the rule at step ``t`` (from 1): the settings and the per-step scalars."""
+        h = self.hyper()
+        h.update((name, float(f(h, t))) for name, f in self.rule.step_scalars)
+        return h
+
     def step(self, backend, dense_layers):
-        raise NotImplementedError
+        rule = self.rule
+        if self.counts_steps:
+            self.t += 1
+        h = self.step_inputs(self.t)
+        no_decay = dict(h, weight_decay=0.0)
+        for key, layer, name, decays in self._params(dense_layers):
+            P, G = getattr(layer, name), getattr(layer, "d" + name)
+            slots = {slot: self._slot(backend, key, slot, P) for slot in rule.slots}
+            P, slots = backend.update(rule, P, G, slots, h if decays else no_decay)
+            setattr(layer, "_" + name, P)  # already checked: skip the setter's validation
+            if slots:
+                self.state[key].update(slots)
 
     def config(self):
-        raise NotImplementedError
+        return {"kind": type(self).kind_name, **{name: _json(getattr(self, name)) for name in self.settings}}
+
+    def __repr__(self):
+        args = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.settings)
+        return f"{type(self).__name__}({args})"
 
     # ---- checkpoints: host arrays, so a checkpoint loads on any backend ----
     def state_arrays(self, backend):
@@ -88,7 +126,7 @@ class Optimizer:
             setattr(self, name, value)
 
     def _counters(self):
-        return {}
+        return {"t": self.t} if self.counts_steps else {}
 
     def checked_counters(self, counters):
         """``counters`` if they name exactly this optimizer's counters, each a step count (an
@@ -106,7 +144,11 @@ class Optimizer:
 
     def state_slots(self):
         """The state arrays this optimizer keeps per parameter once it has stepped."""
-        return self.slots
+        return self.rule.slots
+
+
+def _json(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 class SGD(Optimizer):
@@ -115,8 +157,9 @@ class SGD(Optimizer):
     With momentum: ``v ← μv + g``, ``w ← w − lr·v`` (PyTorch's convention).
     """
 
-    kind = "sgd"
+    kind_name = "sgd"
     slots = ("V",)
+    settings = ("lr", "momentum", "nesterov", "weight_decay")
 
     def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
         super().__init__()
@@ -127,74 +170,78 @@ class SGD(Optimizer):
             raise ValueError("SGD: nesterov=True needs momentum > 0")
         self.weight_decay = _non_negative("weight_decay", weight_decay, "SGD")
 
-    def __repr__(self):
-        return (f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, "
-                f"weight_decay={self.weight_decay})")
-
-    def config(self):
-        return {"kind": "sgd", "lr": self.lr, "momentum": self.momentum,
-                "nesterov": self.nesterov, "weight_decay": self.weight_decay}
-
-    def state_slots(self):
-        return self.slots if self.momentum else ()
-
-    def step(self, backend, dense_layers):
-        for key, layer, name, decays in self._params(dense_layers):
-            P, G = getattr(layer, name), getattr(layer, "d" + name)
-            V = self._slot(backend, key, "V", P) if self.momentum else None
-            P, V = backend.sgd_update(P, G, self.lr, V, self.momentum, self.nesterov,
-                                      self.weight_decay if decays else 0.0)
-            setattr(layer, "_" + name, P)  # already checked: skip the setter's validation
-            if V is not None:
-                self.state[key]["V"] = V
+    @property
+    def kind(self):
+        return "nesterov" if self.nesterov else "momentum" if self.momentum else "sgd"
 
 
 class Adam(Optimizer):
-    """Adam: ``Adam(lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)``."""
+    """Adam: ``Adam(lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)``; weight decay as
+    L2 in the gradient (PyTorch's Adam)."""
 
-    kind = "adam"
+    kind = kind_name = "adam"
     slots = ("M", "V")
+    settings = ("lr", "betas", "eps", "weight_decay")
+    counts_steps = True
 
     def __init__(self, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__()
-        self.lr = _positive("lr", lr, "Adam")
+        name = type(self).__name__
+        self.lr = _positive("lr", lr, name)
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-            raise ValueError(f"Adam: betas must be a pair (beta1, beta2), got {betas!r}")
-        self.betas = (_in_unit("beta1", betas[0], "Adam"), _in_unit("beta2", betas[1], "Adam"))
-        self.eps = _positive("eps", eps, "Adam")
-        self.weight_decay = _non_negative("weight_decay", weight_decay, "Adam")
-        self.t = 0
+            raise ValueError(f"{name}: betas must be a pair (beta1, beta2), got {betas!r}")
+        self.betas = (_in_unit("beta1", betas[0], name), _in_unit("beta2", betas[1], name))
+        self.eps = _positive("eps", eps, name)
+        self.weight_decay = _non_negative("weight_decay", weight_decay, name)
 
-    def __repr__(self):
-        return f"Adam(lr={self.lr}, betas={self.betas}, eps={self.eps}, weight_decay={self.weight_decay})"
+    @property
+    def beta1(self):
+        return self.betas[0]
 
-    def config(self):
-        return {"kind": "adam", "lr": self.lr, "betas": list(self.betas), "eps": self.eps,
-                "weight_decay": self.weight_decay}
-
-    def _counters(self):
-        return {"t": self.t}
-
-    def step(self, backend, dense_layers):
-        self.t += 1
-        beta1, beta2 = self.betas
-        for key, layer, name, decays in self._params(dense_layers):
-            P, G = getattr(layer, name), getattr(layer, "d" + name)
-            M = self._slot(backend, key, "M", P)
-            V = self._slot(backend, key, "V", P)
-            P, M, V = backend.adam_update(P, G, self.lr, M, V, self.t, beta1, beta2, self.eps,
-                                          self.weight_decay if decays else 0.0)
-            setattr(layer, "_" + name, P)
-            self.state[key]["M"], self.state[key]["V"] = M, V
+    @property
+    def beta2(self):
+        return self.betas[1]
 
 
-OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+class AdamW(Adam):
+    """AdamW: ``AdamW(lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)``; decoupled weight
+    decay ``w ← w·(1 − lr·weight_decay)`` before the Adam step (PyTorch's AdamW), on weights only."""
+
+    kind = kind_name = "adamw"
+
+    def __init__(self, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        super().__init__(lr, betas, eps, weight_decay)
+
+
+class RMSprop(Optimizer):
+    """RMSprop: ``RMSprop(lr=0.01, alpha=0.99, eps=1e-8, momentum=0.0, weight_decay=0.0)``, PyTorch's
+    rule (not centered): ``v ← αv + (1−α)g²``, ``w ← w − lr·g/(√v + ε)``; with momentum
+    ``b ← μb + g/(√v + ε)``, ``w ← w − lr·b``."""
+
+    kind_name = "rmsprop"
+    slots = ("V", "B")
+    settings = ("lr", "alpha", "eps", "momentum", "weight_decay")
+
+    def __init__(self, lr=0.01, alpha=0.99, eps=1e-8, momentum=0.0, weight_decay=0.0):
+        super().__init__()
+        self.lr = _positive("lr", lr, "RMSprop")
+        self.alpha = _in_unit("alpha", alpha, "RMSprop")
+        self.eps = _positive("eps", eps, "RMSprop")
+        self.momentum = _in_unit("momentum", momentum, "RMSprop")
+        self.weight_decay = _non_negative("weight_decay", weight_decay, "RMSprop")
+
+    @property
+    def kind(self):
+        return "rmsprop_momentum" if self.momentum else "rmsprop"
+
+
+OPTIMIZERS = {cls.kind_name: cls for cls in (SGD, Adam, AdamW, RMSprop)}
 
 
 def is_plain(optimizer):
-    """``optimizer`` is the library's SGD or Adam, stepping as they do (no subclass, no ``step``
+    """``optimizer`` is one of the library's optimizers, stepping as it does (no subclass, no ``step``
     replaced on the instance): what a compiled trainer may compute in its kernels instead."""
-    return type(optimizer) in (SGD, Adam) and "step" not in vars(optimizer)
+    return type(optimizer) in OPTIMIZERS.values() and "step" not in vars(optimizer)
 
 
 def optimizer_from_config(config):
@@ -208,7 +255,7 @@ def optimizer_from_config(config):
     if not isinstance(kind, str) or kind not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {_shown(kind)}; expected one of {', '.join(OPTIMIZERS)}")
     args = {name: value for name, value in config.items() if name != "kind"}
-    if kind == "adam" and isinstance(args.get("betas"), list):
+    if isinstance(args.get("betas"), list):
         args["betas"] = tuple(args["betas"])
     try:
         optimizer = OPTIMIZERS[kind](**args)

@@ -333,8 +333,10 @@ def test_gradcheck_needs_float64(Xy):
 
 def test_unknown_activation_name_in_a_backend_op():
     be = fastnn.get_backend("numpy")
-    with pytest.raises(ValueError, match=r"unknown activation 'gelu'; expected one of identity, sigmoid, relu, tanh"):
-        be.bias_act(be.asarray(np.ones((2, 2))), None, "gelu")
+    with pytest.raises(ValueError, match=r"unknown activation 'swish'; expected one of identity, sigmoid, relu, tanh, "):
+        be.bias_act(be.asarray(np.ones((2, 2))), None, "swish")
+    with pytest.raises(ValueError, match=r"activation 'leaky_relu' takes the settings \('alpha',\), got \(\)"):
+        be.bias_act(be.asarray(np.ones((2, 2))), None, "leaky_relu")
 
 
 def test_unknown_backend_name():

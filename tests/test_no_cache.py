@@ -18,7 +18,7 @@ import pytest
 import fastnn
 
 numba_backend = pytest.importorskip("fastnn.backends.numba.backend", reason="numba is not installed")
-from fastnn.backends.numba import cache as numba_cache, epoch_codegen as numba_epoch_codegen  # noqa: E402
+from fastnn.backends.numba import cache as numba_cache, epoch_codegen as numba_epoch_codegen, generated  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -214,22 +214,22 @@ def test_the_in_memory_epoch_module_differs_only_in_its_cache_flag():
 def test_an_epoch_module_numba_cannot_cache_is_made_in_memory(fresh, tmp_path, monkeypatch):
     """The folder took the module, but numba found no cache folder for it after all."""
     monkeypatch.setenv("FASTNN_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(numba_epoch_codegen, "_module", None)
+    monkeypatch.setattr(generated, "_modules", {})
 
-    def no_locator(name, path):
+    def no_locator(name, path, text):
         raise RuntimeError(f"cannot cache function 'epoch': no locator available for file {path!r}")
-    monkeypatch.setattr(numba_epoch_codegen, "_import_file", no_locator)
-    monkeypatch.setattr(numba_epoch_codegen, "_import_source", lambda name: ("in memory", name))
+    monkeypatch.setattr(generated, "_import_file", no_locator)
+    monkeypatch.setattr(generated, "_import_source", lambda name, text: ("in memory", name))
     with pytest.warns(RuntimeWarning, match="the epoch kernels: RuntimeError: cannot cache function"):
         assert numba_epoch_codegen.load()[0] == "in memory"
     assert not numba_cache.cacheable("epoch") and numba_cache.cacheable("layers")
     numba_cache.mark_cached("epoch", "float32")
     assert not numba_cache.is_cached("epoch", "float32")
 
-    def broken(name, path):
+    def broken(name, path, text):
         raise RuntimeError("some other failure")  # not about the cache: raised as it is
-    monkeypatch.setattr(numba_epoch_codegen, "_module", None)
+    monkeypatch.setattr(generated, "_modules", {})
     monkeypatch.setattr(numba_cache, "_not_cached", {})
-    monkeypatch.setattr(numba_epoch_codegen, "_import_file", broken)
+    monkeypatch.setattr(generated, "_import_file", broken)
     with pytest.raises(RuntimeError, match="some other failure"):
         numba_epoch_codegen.load()

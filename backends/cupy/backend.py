@@ -237,26 +237,27 @@ class CupyBackend(Backend):
         self._on_device("sum_rows", X)  # a NumPy array is refused, not summed on the host
         return super().sum_rows(X)
 
-    # ---- activations ---------------------------------------------------
-    def bias_act(self, Z, b, act):
-        _check_act(act)
+    # ---- activations (generated from fastnn.ops.activations: ops_source.py) --
+    def bias_act(self, Z, b, act, params=()):
+        _check_act(act, params)
         if not (self._on_device("bias_act", Z, b) and Z.ndim == 2
                 and (b is None or b.shape == (Z.shape[1],))):
-            return super().bias_act(Z, b, act)
+            return super().bias_act(Z, b, act, params)
         if b is None and act == "identity":
             return Z  # as the reference: nothing to do
+        p = Z.dtype.type(params[0] if params else 0.0)
         if b is None:
-            return _kernels.bias_act(act, False)(Z)
-        return _kernels.bias_act(act, True)(Z, b)
+            return _kernels.bias_act(act, False)(Z, p)
+        return _kernels.bias_act(act, True)(Z, b, p)
 
-    def act_backward(self, Y, dY, act):
-        _check_act(act)
+    def act_backward(self, V, dY, act, params=()):
+        _check_act(act, params)
         if act == "identity":
-            self._on_device("act_backward", Y, dY)
+            self._on_device("act_backward", V, dY)
             return dY  # as the reference
-        if not (self._on_device("act_backward", Y, dY) and Y.shape == dY.shape):
-            return super().act_backward(Y, dY, act)
-        return _kernels.act_backward(act)(Y, dY)
+        if not (self._on_device("act_backward", V, dY) and V.shape == dY.shape):
+            return super().act_backward(V, dY, act, params)
+        return _kernels.act_backward(act)(V, dY, V.dtype.type(params[0] if params else 0.0))
 
     # ---- losses --------------------------------------------------------
     def softmax_xent(self, Z, T):
@@ -275,27 +276,13 @@ class CupyBackend(Backend):
         _kernels.loss_op(kind, Z, T, dZ, loss)
         return loss.reshape(()), dZ
 
-    # ---- optimizer steps -----------------------------------------------
-    def sgd_update(self, W, dW, lr, V=None, momentum=0.0, nesterov=False, weight_decay=0.0):
-        fits = (self._on_device("sgd_update", W, dW, V) and dW.shape == W.shape
-                and (V is None or V.shape == W.shape) and (V is not None or not momentum))
-        if not fits:
-            return super().sgd_update(W, dW, lr, V, momentum, nesterov, weight_decay)
-        if momentum:
-            _kernels.sgd_momentum()(dW, float(lr), float(momentum), int(bool(nesterov)),
-                                    float(weight_decay), W, V)
-        else:
-            _kernels.sgd()(dW, float(lr), float(weight_decay), W)
-        return W, V
-
-    def adam_update(self, W, dW, lr, M, V, t, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
-        fits = (self._on_device("adam_update", W, dW, M, V)
-                and dW.shape == W.shape and M.shape == W.shape and V.shape == W.shape)
-        if not fits:
-            return super().adam_update(W, dW, lr, M, V, t, beta1, beta2, eps, weight_decay)
-        _kernels.adam()(dW, float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
-                        1 - beta1 ** t, 1 - beta2 ** t, W, M, V)
-        return W, M, V
+    # ---- optimizer steps (generated from fastnn.ops.optimizers: ops_source.py) --
+    def update(self, rule, W, dW, slots, hyper):
+        arrays = [slots[name] for name in rule.slots]
+        if not (self._on_device("update", W, dW, *arrays) and all(A.shape == W.shape for A in [dW, *arrays])):
+            return super().update(rule, W, dW, slots, hyper)
+        _kernels.update(rule)(dW, *[float(hyper[name]) for name in rule.inputs], W, *arrays)
+        return W, slots
 
     # ---- whole-epoch training ------------------------------------------
     def epoch_trainer(self, net, loss, optimizer):

@@ -4,8 +4,8 @@ replayed for every batch.
 ``make_graph_trainer(backend, net, loss, optimizer)`` returns the callable of
 :meth:`fastnn.backend.Backend.epoch_trainer` for a plain stack of Dense layers,
 each followed by at most one identity/sigmoid/relu/tanh activation, with loss
-``mse``, ``cross_entropy`` or ``binary_cross_entropy`` and optimizer SGD
-(momentum, Nesterov, weight decay) or Adam, in float32 or float64; anything else
+``mse``, ``cross_entropy`` or ``binary_cross_entropy`` and any update rule of
+``fastnn.ops.optimizers``, in float32 or float64; anything else
 gets None (``fit`` then runs layer by layer).
 
 Why: at small batches a step is a dozen tiny kernels and the time goes to
@@ -30,15 +30,14 @@ import warnings
 import numpy as np
 
 from fastnn.layers import dense_stack
-from fastnn.losses import MSE, BinaryCrossEntropy, CrossEntropy
-from fastnn.optim import SGD, Adam
+from fastnn.losses import CODES as LOSS_CODES
+from fastnn.ops import activations
 from fastnn.optim import is_plain as is_plain_optimizer
 
 from . import kernels as kern
 
 #: Batches up to this many rows replay the graph; larger ones run layer by layer.
 GRAPH_BATCH_MAX = 256
-_LOSSES = {CrossEntropy: "cross_entropy", BinaryCrossEntropy: "binary_cross_entropy", MSE: "mse"}
 
 
 def make_graph_trainer(backend, net, loss, optimizer):
@@ -63,11 +62,17 @@ def _plan(net, loss, optimizer):
     """``(dims, acts)``: the layer widths and each Dense layer's activation; ValueError: why not."""
     if net.dtype not in ("float32", "float64"):
         raise ValueError(f"dtype {net.dtype}")
-    if type(loss) not in _LOSSES:
+    if getattr(loss, "name", None) not in LOSS_CODES or type(loss).__module__ != "fastnn.losses":
         raise ValueError(f"loss {loss!r}")
     if not is_plain_optimizer(optimizer):  # a step replaced on the instance must run: the graph skips it
-        raise ValueError(f"optimizer {type(optimizer).__name__} (SGD or Adam, stepping as theirs)")
-    return dense_stack(net._training_layers(loss))
+        raise ValueError(f"optimizer {type(optimizer).__name__} (one of fastnn's, stepping as theirs)")
+    dims, acts = dense_stack(net._training_layers(loss))
+    for name, params in acts:  # the graph's products apply activations from Y, with no setting
+        rule = activations.BY_NAME[name]
+        if rule.needs != "Y" or params:
+            raise ValueError(f"activation {name} (the graph step keeps no Z and takes no setting: "
+                             "such models train layer by layer, on the same generated kernels)")
+    return dims, [name for name, _ in acts]
 
 
 class GraphTrainer:
@@ -80,7 +85,7 @@ class GraphTrainer:
     def __init__(self, backend, net, loss, optimizer, dims, acts):
         self.backend, self.net, self.loss, self.optimizer = backend, net, loss, optimizer
         self.dims, self.acts = dims, acts
-        self.kind = _LOSSES[type(loss)]
+        self.kind = loss.name
         self.logits = loss.output_activation is not None  # how _n_correct thresholds one output
         self.dtype = np.dtype(net.dtype)
         self.last_path, self.captures, self.failure = None, 0, None
@@ -127,8 +132,8 @@ class GraphTrainer:
         self.offset.fill(0)
         self.acc.fill(0)
         self.stop.fill(-1)
-        if isinstance(opt, Adam):
-            self.adam_s[:1].fill(float(opt.t))
+        if opt.counts_steps:
+            self.step_s[:1].fill(float(opt.t))
         stream = cp.cuda.get_current_stream()  # after fit's own work on it, in order
         full, rest = divmod(n, bs)
         for _ in range(full):
@@ -137,7 +142,7 @@ class GraphTrainer:
             self.graphs[rest].launch(stream)
         loss_sum, correct, stop = self.acc.get()  # the epoch's one device -> host copy (and sync)
         bad = int(stop) if stop >= 0 else -1
-        if isinstance(opt, Adam):
+        if opt.counts_steps:
             opt.t += bad if bad >= 0 else full + (1 if rest else 0)  # the steps applied
         self.last_path = "graph"
         return float(loss_sum), int(correct), bad
@@ -145,9 +150,7 @@ class GraphTrainer:
     # ---- buffers and graphs ---------------------------------------------------
     def _hyper(self):
         opt = self.optimizer
-        if isinstance(opt, Adam):
-            return ("adam", opt.lr, opt.betas, opt.eps, opt.weight_decay)
-        return ("sgd", opt.lr, opt.momentum, opt.nesterov, opt.weight_decay)
+        return (opt.rule.name, *opt.hyper().values())
 
     def _prepare(self, X, T, labels, n, bs):
         """Buffers and graphs for this data and batch size (kept while neither changes)."""
@@ -173,13 +176,13 @@ class GraphTrainer:
         self.db = [zeros(b) for b in dims[1:]]
         self.slots = {(f"{i}.{name}", slot): zeros(*P.shape)
                       for i in range(len(self.W)) for name, P in (("W", self.W[i]), ("b", self.b[i]))
-                      for slot in _state_slots(self.optimizer)}
+                      for slot in self.optimizer.rule.slots}
         self.order = zeros(n, dtype=np.int64)  # zeros: valid rows for the warm-up step
         self.offset = zeros(1, dtype=np.int64)
         self.acc = zeros(3, dtype=np.float64)  # loss sum, right guesses, stop flag
         self.stop = self.acc[2:]  # -1, or the first batch with a NaN/inf loss: nothing more applied
         self.bs = bs
-        self.adam_s = zeros(3, dtype=np.float64)  # t, 1 - beta1^t, 1 - beta2^t
+        self.step_s = zeros(3, dtype=np.float64)  # the step t, then the rule's per-step scalars
         self.graphs = {rows: self._capture(rows)}
         if n % bs and n > bs:
             self.graphs[n % bs] = self._capture(n % bs)  # the last, partial batch
@@ -246,8 +249,8 @@ class GraphTrainer:
                       bias=self.b[i], act=acts[i], gather=rows_of)
         kern.loss_epoch(self.kind, self.Y[L - 1][:r], self.T, self.labels, self.order, self.offset, r,
                         self.bs, acts[L - 1], self.logits, self.dZ[L - 1][:r], self.acc)
-        if isinstance(self.optimizer, Adam):
-            kern.adam_tick(self.adam_s, *self.optimizer.betas, self.dtype)
+        if self.optimizer.rule.step_scalars:
+            kern.tick(self.optimizer.rule, self.step_s, self.optimizer.hyper(), self.dtype)
         for i in reversed(range(L)):
             dZ = self.dZ[i][:r]
             if i > 0:  # (r, nO) @ (nO, nI) -> (r, nI), through act' of the layer below; W_i before its update
@@ -261,7 +264,7 @@ class GraphTrainer:
         """Layer i's W and b from ``dW = Aᵀ @ dZ`` ((nI, r) @ (r, nO)) and ``db = Σ_rows dZ``."""
         opt, nI, nO = self.optimizer, self.dims[i], self.dims[i + 1]
         W, b, lr, stop = self.W[i], self.b[i], opt.lr, self.stop
-        plain = isinstance(opt, SGD) and not opt.momentum
+        plain = opt.rule.name == "sgd"
         if plain and not opt.weight_decay:  # W ← W − lr·Aᵀ@dZ: one product, no temporary
             kern.gemm(A, dZ, W, nI, nO, r, stop, trans_a=True, alpha=-lr, beta=1.0, gather=rows_of)
         else:
@@ -270,21 +273,11 @@ class GraphTrainer:
             kern.bias_grad(dZ, b, r, nO, stop, alpha=-lr, beta=1.0)
         else:
             kern.bias_grad(dZ, self.db[i], r, nO, stop)
+        rule = opt.rule
+        settings = opt.hyper()  # the rule's inputs but its per-step scalars (those: self.step_s)
         for name, P, G, decay in (("W", W, self.dW[i], opt.weight_decay), ("b", b, self.db[i], 0.0)):
-            key = f"{i}.{name}"
-            if isinstance(opt, Adam):
-                beta1, beta2 = opt.betas
-                kern.adam(in_graph=True)(G, lr, beta1, beta2, opt.eps, decay, self.adam_s, stop,
-                                         P, self.slots[key, "M"], self.slots[key, "V"])
-            elif opt.momentum:
-                kern.sgd_momentum(in_graph=True)(G, lr, opt.momentum, int(opt.nesterov), decay, stop,
-                                                 P, self.slots[key, "V"])
-            elif name == "W" and decay:
-                kern.sgd(in_graph=True)(G, lr, decay, stop, P)
-
-
-def _state_slots(opt):
-    """The optimizer's state slots, as SGD.step / Adam.step name them."""
-    if isinstance(opt, Adam):
-        return ("M", "V")
-    return ("V",) if opt.momentum else ()
+            if plain and (name == "b" or not decay):
+                continue  # done above by the products themselves
+            values = [float(value) for value in dict(settings, weight_decay=decay).values()]
+            kern.update(rule, in_graph=True)(G, *values, self.step_s, stop,
+                                             P, *[self.slots[f"{i}.{name}", slot] for slot in rule.slots])

@@ -23,36 +23,21 @@ import functools
 import cupy
 import numpy as np
 
-#: Activation name -> the code the kernels take (the order of fastnn.backend.ACTIVATIONS).
-ACT_CODES = {"identity": 0, "sigmoid": 1, "relu": 2, "tanh": 3}
-#: Loss kind -> the code of the loss kernels.
-LOSS_CODES = {"cross_entropy": 0, "binary_cross_entropy": 1, "mse": 2}
+from fastnn import losses
+from fastnn.ops import activations, optimizers
+
+from . import ops_source
+
+#: Activation name -> the code the kernels take; loss name -> its code (the op tables: one place).
+ACT_CODES = activations.CODES
+LOSS_CODES = losses.CODES
 #: Threads of the one-block loss kernels (a power of two: the reduction halves it).
 LOSS_THREADS = 256
 #: Output tile of the matrix product (rows x columns; one thread per element) and its depth.
 TILE_M, TILE_N, TILE_K = 16, 16, 32
 
-# Activations by code, templated so ElementwiseKernels (type T) and the raw module (real) share them.
-# Written as the reference writes them: sigmoid from e^-|z| (never overflows), the derivatives
-# from the activation's output y.
-_DEVICE = r"""
-template <typename T> __device__ __forceinline__ T fastnn_act(T z, int act) {
-    if (act == 1) {
-        T e = exp(-fabs(z));
-        return z >= (T)0 ? (T)1 / ((T)1 + e) : e / ((T)1 + e);
-    }
-    if (act == 2) return z <= (T)0 ? (T)0 : z;  /* NaN stays NaN, as max(z, 0) in NumPy */
-    if (act == 3) return tanh(z);
-    return z;
-}
-
-template <typename T> __device__ __forceinline__ T fastnn_act_backward(T y, T dy, int act) {
-    if (act == 1) return dy * y * ((T)1 - y);
-    if (act == 2) return dy * (y > (T)0 ? (T)1 : (T)0);
-    if (act == 3) return dy * ((T)1 - y * y);
-    return dy;
-}
-"""
+# The activations' device functions and the codes, generated from the op tables (ops_source.py).
+_DEVICE = ops_source.DEVICE
 
 _MODULE = r"""
 #define TILE_M %(TILE_M)d
@@ -114,8 +99,8 @@ extern "C" __global__ void gemm_tiled(
         real v = alpha * acc;
         if (beta != (real)0) v += beta * C[at];
         if (has_bias) v += bias[n];
-        v = fastnn_act(v, act);
-        if (dact) v = fastnn_act_backward(Y[at], v, dact);
+        v = fastnn_act(v, act, (real)0);
+        if (dact) v = fastnn_act_backward(Y[at], v, dact, (real)0);
         C[at] = v;
     }
 }
@@ -155,7 +140,7 @@ __device__ double sigmoid_xent_row(const real* z, const real* t, real* dz, int n
         /* softplus(z) - t z, softplus(z) = max(z, 0) + log1p(e^-|z|): stable for large |z| */
         const real softplus = (z[j] > (real)0 ? z[j] : (real)0) + log1p(exp(-fabs(z[j])));
         loss += (double)(softplus - t[j] * z[j]);
-        dz[j] = (fastnn_act(z[j], 1) - t[j]) / B;
+        dz[j] = (fastnn_act(z[j], ACT_SIGMOID, (real)0) - t[j]) / B;
     }
     return loss;
 }
@@ -171,8 +156,8 @@ __device__ double mse_row(const real* y, const real* t, real* dy, int n, real B)
 }
 
 __device__ double loss_row(int kind, const real* y, const real* t, real* dy, int n, real B) {
-    if (kind == 0) return softmax_xent_row(y, t, dy, n, B);
-    if (kind == 1) return sigmoid_xent_row(y, t, dy, n, B);
+    if (kind == LOSS_CROSS_ENTROPY) return softmax_xent_row(y, t, dy, n, B);
+    if (kind == LOSS_BINARY_CROSS_ENTROPY) return sigmoid_xent_row(y, t, dy, n, B);
     return mse_row(y, t, dy, n, B);
 }
 
@@ -232,7 +217,7 @@ extern "C" __global__ void loss_epoch(int kind, const real* Y, const real* T, co
         loss += loss_row(kind, Y + at, T + src * n, dZ + at, n, (real)rows);
         hits += row_guess(Y + at, n, logits) == labels[src] ? 1.0 : 0.0;
         if (out_act)
-            for (int j = 0; j < n; ++j) dZ[at + j] = fastnn_act_backward(Y[at + j], dZ[at + j], out_act);
+            for (int j = 0; j < n; ++j) dZ[at + j] = fastnn_act_backward(Y[at + j], dZ[at + j], out_act, (real)0);
     }
     s_loss[threadIdx.x] = loss;
     s_hits[threadIdx.x] = hits;
@@ -266,12 +251,8 @@ extern "C" __global__ void advance(long long* offset, int rows) {
     offset[0] += rows;
 }
 
-/* Adam's step count and bias corrections on the device: s = (t, 1 - b1^t, 1 - b2^t). */
-extern "C" __global__ void adam_tick(double* s, double b1, double b2) {
-    s[0] += 1.0;
-    s[1] = 1.0 - pow(b1, s[0]);
-    s[2] = 1.0 - pow(b2, s[0]);
-}
+/* The update rules' step counts and per-step scalars (ops_source.tick). */
+%(TICKS)s
 """
 
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -281,7 +262,9 @@ DTYPES = tuple(_CTYPES)
 
 def source(dtype):
     """The raw module's CUDA source for ``dtype`` (float32 or float64)."""
-    params = {"TILE_M": TILE_M, "TILE_N": TILE_N, "TILE_K": TILE_K, "LOSS_THREADS": LOSS_THREADS}
+    ticks = "\n".join(ops_source.tick(rule) for rule in optimizers.RULES if rule.step_scalars)
+    params = {"TILE_M": TILE_M, "TILE_N": TILE_N, "TILE_K": TILE_K, "LOSS_THREADS": LOSS_THREADS,
+              "TICKS": ticks.replace("%", "%%")}
     return f"typedef {_CTYPES[np.dtype(dtype)]} real;\n" + _DEVICE + _MODULE % params
 
 
@@ -366,82 +349,36 @@ def advance(offset, rows, dtype):
     raw("advance", dtype)((1, 1, 1), (1, 1, 1), (offset, _I32(rows)))
 
 
-def adam_tick(s, beta1, beta2, dtype):
-    raw("adam_tick", dtype)((1, 1, 1), (1, 1, 1), (s, np.float64(beta1), np.float64(beta2)))
+def tick(rule, s, hyper, dtype):
+    """Count a step of ``rule`` and compute its per-step scalars into ``s`` (device float64)."""
+    settings = [name for name in rule.inputs if name not in dict(rule.step_scalars)]
+    raw(f"tick_{rule.name}", dtype)((1, 1, 1), (1, 1, 1), (s, *[np.float64(hyper[name]) for name in settings]))
 
 
 # ---- element-wise kernels (any strides, broadcasting) ---------------------------------
 @functools.cache
 def bias_act(act, with_bias):
-    """``Y = act(Z + b)`` (``b`` broadcast over the rows), or ``act(Z)``."""
+    """``Y = act(Z + b)`` (``b`` broadcast over the rows), or ``act(Z)``; ``p``: the setting."""
     code = ACT_CODES[act]
     if with_bias:
-        return cupy.ElementwiseKernel("T z, T b", "T y", f"y = fastnn_act(z + b, {code})",
+        return cupy.ElementwiseKernel("T z, T b, T p", "T y", f"y = fastnn_act(z + b, {code}, p)",
                                       f"fastnn_bias_{act}", preamble=_DEVICE)
-    return cupy.ElementwiseKernel("T z", "T y", f"y = fastnn_act(z, {code})", f"fastnn_{act}",
+    return cupy.ElementwiseKernel("T z, T p", "T y", f"y = fastnn_act(z, {code}, p)", f"fastnn_{act}",
                                   preamble=_DEVICE)
 
 
 @functools.cache
 def act_backward(act):
-    """``dZ`` from the activation's output ``Y`` and ``dY``."""
-    return cupy.ElementwiseKernel("T y, T dy", "T dz", f"dz = fastnn_act_backward(y, dy, {ACT_CODES[act]})",
+    """``dZ`` from ``V`` (the output Y, or the input Z where the entry needs it) and ``dY``."""
+    return cupy.ElementwiseKernel("T v, T dy, T p", "T dz", f"dz = fastnn_act_backward(v, dy, {ACT_CODES[act]}, p)",
                                   f"fastnn_{act}_backward", preamble=_DEVICE)
 
 
-# The optimizer steps update W (and their state) in place: they are the kernel's outputs, read
-# and written (as Chainer's optimizers do). Each line computes what the reference's line does, in
-# its order (NVRTC may fuse a multiply and an add, so the last bit can differ).
-_SGD = """
-T g = wd != 0 ? dw + (T)wd * w : dw;
-w = w - (T)lr * g;
-"""
-_SGD_MOMENTUM = """
-T g = wd != 0 ? dw + (T)wd * w : dw;
-v = v * (T)mu + g;
-T step = nesterov ? g + (T)mu * v : v;
-w = w - (T)lr * step;
-"""
-_ADAM = """
-T g = wd != 0 ? dw + (T)wd * w : dw;
-m = m * (T)b1 + (T)(1 - b1) * g;
-v = v * (T)b2 + (T)(1 - b2) * (g * g);
-T m_hat = m / (T)(C1);
-T v_hat = v / (T)(C2);
-w = w - (T)lr * m_hat / (sqrt(v_hat) + (T)eps);
-"""
-
-
-# In a CUDA graph (in_graph=True) a step also takes ``raw float64 stop`` and changes nothing once
-# stop[0] >= 0 (a batch had a NaN/inf loss); Adam's bias corrections then come from
-# ``s = (t, c1, c2)`` on the device, since a graph replays the same arguments every step.
-def _guarded(body):
-    return "if (stop[0] < 0) {" + body + "}"
-
-
 @functools.cache
-def sgd(in_graph=False):
-    params = "T dw, float64 lr, float64 wd"
-    if in_graph:
-        return cupy.ElementwiseKernel(params + ", raw float64 stop", "T w", _guarded(_SGD), "fastnn_sgd_graph")
-    return cupy.ElementwiseKernel(params, "T w", _SGD, "fastnn_sgd")
-
-
-@functools.cache
-def sgd_momentum(in_graph=False):
-    params = "T dw, float64 lr, float64 mu, int32 nesterov, float64 wd"
-    if in_graph:
-        return cupy.ElementwiseKernel(params + ", raw float64 stop", "T w, T v", _guarded(_SGD_MOMENTUM),
-                                      "fastnn_sgd_momentum_graph")
-    return cupy.ElementwiseKernel(params, "T w, T v", _SGD_MOMENTUM, "fastnn_sgd_momentum")
-
-
-@functools.cache
-def adam(in_graph=False):
-    params = "T dw, float64 lr, float64 b1, float64 b2, float64 eps, float64 wd, "
-    if in_graph:
-        body = _ADAM.replace("C1", "s[1]").replace("C2", "s[2]")
-        return cupy.ElementwiseKernel(params + "raw float64 s, raw float64 stop", "T w, T m, T v",
-                                      _guarded(body), "fastnn_adam_graph")
-    return cupy.ElementwiseKernel(params + "float64 c1, float64 c2", "T w, T m, T v",
-                                  _ADAM.replace("C1", "c1").replace("C2", "c2"), "fastnn_adam")
+def update(rule, in_graph=False):
+    """One step of update rule ``rule`` in place (W and its slots are the kernel's outputs, read and
+    written, as Chainer's optimizers do); arguments: dW, the rule's inputs, then (in a CUDA graph)
+    the device's per-step scalars ``s`` and ``stop``, then W and the slots."""
+    in_params, out_params, body = ops_source.update(rule, in_graph)
+    return cupy.ElementwiseKernel(in_params, out_params, body,
+                                  f"fastnn_{rule.name}{'_graph' if in_graph else ''}")

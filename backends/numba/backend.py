@@ -34,16 +34,16 @@ import weakref
 
 import numpy as np
 
-from fastnn.backend import ACTIVATIONS, Backend, _check_act
+from fastnn.backend import Backend, _check_act
 from fastnn.notices import waiting
 
 from . import cache as numba_cache
+from . import layer_ops
 
 #: The dtypes the kernels take. Compared by identity (NumPy's native float dtypes are
 #: singletons): fast, and an unusual equal dtype (byte-swapped, ...) just takes the reference.
 _FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
-#: Activation name -> kernel code (the order of ACTIVATIONS: identity, sigmoid, relu, tanh).
-_ACT_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
+_NO_PARAMS = np.zeros(layer_ops.N_PARAMS)  # the settings of an activation that takes none
 #: X @ W goes to the register tiles when the batch (M) is at most this and the
 #: product has at least TILE_MIN_WORK multiply-adds (below, call overhead decides,
 #: and NumPy's is smaller). Xᵀ @ dZ, dZ @ Wᵀ and larger batches go to BLAS:
@@ -254,28 +254,28 @@ class NumbaBackend(Backend):
         _kernels.sum_rows(X, out)
         return out
 
-    # ---- activations ---------------------------------------------------
+    # ---- activations (generated from fastnn.ops.activations: layer_ops.py) --
     @_kernel_op
-    def bias_act(self, Z, b, act):
-        _check_act(act)
+    def bias_act(self, Z, b, act, params=()):
+        rule = _check_act(act, params)
         fits = _usable(Z, 2) and (b is None or (_usable(b, 1) and b.dtype is Z.dtype and b.shape[0] == Z.shape[1]))
         if not fits:
-            return super().bias_act(Z, b, act)
+            return super().bias_act(Z, b, act, params)
         if b is None and act == "identity":
             return Z  # as the reference: nothing to do
         Y = np.empty_like(Z)
-        _kernels.bias_act(Z, Z[0] if b is None else b, b is not None, _ACT_CODES[act], Y)
+        layer_ops.load().bias_act(Z, Z[0] if b is None else b, b is not None, rule.code, _settings(params), Y)
         return Y
 
     @_kernel_op
-    def act_backward(self, Y, dY, act):
-        _check_act(act)
+    def act_backward(self, V, dY, act, params=()):
+        rule = _check_act(act, params)
         if act == "identity":
             return dY  # as the reference
-        if not (_usable(Y, 2) and _usable(dY, 2) and dY.dtype is Y.dtype and dY.shape == Y.shape):
-            return super().act_backward(Y, dY, act)
-        dZ = np.empty_like(Y)
-        _kernels.act_backward(Y, dY, _ACT_CODES[act], dZ)
+        if not (_usable(V, 2) and _usable(dY, 2) and dY.dtype is V.dtype and dY.shape == V.shape):
+            return super().act_backward(V, dY, act, params)
+        dZ = np.empty_like(V)
+        layer_ops.load().act_backward(V, dY, rule.code, _settings(params), dZ)
         return dZ
 
     # ---- losses --------------------------------------------------------
@@ -298,29 +298,17 @@ class NumbaBackend(Backend):
         loss = _kernels.sigmoid_xent(Z, T, dZ)
         return Z.dtype.type(loss), dZ
 
-    # ---- optimizer steps -----------------------------------------------
-    @_kernel_op
-    def sgd_update(self, W, dW, lr, V=None, momentum=0.0, nesterov=False, weight_decay=0.0):
-        fits = (type(W) is np.ndarray and _usable(W, W.ndim) and _same(W, dW)
-                and (V is None or _same(W, V)) and (V is not None or not momentum))
-        if not fits:
-            return super().sgd_update(W, dW, lr, V, momentum, nesterov, weight_decay)
-        t = W.dtype.type
-        w = W.reshape(-1)
-        _kernels.sgd_update(w, dW.reshape(-1), w if V is None else V.reshape(-1), bool(momentum),
-                            t(lr), t(momentum), bool(nesterov), t(weight_decay))
-        return W, V
-
-    @_kernel_op
-    def adam_update(self, W, dW, lr, M, V, t, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
-        fits = (type(W) is np.ndarray and _usable(W, W.ndim) and _same(W, dW)
-                and _same(W, M) and _same(W, V))
-        if not fits:
-            return super().adam_update(W, dW, lr, M, V, t, beta1, beta2, eps, weight_decay)
-        d = W.dtype.type
-        _kernels.adam_update(W.reshape(-1), dW.reshape(-1), M.reshape(-1), V.reshape(-1), d(lr), d(beta1),
-                             d(beta2), d(eps), d(weight_decay), d(1 - beta1 ** t), d(1 - beta2 ** t))
-        return W, M, V
+    # ---- optimizer steps (generated from fastnn.ops.optimizers: layer_ops.py) --
+    def update(self, rule, W, dW, slots, hyper):
+        arrays = [slots[name] for name in rule.slots]
+        if not (type(W) is np.ndarray and W.dtype in self._kernel_dtypes  # (see _kernel_op: W comes second)
+                and _usable(W, W.ndim) and all(_same(W, A) for A in [dW, *arrays])):
+            return super().update(rule, W, dW, slots, hyper)
+        arrays += [W] * (2 - len(arrays))  # unused slots: never read
+        kernel = getattr(layer_ops.load(), f"update_{rule.name}")
+        kernel(W.reshape(-1), dW.reshape(-1), arrays[0].reshape(-1), arrays[1].reshape(-1),
+               np.array([hyper[name] for name in rule.inputs]))
+        return W, slots
 
     # ---- whole-epoch training ------------------------------------------
     def epoch_trainer(self, net, loss, optimizer):
@@ -398,25 +386,25 @@ class NumbaBackend(Backend):
         return time.perf_counter() - started
 
     def _warm_layers(self, dtype):
-        from fastnn.layers import Dense, ReLU, Sigmoid, Tanh
-        from fastnn.model import Sequential
-        from fastnn.optim import SGD, Adam
+        """Every layer-path kernel, called once for ``dtype`` as the ops call them."""
+        from fastnn.ops import optimizers
 
-        layers_only = NumbaBackend(self.num_threads, compiled=False, defer_compile=False)
-        rng = np.random.default_rng(0)
-        # the product kernels, called as gemm calls them (a tiny model never reaches them)
         A, B, C = np.ones((2, 3), dtype), np.ones((3, 4), dtype), np.empty((2, 4), dtype)
         _kernels.gemm_tiles(A, B, C, 1.0, 0.0, 0, -1)
         _kernels.gemm_tiles_parallel(A, B, C, 1.0, 0.0, self.num_threads)
         if _kernels.ensure_blas():
             _recap_blas(self)
         _kernels.blas_gemm(A, False, B, False, C, C.dtype.type(1.0), C.dtype.type(0.0))
-        for act, loss in ((Sigmoid, "mse"), (ReLU, "cross_entropy"), (Tanh, "binary_cross_entropy")):
-            for optimizer in (SGD(0.1, momentum=0.9), Adam(0.01)):
-                net = Sequential(Dense(6, 5), act(), Dense(5, 3), backend=layers_only, seed=0, dtype=dtype.name)
-                # the fused element-wise kernels, losses and optimizer steps
-                X, y = rng.random((44, 6)), rng.integers(0, 3, 44)
-                net.fit(X, y, epochs=1, batch_size=40, loss=loss, optimizer=optimizer)
+        _kernels.sum_rows(C, np.empty(4, dtype))
+        ops = layer_ops.load()
+        for has_bias in (True, False):
+            ops.bias_act(C, C[0], has_bias, 1, _NO_PARAMS, np.empty_like(C))
+        ops.act_backward(C, C, 1, _NO_PARAMS, np.empty_like(C))
+        _kernels.softmax_xent(C, C, np.empty_like(C))
+        _kernels.sigmoid_xent(C, C, np.empty_like(C))
+        for rule in optimizers.RULES:
+            w = C.reshape(-1)
+            getattr(ops, f"update_{rule.name}")(w, w.copy(), w.copy(), w.copy(), np.zeros(len(rule.inputs)))
 
     def warmup(self, dtypes=("float32", "float64")):
         """Compile now (or load from numba's disk cache) what ``fit`` runs, so the first
@@ -456,6 +444,13 @@ def _recap_blas(backend):
     for other in list(_live):
         other._blas_cap, other._one_blas_thread = _BlasCap(other.num_threads), _BlasCap(1)
     return backend._blas_cap
+
+
+def _settings(params):
+    """An activation's settings as the kernels take them (float64, padded)."""
+    if not params:
+        return _NO_PARAMS
+    return np.array(list(params) + [0.0] * (layer_ops.N_PARAMS - len(params)))
 
 
 def _same(W, X):

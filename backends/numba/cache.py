@@ -44,7 +44,10 @@ PARTS = ("epoch", "layers")
 COMPILE_SECONDS = {"epoch": 13.0, "layers": 10.0}
 LOCK, LOG = "background-compile.lock", "background-compile.json"
 #: The backend's sources whose edits make numba recompile (it checks a kernel's own file).
-_SOURCES = ("kernels.py", "epoch_template.py", "epoch_codegen.py", "simd.py")
+#: The backend's sources a kernel is made from (beside the op tables, read from their modules): a
+#: change in any makes new kernels, so the markers of what is cached change with them.
+_SOURCES = ("kernels.py", "epoch_template.py", "epoch_codegen.py", "epoch_ops.py", "layer_ops.py", "generated.py",
+            "simd.py")
 _key = None
 _spawned = []  # the background processes this one started (kept: no "still running" warning)
 _folders = {}  # cache_dir() -> (the folder used, or None; what was wrong with those refused)
@@ -185,8 +188,12 @@ def key():
         h = hashlib.sha256(repr((numba.__version__, sys.version_info[:2], llvm.get_host_cpu_name(),
                                  llvm.get_host_cpu_features().flatten(),
                                  numba_dir and os.path.abspath(numba_dir))).encode())
-        for name in _SOURCES:
-            with open(os.path.join(here, name), "rb") as f:
+        from fastnn import losses
+        from fastnn.ops import activations, optimizers, symbolic
+
+        tables = [module.__file__ for module in (activations, optimizers, symbolic, losses)]
+        for path in [os.path.join(here, name) for name in _SOURCES] + tables:
+            with open(path, "rb") as f:
                 h.update(f.read())
         _key = h.hexdigest()[:16]
     return _key

@@ -2,9 +2,9 @@
 
 ``make_epoch_trainer(backend, net, loss, optimizer)`` returns the callable of
 :meth:`fastnn.backend.Backend.epoch_trainer` for a plain stack of Dense layers
-with identity/sigmoid/relu/tanh activations, loss ``mse``, ``cross_entropy`` or
+with any activation of one setting at most, loss ``mse``, ``cross_entropy`` or
 ``binary_cross_entropy``, optimizer SGD (momentum, Nesterov, weight decay) or
-Adam, in float32 or float64; anything else gets None (``fit`` then runs layer
+the activations and update rules of fastnn.ops, in float32 or float64; anything else gets None (``fit`` then runs layer
 by layer). The kernels (``epoch_template.py``) serve every shape: they
 compile once per dtype and are cached on disk, so ``warmup()`` once per machine
 makes every later process start at once::
@@ -26,7 +26,8 @@ import warnings
 import numpy as np
 
 from fastnn.layers import dense_stack
-from fastnn.losses import MSE, BinaryCrossEntropy, CrossEntropy
+from fastnn.losses import CODES as LOSS_CODES
+from fastnn.ops import activations
 from fastnn.optim import is_plain as is_plain_optimizer
 
 from . import cache as numba_cache
@@ -34,8 +35,6 @@ from . import epoch_codegen as codegen
 from . import simd
 from .epoch_layout import Layout
 
-_ACTS = {"identity": 0, "sigmoid": 1, "relu": 2, "tanh": 3}
-_LOSSES = {MSE: 0, CrossEntropy: 1, BinaryCrossEntropy: 2}
 #: Multiply-adds per batch (forward) each thread needs to pay for its barriers: measured on
 #: 2 cores, 100-32-10 at batch 10 (35k) gains from a second thread, 30-30-10 (12k) loses.
 WORK_PER_THREAD = 15_000
@@ -109,17 +108,19 @@ def _plan(net, loss, optimizer, explain=False):
     try:
         if net.dtype not in ("float32", "float64"):
             raise _Unsupported(f"dtype {net.dtype}")
-        if type(loss) not in _LOSSES:
+        if LOSS_CODES.get(getattr(loss, "name", None)) is None or type(loss).__module__ != "fastnn.losses":
             raise _Unsupported(f"loss {loss!r}")
         if not is_plain_optimizer(optimizer):
-            raise _Unsupported(f"optimizer {type(optimizer).__name__} (SGD or Adam, stepping as theirs)")
+            raise _Unsupported(f"optimizer {type(optimizer).__name__} (one of fastnn's, stepping as theirs)")
         try:
             dims, acts = dense_stack(net._training_layers(loss))
         except ValueError as exc:
             raise _Unsupported(str(exc)) from None
+        if any(len(params) > 1 for _, params in acts):
+            raise _Unsupported("an activation with more than one setting")
         if not all(isinstance(p, np.ndarray) for d in net.dense_layers for p in (d.W, d.b)):
             raise _Unsupported("parameters that are not NumPy arrays")
-        return dims, [_ACTS[act] for act in acts], _LOSSES[type(loss)]
+        return dims, [(activations.CODES[name], params) for name, params in acts], LOSS_CODES[loss.name]
     except _Unsupported:
         if explain:
             raise

@@ -5,26 +5,13 @@ accumulators, so LLVM keeps them in registers); everything else comes from
 the template ``epoch_template.py``. Sizes are run-time arguments: one
 compiled module serves every layer shape, once per dtype.
 
-The source goes to a ``.py`` file in a cache folder, named by a hash of the
-generator, the template and the SIMD helpers, and is imported from there: numba's
-``cache=True`` needs a real file (it refuses functions made by ``exec``) and only
-notices edits to the file that defines a kernel, so any edit here or in the
-helpers gives a new file and a fresh compile. With no folder that takes files,
-the module is made from its source in memory, without numba's cache.
+The source goes to a ``.py`` file in a cache folder named by its hash (``generated.py``).
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import linecache
 import os
-import sys
-import threading
-import types
 
-from fastnn.files import atomic_writer
-
-from . import cache as numba_cache
+from . import epoch_ops, generated
 from .simd import VECTOR_BITS
 
 
@@ -46,9 +33,6 @@ def tile_shapes(vector_bits):
 MR, MK, DK, WIDTHS = tile_shapes(VECTOR_BITS)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_SOURCES = ("epoch_codegen.py", "epoch_template.py", "simd.py")
-_lock = threading.Lock()
-_module = None
 
 
 # ---- the unrolled tiles ------------------------------------------------------------
@@ -164,6 +148,7 @@ def source(cache=True):
     tiles += [_dx_tile(dk) for dk in (DK, 1)]
     parts = template.split("# <<TILES>>\n")
     head = parts[0].replace("MR = 0", f"MR = {MR}").replace("MK = 0", f"MK = {MK}").replace("DK = 0", f"DK = {DK}")
+    head = _filled(_filled(head, "# <<CODES>>\n", epoch_ops.constants() + "\n"), "# <<OPS>>\n", epoch_ops.source())
     if not cache:
         if "_ENTRY = dict(cache=True," not in head:
             raise RuntimeError("epoch_template.py: no '_ENTRY = dict(cache=True,' to turn the cache off in")
@@ -180,71 +165,17 @@ def source(cache=True):
     return head + "\n\n".join(tiles) + "\n\n\n" + body
 
 
+def _filled(text, marker, insert):
+    if text.count(marker) != 1:
+        raise RuntimeError(f"epoch_template.py: expected one {marker.strip()!r}")
+    return text.replace(marker, insert)
+
+
 def _indent(lines, n):
     return "\n".join(" " * n + line for line in lines).lstrip()
 
 
-# ---- the cache folder ----------------------------------------------------------------
-def _digest():
-    import numba
-
-    from . import simd
-
-    h = hashlib.sha256(f"{numba.__version__} {simd.VECTOR_BITS}".encode())
-    for name in _SOURCES:
-        with open(os.path.join(_HERE, name), "rb") as f:
-            h.update(f.read())
-    return h.hexdigest()[:16]
-
-
-def _write(path, text):
-    """The module's source at ``path``, written atomically (a second process may write it too)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with atomic_writer(path) as f:
-        f.write(text.encode("utf-8"))
-
-
 def load():
-    """The kernel module: written to the cache folder on first use, then imported (once); made in
-    memory, without numba's cache, where no folder takes files (see ``numba_cache.folder``)."""
-    global _module
-    with _lock:
-        if _module is None:
-            name = f"fastnn_epoch_kernels_{_digest()}"
-            folder = numba_cache.folder()
-            if folder is not None and numba_cache.cacheable("epoch"):
-                try:
-                    _module = _import_file(name, os.path.join(folder, name + ".py"))
-                except (OSError, RuntimeError) as exc:  # the folder went read-only; numba found none
-                    if isinstance(exc, RuntimeError) and "no locator available" not in str(exc):
-                        raise
-                    numba_cache.not_cached("epoch", f"{type(exc).__name__}: {' '.join(str(exc).split())}")
-            if _module is None:
-                _module = _import_source(name)
-        return _module
-
-
-def _import_file(name, path):
-    if not os.path.exists(path):
-        _write(path, source())
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # numba's cache locates a kernel through its module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
-
-
-def _import_source(name):
-    """The module from its source, in memory: numba compiles its kernels for this process only."""
-    text = source(cache=False)
-    filename = f"<{name}>"
-    linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)  # for tracebacks
-    module = types.ModuleType(name)
-    module.__file__ = filename
-    sys.modules[name] = module
-    exec(compile(text, filename, "exec"), module.__dict__)  # noqa: S102 - our own generated source
-    return module
+    """The kernel module, generated, cached and imported once (``generated.load``)."""
+    return generated.load("fastnn_epoch_kernels", "epoch", lambda cache: source(cache),
+                          depends_on=[os.path.join(_HERE, "simd.py")])

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastnn.optim import SGD, Adam
+from fastnn.ops import activations
 
-from . import simd
+from . import epoch_ops, simd
 
 
 class Layout:
     """The buffers for one (rows N, batch size, threads P) of one model."""
 
     def __init__(self, kern, dims, acts, loss_code, optimizer, dtype, n, bs, P, long_wait):
+        """``acts``: per layer, the activation's ``(code, params)``."""
         self.dims, self.dtype = dims, np.dtype(dtype)
         vw, mr = simd.width(self.dtype), kern.MR
         L = len(dims) - 1
@@ -29,7 +30,7 @@ class Layout:
         lay = np.zeros(kern.REC0 + kern.REC * L + P, dtype=np.int64)
         lay[[kern.H_L, kern.H_NI, kern.H_NO, kern.H_N, kern.H_LOSS, kern.H_BSP]] = \
             [L, dims[0], dims[-1], n, loss_code, bsp]
-        lay[kern.H_OPT], lay[kern.H_LONG] = opt_kind(optimizer), long_wait
+        lay[kern.H_OPT], lay[kern.H_LONG] = optimizer.rule.code, long_wait
         p_off = 0
 
         def take(size, counter):
@@ -38,6 +39,7 @@ class Layout:
         self._params_at = []
         w_off = up(max(npo), align)  # the zero region: [0, max npo)
         lay[kern.H_ZERO] = 0
+        settings = []  # (offset in work, value) of each layer's activation setting
         for i in range(L):
             rec = kern.REC0 + kern.REC * i
             rows = dims[0] if i == 0 else npo[i - 1]
@@ -57,10 +59,18 @@ class Layout:
             at_b, p_off = take(npo[i], p_off)
             self._params_at.append((blocks, rows, at_b))
             lay[rec + kern.F_NOUT], lay[rec + kern.F_NPO], lay[rec + kern.F_NV] = dims[i + 1], npo[i], npo[i] // vw
-            lay[rec + kern.F_ACT], lay[rec + kern.F_W], lay[rec + kern.F_B] = acts[i], at_W, at_b
+            code, params = acts[i]
+            lay[rec + kern.F_ACT], lay[rec + kern.F_W], lay[rec + kern.F_B] = code, at_W, at_b
             lay[rec + kern.F_MASK], w_off = take(npo[i], w_off)
+            lay[rec + kern.F_PRM], w_off = take(1, w_off)
+            settings.append((lay[rec + kern.F_PRM], params[0] if params else 0.0))
+            needs_z = activations.RULES[code].needs == "Z"
+            lay[rec + kern.F_Z] = -1
             if i < L - 1:
                 lay[rec + kern.F_Y], w_off = take(bsp * npo[i], w_off)
+                if needs_z:
+                    lay[rec + kern.F_Z], w_off = take(bsp * npo[i], w_off)
+                lay[rec + kern.F_V] = lay[rec + kern.F_Z] if needs_z else lay[rec + kern.F_Y]
                 lay[rec + kern.F_DZ], w_off = take(bsp * npo[i], w_off)
                 lay[rec + kern.F_DS], w_off = take(bsp * npo[i], w_off)  # −lr·dZ (plain SGD)
             if i > 0 or L == 1:
@@ -71,21 +81,27 @@ class Layout:
         last = kern.REC0 + kern.REC * (L - 1)
         block = up(bsp * npo[-1], align)
         lay[last + kern.F_Y], lay[last + kern.F_DZ], lay[kern.H_TP] = w_off, w_off + block, w_off + 2 * block
+        needs_z = activations.RULES[acts[-1][0]].needs == "Z"  # the last layer's Z: a 4th private block
+        lay[last + kern.F_Z] = w_off + 3 * block if needs_z else -1
+        lay[last + kern.F_V] = lay[last + kern.F_Z] if needs_z else lay[last + kern.F_Y]
         g_size = up(kern.MK * max(npo), align)
         # backward_x transposes W's block only for layers of at most DX_VIA_FORWARD_NV vectors
         wt_size = up(max([dims[i + 1] * npo[i - 1] for i in range(1, L)
                           if npo[i] // vw <= kern.DX_VIA_FORWARD_NV], default=0), align)
-        lay[kern.H_G] = w_off + 3 * block  # a gradient tile, or one layer's bias gradient
+        lay[kern.H_G] = w_off + 4 * block  # a gradient tile, or one layer's bias gradient
         lay[kern.H_WT] = lay[kern.H_G] + g_size  # a transposed block of W (backward_x)
-        lay[kern.H_PRIV] = 3 * block + g_size + wt_size
+        lay[kern.H_PRIV] = 4 * block + g_size + wt_size
         w_off += P * lay[kern.H_PRIV]
         ext = bsp + mr  # row lists: a batch, then MR more (the next batch's first rows, prefetched)
         lay[kern.H_IOTA], lay[kern.H_ROWS], lay[kern.H_W0T] = 0, ext, kern.REC0 + kern.REC * L
 
         self.params = aligned(p_off, self.dtype)
-        self.S1 = aligned(p_off if lay[kern.H_OPT] else 1, self.dtype)
-        self.S2 = aligned(p_off if lay[kern.H_OPT] == kern.OPT_ADAM else 1, self.dtype)
+        n_slots = len(optimizer.rule.slots)
+        self.S1 = aligned(p_off if n_slots >= 1 else 1, self.dtype)
+        self.S2 = aligned(p_off if n_slots >= 2 else 1, self.dtype)
         self.work = aligned(w_off, self.dtype)
+        for at, value in settings:
+            self.work[at] = value
         for i in range(L):
             mask = lay[kern.REC0 + kern.REC * i + kern.F_MASK]
             self.work[mask: mask + dims[i + 1]] = 1
@@ -93,7 +109,7 @@ class Layout:
         self.iwork = np.zeros(ext * (1 + P), dtype=np.int64)
         self.iwork[:ext] = np.arange(ext)
         self.lay = lay
-        self.h = aligned(P * 16, np.float64).reshape(P, 16)  # a row (two cache lines) per thread
+        self.h = aligned(P * epoch_ops.H_WIDTH, np.float64).reshape(P, epoch_ops.H_WIDTH)  # two cache lines
         self.out = aligned(P * 8, np.float64).reshape(P, 8)
         self.sync = np.zeros(8 * (P + 2), dtype=np.int64)  # see the template: counts, abort, stop
         self._pieces = {}  # id(flat buffer) -> (buffer, its pieces)
@@ -127,21 +143,18 @@ class Layout:
             for view, cols in W:
                 view[...] = layer.W[:, cols]
             b[...] = layer.b
-        for slot, flat in zip(state_slots(opt), (self.S1, self.S2)):
+        for slot, flat in zip(opt.rule.slots, (self.S1, self.S2)):
             for i, (W, b) in enumerate(self.pieces(flat)):
                 value = opt.state.get(f"{i}.W", {}).get(slot)
                 for view, cols in W:
                     view[...] = 0 if value is None else value[:, cols]
                 value = opt.state.get(f"{i}.b", {}).get(slot)
                 b[...] = 0 if value is None else value
-        h = self.h  # the HY_* fields of the template
+        h = self.h  # see epoch_ops: the rule, the steps taken, its inputs (per-step scalars: the kernel's)
         h[:] = 0
-        h[:, 0], h[:, 1], h[:, 4] = opt_kind(opt), opt.lr, opt.weight_decay
-        if isinstance(opt, SGD):
-            h[:, 2], h[:, 3] = opt.momentum, float(opt.nesterov)
-        else:
-            h[:, 5], h[:, 6] = opt.betas
-            h[:, 7], h[:, 8] = opt.eps, opt.t
+        h[:, epoch_ops.HY_KIND], h[:, epoch_ops.HY_T0] = opt.rule.code, opt.t
+        for i, value in enumerate(opt.hyper().values()):
+            h[:, epoch_ops.HY_IN + i] = value
 
     def copy_out(self, dense_layers, opt, applied):
         """Parameters (and, after a step, the optimizer state) back where SGD/Adam keep them."""
@@ -150,13 +163,13 @@ class Layout:
             layer._b = _store(layer._b, [(b, slice(None))], (layer.n_out,), self.dtype)
         if applied == 0:  # no step taken: the optimizer state stays as it was (maybe absent)
             return
-        for slot, flat in zip(state_slots(opt), (self.S1, self.S2)):
+        for slot, flat in zip(opt.rule.slots, (self.S1, self.S2)):
             for i, (W, b) in enumerate(self.pieces(flat)):
                 for name, parts, shape in (("W", W, (self.dims[i], self.dims[i + 1])),
                                            ("b", [(b, slice(None))], b.shape)):
                     entry = opt.state.setdefault(f"{i}.{name}", {})
                     entry[slot] = _store(entry.get(slot), parts, shape, self.dtype)
-        if isinstance(opt, Adam):
+        if opt.counts_steps:
             opt.t += applied
 
 
@@ -168,19 +181,6 @@ def _store(target, parts, shape, dtype):
     for view, cols in parts:
         target[..., cols] = view
     return target
-
-
-def state_slots(opt):
-    """The optimizer's state slots, as SGD.step / Adam.step name them."""
-    if isinstance(opt, Adam):
-        return ("M", "V")
-    return ("V",) if opt.momentum else ()
-
-
-def opt_kind(opt):
-    if isinstance(opt, Adam):
-        return 2
-    return 1 if opt.momentum else 0
 
 
 def aligned(n, dtype):

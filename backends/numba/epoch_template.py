@@ -24,9 +24,9 @@ import math
 from numba import njit
 
 from fastnn.backends.numba.simd import (
-    VECTOR_BITS,
+    VECTOR_BITS, vabs, vlog1p, vwhere_ge, vwhere_gt,
     atomic_load, atomic_store, cpu_relax, cycles, prefetch, sched_yield, vadd, vbroadcast, vdiv, vexp, vfma, vload,
-    rt, vmask_pos, vmax, vmaxlanes, vmul, vsplat, vsqrt, vstore, vstore4, vsub, vsum, vsum4, vwidth)
+    rt, vmax, vmaxlanes, vmul, vsplat, vsqrt, vstore, vstore4, vsub, vsum, vsum4, vwidth)
 
 # Without nnan/ninf: the NaN/inf test of the loss must survive optimisation.
 # Without NRT: no reference counting of the arrays passed to every tile call. Its atomic
@@ -52,12 +52,9 @@ SPIN = 200  # busy polls of a barrier before yielding the core (sooner: 2000 mad
 H_L, H_NI, H_NO, H_N, H_LOSS, H_OPT, H_BSP, H_ROWS, H_IOTA, H_TP, H_PRIV, H_ZERO, H_NINF, H_G, H_W0T, \
     H_LONG, H_WT = range(17)
 REC0, REC = 17, 16  # layer i's record starts at lay[REC0 + REC * i]
-F_NOUT, F_NPO, F_NV, F_ACT, F_W, F_B, F_Y, F_DZ, F_PART, F_PSIZE, F_MASK, F_DS = range(12)
-# h (float64, one row per thread): hyper-parameters, and Adam's corrections of the batch
-HY_KIND, HY_LR, HY_MU, HY_NEST, HY_WD, HY_B1, HY_B2, HY_EPS, HY_T0, HY_C1, HY_C2 = range(11)
-ACT_IDENTITY, ACT_SIGMOID, ACT_RELU, ACT_TANH = range(4)
-LOSS_MSE, LOSS_XENT, LOSS_BXENT = range(3)
-OPT_SGD, OPT_MOMENTUM, OPT_ADAM = range(3)
+F_NOUT, F_NPO, F_NV, F_ACT, F_W, F_B, F_Y, F_DZ, F_PART, F_PSIZE, F_MASK, F_DS, F_Z, F_V, F_PRM = range(15)
+# the codes of the op tables and the row h (float64, one per thread): generated
+# <<CODES>>
 # out (float64, 8 per thread)
 OUT_LOSS, OUT_CORRECT, OUT_BAD, OUT_APPLIED, OUT_STATUS = range(5)
 # OUT_STATUS: all batches done (or a bad one); Python raised the abort flag; the threads stopped
@@ -71,62 +68,8 @@ STATUS_DONE, STATUS_ABORTED, STATUS_CONTENDED = range(3)
 LONG_WAITS_TO_STOP = 3
 
 
-# ---- element-wise pieces ---------------------------------------------------------
-@njit(**_JIT)
-def act(code, z, zero, one):
-    if code == ACT_SIGMOID:
-        return vdiv(one, vadd(one, vexp(vsub(zero, z))))
-    if code == ACT_RELU:
-        return vmax(z, zero)
-    if code == ACT_TANH:  # 1 - 2 / (e^2z + 1): exact limits ±1, no inf/inf
-        return vsub(one, vdiv(vadd(one, one), vadd(vexp(vadd(z, z)), one)))
-    return z
-
-
-@njit(**_JIT)
-def act_grad(code, y, dy, one):
-    """dZ from the activation's output y and dY."""
-    if code == ACT_SIGMOID:
-        return vmul(vmul(dy, y), vsub(one, y))
-    if code == ACT_RELU:
-        return vmask_pos(dy, y)
-    if code == ACT_TANH:
-        return vmul(dy, vsub(one, vmul(y, y)))
-    return dy
-
-
-@njit(**_JIT)
-def apply_step(P, S1, S2, pbase, ldp, G, gbase, rows, nv, h, decays):
-    """The optimizer step (as SGD.step / Adam.step) on the block P[rows, nv vectors] from the
-    gradient block G (rows of nv vectors, contiguous); ``decays``: weight decay applies here."""
-    VW = vwidth(P)
-    wd, b1, b2 = h[HY_WD], h[HY_B1], h[HY_B2]
-    kind, decays = int(h[HY_KIND]), decays and wd != 0.0
-    nlr, vwd, mu = vsplat(P, -h[HY_LR]), vsplat(P, wd), vsplat(P, h[HY_MU])
-    nest = h[HY_NEST] != 0.0
-    vb1, nb1, vb2, nb2 = vsplat(P, b1), vsplat(P, 1.0 - b1), vsplat(P, b2), vsplat(P, 1.0 - b2)
-    c1, c2, eps = vsplat(P, h[HY_C1]), vsplat(P, h[HY_C2]), vsplat(P, h[HY_EPS])
-    for m in range(rows):
-        for v in range(nv):
-            o = pbase + m * ldp + v * VW
-            g = vload(G, gbase + (m * nv + v) * VW)
-            w = vload(P, o)
-            if decays:
-                g = vfma(vwd, w, g)
-            if kind == OPT_SGD:
-                vstore(P, o, vfma(nlr, g, w))
-            elif kind == OPT_MOMENTUM:
-                s = vfma(mu, vload(S1, o), g)
-                vstore(S1, o, s)
-                if nest:
-                    s = vfma(mu, s, g)
-                vstore(P, o, vfma(nlr, s, w))
-            else:
-                m1 = vfma(vb1, vload(S1, o), vmul(nb1, g))
-                m2 = vfma(vb2, vload(S2, o), vmul(nb2, vmul(g, g)))
-                vstore(S1, o, m1)
-                vstore(S2, o, m2)
-                vstore(P, o, vfma(nlr, vdiv(vmul(m1, c1), vadd(vsqrt(vmul(m2, c2)), eps)), w))
+# ---- element-wise pieces, generated from the op tables (epoch_ops.py) ----------------
+# <<OPS>>
 
 
 # <<TILES>>
@@ -195,27 +138,30 @@ def scale(work, src, dst, ld, nrows, v0, v1, h):
 
 
 @njit(**_JIT)
-def activate(work, ybase, ld, nrows, v0, v1, code, mbase):
-    """Y = act(Y) · mask in place (the mask keeps the padding at 0); True when every Y was finite
-    before (z · 0 is NaN for z NaN or ±inf: a sum of them is 0 only if all were finite)."""
+def activate(work, ybase, ld, nrows, v0, v1, code, mbase, zbase, prm):
+    """Y = act(Y) · mask in place (the mask keeps the padding at 0), Y kept at zbase first where
+    zbase >= 0 (an activation whose derivative needs Z); True when every Y was finite before
+    (z · 0 is NaN for z NaN or ±inf: a sum of them is 0 only if all were finite)."""
     VW = vwidth(work)
-    zero, one = vsplat(work, 0.0), vsplat(work, 1.0)
+    zero, p = vsplat(work, 0.0), vsplat(work, work[prm])
     check = zero
     for r in range(nrows):
         for v in range(v0, v1):
-            o = ybase + r * ld + v * VW
-            z = vload(work, o)
+            o = r * ld + v * VW
+            z = vload(work, ybase + o)
             check = vfma(z, zero, check)
-            vstore(work, o, vmul(act(code, z, zero, one), vload(work, mbase + v * VW)))
+            if zbase >= 0:
+                vstore(work, zbase + o, z)
+            vstore(work, ybase + o, vmul(act(code, z, p, work), vload(work, mbase + v * VW)))
     return vsum(check) == 0.0
 
 
 @njit(**_JIT)
-def reduce(work, pbase, psize, P, nrows, ld, v0, v1, B, bbase, code, mbase, ybase):
-    """Y = act(Σ_t partial_t (+ b where bbase >= 0)) · mask, on vectors v0:v1; True when every
-    sum was finite (as ``activate``)."""
+def reduce(work, pbase, psize, P, nrows, ld, v0, v1, B, bbase, code, mbase, ybase, zbase, prm):
+    """Y = act(Σ_t partial_t (+ b where bbase >= 0)) · mask, on vectors v0:v1, the sum kept at
+    zbase where zbase >= 0; True when every sum was finite (as ``activate``)."""
     VW = vwidth(work)
-    zero, one = vsplat(work, 0.0), vsplat(work, 1.0)
+    zero, p = vsplat(work, 0.0), vsplat(work, work[prm])
     check = zero
     for r in range(nrows):
         for v in range(v0, v1):
@@ -226,19 +172,21 @@ def reduce(work, pbase, psize, P, nrows, ld, v0, v1, B, bbase, code, mbase, ybas
             if bbase >= 0:
                 z = vadd(z, vload(B, bbase + v * VW))
             check = vfma(z, zero, check)
-            vstore(work, ybase + o, vmul(act(code, z, zero, one), vload(work, mbase + v * VW)))
+            if zbase >= 0:
+                vstore(work, zbase + o, z)
+            vstore(work, ybase + o, vmul(act(code, z, p, work), vload(work, mbase + v * VW)))
     return vsum(check) == 0.0
 
 
 @njit(**_JIT)
-def act_backward(work, ybase, dbase, ld, nrows, v0, v1, code):
-    """dZ = act'(Y) · dY in place on vectors v0:v1."""
+def act_backward(work, vbase, dbase, ld, nrows, v0, v1, code, prm):
+    """dZ = act' · dY in place on vectors v0:v1, act' from vbase: Y, or Z where the entry needs Z."""
     VW = vwidth(work)
-    one = vsplat(work, 1.0)
+    p = vsplat(work, work[prm])
     for r in range(nrows):
         for v in range(v0, v1):
             o = r * ld + v * VW
-            vstore(work, dbase + o, act_grad(code, vload(work, ybase + o), vload(work, dbase + o), one))
+            vstore(work, dbase + o, act_grad(code, vload(work, vbase + o), vload(work, dbase + o), p, work))
 
 
 @njit(**_JIT)
@@ -254,10 +202,10 @@ def bias_step(work, dbase, ld, nrows, v0, v1, P, S1, S2, bbase, h, gbase):
 
 
 @njit(**_JIT)
-def batch_loss(work, ybase, dbase, tbase, nbase, ld, nv, nO, R, Rp, kind, code, labels, rows):
+def batch_loss(work, ybase, dbase, tbase, nbase, ld, nv, nO, R, Rp, kind, code, labels, rows, vbase, prm):
     """(mean loss, correct rows) of the batch; writes dZ of the last layer (rows R:Rp zero)."""
     VW = vwidth(work)
-    zero, one, inv = vsplat(work, 0.0), vsplat(work, 1.0), vsplat(work, 1.0 / R)
+    zero, inv, p = vsplat(work, 0.0), vsplat(work, 1.0 / R), vsplat(work, work[prm])
     total, correct = 0.0, 0
     for r in range(R):
         y0, t0, d0 = ybase + r * ld, tbase + r * ld, dbase + r * ld
@@ -268,7 +216,7 @@ def batch_loss(work, ybase, dbase, tbase, nbase, ld, nv, nO, R, Rp, kind, code, 
                 acc = vfma(d, d, acc)
                 vstore(work, d0 + v * VW, vmul(d, inv))
             total += 0.5 * vsum(acc)
-        elif kind == LOSS_XENT:  # softmax cross-entropy on the row; padding masked by -inf
+        elif kind == LOSS_CROSS_ENTROPY:  # softmax cross-entropy on the row; padding masked by -inf
             m = -math.inf
             for v in range(nv):
                 m = max(m, vmaxlanes(vadd(vload(work, y0 + v * VW), vload(work, nbase + v * VW))))
@@ -296,7 +244,7 @@ def batch_loss(work, ybase, dbase, tbase, nbase, ld, nv, nO, R, Rp, kind, code, 
         if code != ACT_IDENTITY:
             for v in range(nv):
                 o = d0 + v * VW
-                vstore(work, o, act_grad(code, vload(work, y0 + v * VW), vload(work, o), one))
+                vstore(work, o, act_grad(code, vload(work, vbase + r * ld + v * VW), vload(work, o), p, work))
         if nO == 1:  # as Sequential._n_correct
             guess = 1 if work[y0] > (0.5 if kind == LOSS_MSE else 0.0) else 0
         else:
@@ -367,6 +315,8 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
     last = REC0 + REC * (L - 1)
     npo_l, nv_l, act_l = lay[last + F_NPO], lay[last + F_NV], lay[last + F_ACT]
     y_l, dz_l, tp = lay[last + F_Y] + priv, lay[last + F_DZ] + priv, lay[H_TP] + priv
+    z_l = lay[last + F_Z] + priv if lay[last + F_Z] >= 0 else rt(-1)  # (the last layer's buffers are private)
+    v_l, prm_l = lay[last + F_V] + priv, lay[last + F_PRM]
     g_at = lay[H_G] + priv  # scratch for gradient blocks
     wt_at = lay[H_WT] + priv  # scratch for a transposed block of W (backward_x)
     sgd = lay[H_OPT] == OPT_SGD
@@ -406,7 +356,8 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
             npo = lay[REC0 + F_NPO]
             forward(X, rt(0), rows, nI, Rp, rt(0), nI, params, lay[lay[H_W0T] + tid], (u1 - u0) * VW, rt(0), u1 - u0,
                     params, lay[REC0 + F_B] + u0 * VW, work, lay[REC0 + F_Y] + u0 * VW, npo)
-            x_ok = activate(work, lay[REC0 + F_Y], npo, Rp, u0, u1, lay[REC0 + F_ACT], lay[REC0 + F_MASK])
+            x_ok = activate(work, lay[REC0 + F_Y], npo, Rp, u0, u1, lay[REC0 + F_ACT], lay[REC0 + F_MASK],
+                            lay[REC0 + F_Z], lay[REC0 + F_PRM])
             if not x_ok:
                 if P == 1:
                     bad = b
@@ -438,10 +389,10 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
             if i < L - 1:
                 u0, u1 = _own(lay[rec + F_NV], tid, P)
                 reduce(work, pb, lay[rec + F_PSIZE], P, Rp, npo, u0, u1, params, lay[rec + F_B],
-                       lay[rec + F_ACT], lay[rec + F_MASK], lay[rec + F_Y])
+                       lay[rec + F_ACT], lay[rec + F_MASK], lay[rec + F_Y], lay[rec + F_Z], lay[rec + F_PRM])
             else:
                 reduce(work, pb, lay[rec + F_PSIZE], P, Rp, npo, rt(0), nv_l, params, rt(-1),
-                       act_l, lay[rec + F_MASK], y_l)
+                       act_l, lay[rec + F_MASK], y_l, z_l, prm_l)
         if status:
             break
         if L == 1:
@@ -454,20 +405,17 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
             pb = lay[REC0 + F_PART] + par * P * lay[REC0 + F_PSIZE]
             # every thread sums the partials alike: all see the same non-finite sum
             x_ok = reduce(work, pb, lay[REC0 + F_PSIZE], P, Rp, npo_l, rt(0), nv_l, params, rt(-1),
-                          act_l, lay[REC0 + F_MASK], y_l)
+                          act_l, lay[REC0 + F_MASK], y_l, z_l, prm_l)
         if not x_ok:  # a NaN/inf in a row of X makes all its first-layer sums NaN or inf
             bad = b
             break
         # ---- loss: every thread alike, so every thread agrees on a bad batch
         value, hits = batch_loss(work, y_l, dz_l, tp, lay[H_NINF], npo_l, nv_l, nO, R, Rp,
-                                 lay[H_LOSS], act_l, labels, rows)
+                                 lay[H_LOSS], act_l, labels, rows, v_l, prm_l)
         if not math.isfinite(value):
             bad = b
             break
-        if lay[H_OPT] == OPT_ADAM:
-            t = h[HY_T0] + applied + 1
-            h[HY_C1] = 1.0 / (1.0 - h[HY_B1] ** t)
-            h[HY_C2] = 1.0 / (1.0 - h[HY_B2] ** t)
+        step_scalars(h, h[HY_T0] + applied + 1)
         # ---- backward: the last layer (its dX first: it needs the old W)
         if tid == 0:
             bias_step(work, dz_l, npo_l, Rp, rt(0), nv_l, params, S1, S2, lay[last + F_B], h, g_at)
@@ -491,7 +439,7 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
             rec = REC0 + REC * i
             npo = lay[rec + F_NPO]
             u0, u1 = _own(lay[rec + F_NV], tid, P)
-            act_backward(work, lay[rec + F_Y], lay[rec + F_DZ], npo, Rp, u0, u1, lay[rec + F_ACT])
+            act_backward(work, lay[rec + F_V], lay[rec + F_DZ], npo, Rp, u0, u1, lay[rec + F_ACT], lay[rec + F_PRM])
             bias_step(work, lay[rec + F_DZ], npo, Rp, u0, u1, params, S1, S2, lay[rec + F_B], h, g_at)
             if sgd:  # others still read this layer's dZ for their dX: scale into a copy
                 scale(work, lay[rec + F_DZ], lay[rec + F_DS], npo, Rp, u0, u1, h)
@@ -521,4 +469,4 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
         applied += 1
     out[OUT_LOSS], out[OUT_CORRECT], out[OUT_BAD] = loss_sum, correct, bad
     out[OUT_APPLIED], out[OUT_STATUS] = applied, status
-    h[HY_T0] += applied  # Adam's step count for the next call of this run
+    h[HY_T0] += applied  # the step count for the next call of this run (per-step scalars)

@@ -55,9 +55,6 @@ class _Cache(FunctionCache):
 
 U = np.uint64
 
-#: Activation codes (the order of ``fastnn.backend.ACTIVATIONS``).
-IDENTITY, SIGMOID, RELU, TANH = 0, 1, 2, 3
-
 
 # ---- low-level helpers (LLVM intrinsics; all cache-safe) ------------------
 
@@ -333,54 +330,8 @@ def gemm_tiles_parallel(A, B, C, alpha, beta, n_threads):
         gemm_tiles(A, B, C, alpha, beta, chunk * n_tiles // n_chunks, (chunk + 1) * n_tiles // n_chunks)
 
 
-# ---- fused element-wise kernels ------------------------------------------
+# ---- fused losses and the bias gradient (activations and optimizer steps: layer_ops.py) ----
 # Serial: they are memory-bound and short next to the products around them.
-# Scalars (lr, betas, ...) arrive in the arrays' dtype, so float32 stays float32.
-
-@njit(**KERNEL)
-def bias_act(Z, b, has_bias, act, Y):
-    """``Y = act(Z + b)``: Z, Y (B, n), b (n,). The bias per row, the activation over Y flat."""
-    B, n = Z.shape
-    if has_bias:
-        for i in range(B):
-            z, y = Z[i], Y[i]
-            for j in range(n):
-                y[j] = z[j] + b[j]
-    y = Y.ravel()
-    if not has_bias:
-        z = Z.ravel()
-        for k in range(y.size):  # (not Y[:] = Z: numba's slice assignment takes seconds to compile)
-            y[k] = z[k]
-    zero, one = _zero(Z), _one(Z)
-    if act == SIGMOID:
-        for k in range(y.size):
-            y[k] = one / (one + exp(-y[k]))
-    elif act == RELU:
-        for k in range(y.size):
-            y[k] = zero if y[k] < zero else y[k]  # NaN passes, as with np.maximum
-    elif act == TANH:
-        for k in range(y.size):
-            y[k] = np.tanh(y[k])
-
-
-@njit(**KERNEL)
-def act_backward(Y, dY, act, dZ):
-    """``dZ = dY · act'`` from the activation's output Y; all (B, n), flat here."""
-    y, dy, dz = Y.ravel(), dY.ravel(), dZ.ravel()
-    zero, one = _zero(Y), _one(Y)
-    if act == SIGMOID:
-        for k in range(y.size):
-            dz[k] = dy[k] * y[k] * (one - y[k])
-    elif act == RELU:
-        for k in range(y.size):
-            dz[k] = dy[k] * (one if y[k] > zero else zero)  # a product: NaN in dY propagates
-    elif act == TANH:
-        for k in range(y.size):
-            dz[k] = dy[k] * (one - y[k] * y[k])
-    else:
-        for k in range(y.size):
-            dz[k] = dy[k]
-
 
 @njit(**KERNEL)
 def softmax_xent(Z, T, dZ):
@@ -438,42 +389,6 @@ def sigmoid_xent(Z, T, dZ):
             sigma = z[k]
         dz[k] = (sigma - t[k]) * inv_B
     return loss / B
-
-
-@njit(**KERNEL)
-def sgd_update(W, dW, V, has_momentum, lr, momentum, nesterov, weight_decay):
-    """One SGD step in place: g = dW + wd·W; V = μV + g; W -= lr·(g + μV if nesterov else V).
-
-    One loop per case, so that no loop touches V when there is none (the caller then
-    passes W as V, and LLVM would otherwise see them overlap and not vectorise).
-    """
-    w, dw, v = W.ravel(), dW.ravel(), V.ravel()
-    if not has_momentum:
-        for k in range(w.size):
-            w[k] -= lr * (dw[k] + weight_decay * w[k])
-    elif nesterov:
-        for k in range(w.size):
-            g = dw[k] + weight_decay * w[k]
-            v[k] = momentum * v[k] + g
-            w[k] -= lr * (g + momentum * v[k])
-    else:
-        for k in range(w.size):
-            v[k] = momentum * v[k] + dw[k] + weight_decay * w[k]
-            w[k] -= lr * v[k]
-
-
-@njit(**KERNEL)
-def adam_update(W, dW, M, V, lr, beta1, beta2, eps, weight_decay, correction1, correction2):
-    """One Adam step in place; ``correction_i = 1 − beta_i**t`` (computed once by the caller)."""
-    w, dw, m, v = W.ravel(), dW.ravel(), M.ravel(), V.ravel()
-    one = _one(W)
-    for k in range(w.size):
-        g = dw[k] + weight_decay * w[k]
-        m[k] = beta1 * m[k] + (one - beta1) * g
-        v[k] = beta2 * v[k] + (one - beta2) * (g * g)
-        m_hat = m[k] / correction1
-        v_hat = v[k] / correction2
-        w[k] -= lr * m_hat / (np.sqrt(v_hat) + eps)
 
 
 @njit(**KERNEL)

@@ -244,9 +244,6 @@ vmul = _binary(lambda builder, a, b: builder.fmul(a, b))
 vdiv = _binary(lambda builder, a, b: builder.fdiv(a, b))
 #: ``b`` where ``a < b`` else ``a``: a NaN in ``a`` stays NaN (like NumPy's maximum).
 vmax = _binary(lambda builder, a, b: builder.select(builder.fcmp_ordered("<", a, b), b, a))
-#: ``a`` where ``b > 0`` else 0 (ReLU's gradient from its output ``b``).
-vmask_pos = _binary(lambda builder, a, b: builder.select(
-    builder.fcmp_ordered(">", b, ir.Constant(b.type, None)), a, ir.Constant(a.type, None)))
 
 @intrinsic
 def vfma(typingctx, a, b, c):
@@ -553,3 +550,50 @@ def rt(typingctx, x):
 
     return plain(x), codegen
 
+
+# ---- what the op tables' formulas need beyond arithmetic (fastnn.ops.symbolic) -----------
+def _where(predicate):
+    @intrinsic
+    def where(typingctx, a, b, x, y):
+        if not (isinstance(a, Vec) and a == b == x == y):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return builder.select(builder.fcmp_ordered(predicate, args[0], args[1]), args[2], args[3])
+
+        return a(a, b, x, y), codegen
+
+    return where
+
+
+#: ``x`` where ``a > b`` (``a >= b``) else ``y``, lane by lane; a NaN compares false.
+vwhere_gt, vwhere_ge = _where(">"), _where(">=")
+
+
+@intrinsic
+def vabs(typingctx, a):
+    """|a| per lane."""
+    if not isinstance(a, Vec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _call_intrinsic(builder, "fabs", args[0])
+
+    return a(a), codegen
+
+
+@intrinsic
+def vlog1p(typingctx, a):
+    """ln(1 + a) per lane, accurate for small a too: ln(u)·a/(u − 1) with u = 1 + a, which cancels
+    the rounding of u (Goldberg's trick); LLVM's vector log is libm per lane."""
+    if not isinstance(a, Vec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        x = args[0]
+        one = ir.Constant(x.type, [1.0] * a.width)
+        u = builder.fadd(one, x)
+        scaled = builder.fdiv(builder.fmul(_call_intrinsic(builder, "log", u), x), builder.fsub(u, one))
+        return builder.select(builder.fcmp_ordered("==", u, one), x, scaled)
+
+    return a(a), codegen

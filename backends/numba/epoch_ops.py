@@ -1,0 +1,114 @@
+"""The compiled epoch's element-wise pieces, generated from the op tables: ``act`` / ``act_grad``
+(one branch per activation of ``fastnn.ops.activations``), ``apply_step`` (one branch per update
+rule of ``fastnn.ops.optimizers``), ``step_scalars`` and the codes, in SIMD vectors
+(``simd.py``). ``epoch_codegen`` puts this text where the template says ``# <<OPS>>``."""
+from __future__ import annotations
+
+from fastnn.losses import CODES as LOSS_CODES
+from fastnn.ops import activations, optimizers
+from fastnn.ops.symbolic import SymMath, lower, var
+
+#: The row ``h`` of a thread: the rule's code, the steps taken before this call, then the rule's
+#: inputs (``rule.inputs``: lr, weight_decay, its hyper-parameters, its per-step scalars).
+HY_KIND, HY_T0, HY_IN = 0, 1, 2
+H_WIDTH = 16
+assert HY_IN + optimizers.MAX_INPUTS <= H_WIDTH
+
+
+def _vconst(value):
+    return f"vsplat(like, {value!r})"
+
+
+def _branches(cases, indent, fallback=None):
+    """``if code == c: ... elif ...`` over ``cases`` [(code, comment, lines)]."""
+    pad, lines, keyword = " " * indent, [], "if"
+    for code, comment, body in cases:
+        lines.append(f"{pad}{keyword} code == {code}:  # {comment}")
+        lines += [pad + "    " + line for line in body]
+        keyword = "elif"
+    if fallback:
+        lines += [f"{pad}else:"] + [pad + "    " + line for line in fallback]
+    return lines
+
+
+def _value(tree):
+    return tree if isinstance(tree, str) else _vconst(tree)
+
+
+def _activations():
+    fwd, grad = [], []
+    for rule in activations.RULES:
+        if rule.name == "identity":
+            continue
+        params = [var("p")][:len(rule.params)]  # at most one setting (MAX_PARAMS) in the epoch
+        statements, out = lower({"y": rule.forward(SymMath, var("z"), *params)}, "vector", _vconst)
+        fwd.append((rule.code, rule.name, [f"{n} = {t}" for n, t in statements] + [f"return {_value(out['y'])}"]))
+        statements, out = lower({"d": rule.derivative(SymMath, var("v"), *params)}, "vector", _vconst)
+        grad.append((rule.code, rule.name,
+                     [f"{n} = {t}" for n, t in statements] + [f"return vmul(dy, {_value(out['d'])})"]))
+    return ["@njit(**_JIT)", "def act(code, z, p, like):",
+            '    """act(z) of activation ``code``; ``p``: its setting, as a vector."""',
+            *_branches(fwd, 4), "    return z", "", "",
+            "@njit(**_JIT)", "def act_grad(code, v, dy, p, like):",
+            '    """dZ = dY · act\', from v: the output Y, or the input Z where the entry needs Z."""',
+            *_branches(grad, 4), "    return dy"]
+
+
+def _apply_step():
+    cases = []
+    for rule in optimizers.RULES:
+        inputs = {name: var(f"h_{name}") for name in rule.inputs}
+        slots = {name: var(f"s_{name}") for name in rule.slots}
+        w, new = rule.update(SymMath, var("w"), var("g"), slots, inputs)
+        statements, out = lower({"w": w, **new}, "vector", _vconst)
+        body = [f"h_{name} = vsplat(like, {'wd' if name == 'weight_decay' else f'h[{HY_IN + i}]'})"
+                for i, name in enumerate(rule.inputs)]
+        body += ["for m in range(rows):", "    for v in range(nv):",
+                 "        o = pbase + m * ldp + v * VW",
+                 "        g = vload(G, gbase + (m * nv + v) * VW)",
+                 "        w = vload(P, o)",
+                 *[f"        s_{name} = vload(S{i + 1}, o)" for i, name in enumerate(rule.slots)],
+                 *[f"        {n} = {t}" for n, t in statements],
+                 *[f"        vstore(S{i + 1}, o, {_value(out[name])})" for i, name in enumerate(rule.slots)],
+                 f"        vstore(P, o, {_value(out['w'])})"]
+        cases.append((rule.code, rule.name, body))
+    return ["@njit(**_JIT)", "def apply_step(P, S1, S2, pbase, ldp, G, gbase, rows, nv, h, decays):",
+            '    """The optimizer step on the block P[rows, nv vectors] from the gradient block G (rows of nv',
+            '    vectors, contiguous); ``decays``: weight decay applies here (weights, not biases)."""',
+            "    VW = vwidth(P)",
+            "    like = P",
+            "    code = int(h[HY_KIND])",
+            f"    wd = h[{HY_IN + 1}] if decays else 0.0",
+            *_branches(cases, 4)]
+
+
+def _step_scalars():
+    cases = []
+    for rule in optimizers.RULES:
+        if not rule.step_scalars:
+            continue
+        h = {name: var(f"h[{HY_IN + i}]") for i, name in enumerate(rule.inputs)}
+        first = len(rule.inputs) - len(rule.step_scalars)
+        body = []
+        for k, (name, formula) in enumerate(rule.step_scalars):
+            statements, out = lower({"s": formula(h, var("t"))}, "python")
+            body += [f"{n} = {t}" for n, t in statements] + [f"h[{HY_IN + first + k}] = {out['s']}"]
+        cases.append((rule.code, rule.name, body))
+    return ["@njit(**_JIT)", "def step_scalars(h, t):",
+            '    """The rule\'s per-step scalars for step t (from 1), into h."""',
+            "    code = int(h[HY_KIND])", *_branches(cases, 4, fallback=["return"])]
+
+
+def constants():
+    """The codes the template names, from the tables: one place."""
+    lines = [f"ACT_{rule.name.upper()} = {rule.code}" for rule in activations.RULES]
+    lines += [f"LOSS_{name.upper()} = {code}" for name, code in LOSS_CODES.items()]
+    lines += [f"OPT_{rule.name.upper()} = {rule.code}" for rule in optimizers.RULES]
+    lines += [f"HY_KIND, HY_T0, HY_IN, HY_LR, HY_WD, H_WIDTH = {HY_KIND}, {HY_T0}, {HY_IN}, {HY_IN}, {HY_IN + 1}, "
+              f"{H_WIDTH}"]
+    return "\n".join(lines)
+
+
+def source():
+    """The generated functions' text."""
+    return "\n\n\n".join("\n".join(block) for block in (_activations(), _apply_step(), _step_scalars())) + "\n"
