@@ -101,7 +101,7 @@ def _assert_same(ref, gpu, ref_hist, gpu_hist, rtol, atol):
     ("gemm", lambda h, d: (h, d)),
     ("bias_act", lambda h, d: (h, None, "relu")),
     ("softmax_xent", lambda h, d: (d, h)),
-    ("sgd_update", lambda h, d: (d, h, 0.1)),
+    ("update", lambda h, d: (fastnn.ops.optimizers.BY_NAME["sgd"], d, h, {}, {"lr": 0.1, "weight_decay": 0.0})),
     ("sum_rows", lambda h, d: (h,)),
 ])
 def test_op_refuses_numpy_array(op, args):

@@ -177,5 +177,5 @@ def _indent(lines, n):
 
 def load():
     """The kernel module, generated, cached and imported once (``generated.load``)."""
-    return generated.load("fastnn_epoch_kernels", "epoch", lambda cache: source(cache),
+    return generated.load("fastnn_epoch_kernels", "epoch", source,
                           depends_on=[os.path.join(_HERE, "simd.py")])

@@ -138,28 +138,11 @@ def scale(work, src, dst, ld, nrows, v0, v1, h):
 
 
 @njit(**_JIT)
-def activate(work, ybase, ld, nrows, v0, v1, code, mbase, zbase, prm):
-    """Y = act(Y) · mask in place (the mask keeps the padding at 0), Y kept at zbase first where
-    zbase >= 0 (an activation whose derivative needs Z); True when every Y was finite before
-    (z · 0 is NaN for z NaN or ±inf: a sum of them is 0 only if all were finite)."""
-    VW = vwidth(work)
-    zero, p = vsplat(work, 0.0), vsplat(work, work[prm])
-    check = zero
-    for r in range(nrows):
-        for v in range(v0, v1):
-            o = r * ld + v * VW
-            z = vload(work, ybase + o)
-            check = vfma(z, zero, check)
-            if zbase >= 0:
-                vstore(work, zbase + o, z)
-            vstore(work, ybase + o, vmul(act(code, z, p, work), vload(work, mbase + v * VW)))
-    return vsum(check) == 0.0
-
-
-@njit(**_JIT)
 def reduce(work, pbase, psize, P, nrows, ld, v0, v1, B, bbase, code, mbase, ybase, zbase, prm):
     """Y = act(Σ_t partial_t (+ b where bbase >= 0)) · mask, on vectors v0:v1, the sum kept at
-    zbase where zbase >= 0; True when every sum was finite (as ``activate``)."""
+    zbase where zbase >= 0 (an activation whose derivative needs Z); True when every sum was finite
+    (z · 0 is NaN for z NaN or ±inf: a sum of them is 0 only if all were finite). With P = 1 and
+    pbase = ybase it activates Y in place."""
     VW = vwidth(work)
     zero, p = vsplat(work, 0.0), vsplat(work, work[prm])
     check = zero
@@ -356,8 +339,8 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
             npo = lay[REC0 + F_NPO]
             forward(X, rt(0), rows, nI, Rp, rt(0), nI, params, lay[lay[H_W0T] + tid], (u1 - u0) * VW, rt(0), u1 - u0,
                     params, lay[REC0 + F_B] + u0 * VW, work, lay[REC0 + F_Y] + u0 * VW, npo)
-            x_ok = activate(work, lay[REC0 + F_Y], npo, Rp, u0, u1, lay[REC0 + F_ACT], lay[REC0 + F_MASK],
-                            lay[REC0 + F_Z], lay[REC0 + F_PRM])
+            x_ok = reduce(work, lay[REC0 + F_Y], rt(0), rt(1), Rp, npo, u0, u1, params, rt(-1), lay[REC0 + F_ACT],
+                          lay[REC0 + F_MASK], lay[REC0 + F_Y], lay[REC0 + F_Z], lay[REC0 + F_PRM])
             if not x_ok:
                 if P == 1:
                     bad = b

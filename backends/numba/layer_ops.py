@@ -43,52 +43,53 @@ def _params(rule):
     return [var(f"p{i}") for i in range(len(rule.params))]
 
 
-def _bias_act():
-    lines = ["@njit(**_K)", "def bias_act(Z, b, has_bias, code, p, Y):",
-             '    """Y = act(Z + b): Z, Y (B, n), b (n,); the bias per row, the activation over Y flat."""',
-             "    B, n = Z.shape",
-             "    if has_bias:",
-             "        for i in range(B):",
-             "            z, y = Z[i], Y[i]",
-             "            for j in range(n):",
-             "                y[j] = z[j] + b[j]",
-             "    y = Y.ravel()",
-             "    if not has_bias:",
-             "        z = Z.ravel()",
-             "        for k in range(y.size):  # (not Y[:] = Z: numba's slice assignment takes seconds to compile)",
-             "            y[k] = z[k]",
-             "    like = y",
-             *[f"    p{i} = _c(like, p[{i}])" for i in range(N_PARAMS)]]
-    keyword = "if"
+def _settings(like):
+    return [f"    like = {like}", *[f"    p{i} = _c(like, p[{i}])" for i in range(N_PARAMS)]]
+
+
+def _per_activation(formula, operand, source, store):
+    """One loop per activation (identity aside) over ``source``: ``operand = source[k]``, then
+    ``store`` (with ``{}`` for the value of ``formula(rule)``); the code picks the loop, once."""
+    lines, keyword = [], "if"
     for rule in activations.RULES:
         if rule.name == "identity":
             continue
-        statements, results = lower({"y": rule.forward(SymMath, var("z"), *_params(rule))}, "python", _const)
+        statements, results = lower({"x": formula(rule)}, "python", _const)
         body, out = _code(statements, results, 12)
-        lines += [f"    {keyword} code == {rule.code}:  # {rule.name}", "        for k in range(y.size):",
-                  "            z = y[k]", *body, f"            y[k] = {out['y']}"]
+        lines += [f"    {keyword} code == {rule.code}:  # {rule.name}", f"        for k in range({source}.size):",
+                  f"            {operand} = {source}[k]", *body, "            " + store.format(out["x"])]
         keyword = "elif"
-    return "\n".join(lines)
+    return lines
+
+
+def _bias_act():
+    return "\n".join([
+        "@njit(**_K)", "def bias_act(Z, b, has_bias, code, p, Y):",
+        '    """Y = act(Z + b): Z, Y (B, n), b (n,); the bias per row, the activation over Y flat."""',
+        "    B, n = Z.shape",
+        "    if has_bias:",
+        "        for i in range(B):",
+        "            z, y = Z[i], Y[i]",
+        "            for j in range(n):",
+        "                y[j] = z[j] + b[j]",
+        "    y = Y.ravel()",
+        "    if not has_bias:",
+        "        z = Z.ravel()",
+        "        for k in range(y.size):  # (not Y[:] = Z: numba's slice assignment takes seconds to compile)",
+        "            y[k] = z[k]",
+        *_settings("y"),
+        *_per_activation(lambda rule: rule.forward(SymMath, var("z"), *_params(rule)), "z", "y", "y[k] = {}")])
 
 
 def _act_backward():
-    lines = ["@njit(**_K)", "def act_backward(V, dY, code, p, dZ):",
-             '    """dZ = dY · act\' from V, the activation\'s output Y or its input Z as its entry needs; all (B, n)."""',
-             "    vv, dy, dz = V.ravel(), dY.ravel(), dZ.ravel()",
-             "    like = vv",
-             *[f"    p{i} = _c(like, p[{i}])" for i in range(N_PARAMS)]]
-    keyword = "if"
-    for rule in activations.RULES:
-        if rule.name == "identity":
-            continue
-        slope = rule.derivative(SymMath, var("v"), *_params(rule))
-        statements, results = lower({"d": slope}, "python", _const)
-        body, out = _code(statements, results, 12)
-        lines += [f"    {keyword} code == {rule.code}:  # {rule.name}", "        for k in range(vv.size):",
-                  "            v = vv[k]", *body, f"            dz[k] = dy[k] * {out['d']}"]
-        keyword = "elif"
-    lines += ["    else:", "        for k in range(vv.size):", "            dz[k] = dy[k]"]
-    return "\n".join(lines)
+    return "\n".join([
+        "@njit(**_K)", "def act_backward(V, dY, code, p, dZ):",
+        '    """dZ = dY · act\' from V, the activation\'s output Y or its input Z as its entry needs; all (B, n)."""',
+        "    vv, dy, dz = V.ravel(), dY.ravel(), dZ.ravel()",
+        *_settings("vv"),
+        *_per_activation(lambda rule: rule.derivative(SymMath, var("v"), *_params(rule)), "v", "vv",
+                         "dz[k] = dy[k] * {}"),
+        "    else:", "        for k in range(vv.size):", "            dz[k] = dy[k]"])
 
 
 def _update(rule):

@@ -257,15 +257,22 @@ def vfma(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
-@intrinsic
-def vsqrt(typingctx, a):
-    if not isinstance(a, Vec):
-        return None
+def _unary(name):
+    """``llvm.<name>`` lane by lane."""
+    @intrinsic
+    def op(typingctx, a):
+        if not isinstance(a, Vec):
+            return None
 
-    def codegen(context, builder, sig, args):
-        return _call_intrinsic(builder, "sqrt", args[0])
+        def codegen(context, builder, sig, args):
+            return _call_intrinsic(builder, name, args[0])
 
-    return a(a), codegen
+        return a(a), codegen
+
+    return op
+
+
+vsqrt, vabs = _unary("sqrt"), _unary("fabs")
 
 
 @intrinsic
@@ -568,18 +575,6 @@ def _where(predicate):
 
 #: ``x`` where ``a > b`` (``a >= b``) else ``y``, lane by lane; a NaN compares false.
 vwhere_gt, vwhere_ge = _where(">"), _where(">=")
-
-
-@intrinsic
-def vabs(typingctx, a):
-    """|a| per lane."""
-    if not isinstance(a, Vec):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return _call_intrinsic(builder, "fabs", args[0])
-
-    return a(a), codegen
 
 
 @intrinsic

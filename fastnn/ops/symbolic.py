@@ -136,18 +136,24 @@ class _Renderer:
             cond, a, b = args
             return (f"vwhere_{cond.op}({self.text(cond.args[0])}, {self.text(cond.args[1])}, "
                     f"{self.text(a)}, {self.text(b)})")
-        method = getattr(self, f"_{self.dialect}", None)
-        return method(op, [self.text(a) for a in args])
+        texts = [self.text(a) for a in args]
+        infix = self._infix(op, texts) if self.dialect != "vector" else None
+        return infix or getattr(self, f"_{self.dialect}")(op, texts)
 
-    def _python(self, op, a):
+    @staticmethod
+    def _infix(op, a):
+        """What Python and C write alike (None for the rest)."""
         if op in _BINARY:
             return f"({a[0]} {_BINARY[op]} {a[1]})"
         if op == "neg":
             return f"(-{a[0]})"
-        if op == "pow":
-            return f"({a[0]} ** {a[1]})"
         if op in ("gt", "ge"):
             return f"({a[0]} {'>' if op == 'gt' else '>='} {a[1]})"
+        return None
+
+    def _python(self, op, a):
+        if op == "pow":
+            return f"({a[0]} ** {a[1]})"
         if op == "where":
             return f"({a[1]} if {a[0]} else {a[2]})"
         if op == "maximum":  # NaN in the first operand stays NaN, as np.maximum
@@ -173,14 +179,8 @@ class _Renderer:
         return f"v{op}({a[0]})"
 
     def _cuda(self, op, a):
-        if op in _BINARY:
-            return f"({a[0]} {_BINARY[op]} {a[1]})"
-        if op == "neg":
-            return f"(-{a[0]})"
         if op == "pow":
             return f"pow({a[0]}, {a[1]})"
-        if op in ("gt", "ge"):
-            return f"({a[0]} {'>' if op == 'gt' else '>='} {a[1]})"
         if op == "where":
             return f"({a[0]} ? {a[1]} : {a[2]})"
         if op == "maximum":
@@ -195,7 +195,6 @@ def lower(outputs, dialect, const=None, prefix="t_"):
     sub-tree used more than once (the same node object, e.g. Adam's new moment in its slot and in
     the step) computed once into a temporary. ``statements``: ``[(temporary, text)]`` in order;
     ``results``: {name: text}."""
-    renderer_const = const
     counts, order = {}, []
 
     def visit(node):
@@ -213,8 +212,8 @@ def lower(outputs, dialect, const=None, prefix="t_"):
     names = {id(node): f"{prefix}{k}" for k, node in enumerate(shared)}
     statements = []
     for node in shared:  # each rendered with the temporaries before it as plain names
-        statements.append((names[id(node)], _with_names(node, names, dialect, renderer_const, top=True)))
-    results = {name: _with_names(tree, names, dialect, renderer_const) if isinstance(tree, Sym) else tree
+        statements.append((names[id(node)], _with_names(node, names, dialect, const, top=True)))
+    results = {name: _with_names(tree, names, dialect, const) if isinstance(tree, Sym) else tree
                for name, tree in outputs.items()}
     return statements, results
 
