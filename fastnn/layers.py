@@ -323,7 +323,7 @@ def layer_from_config(config):
         return Dense(config["n_in"], config["n_out"], init=config.get("init", "glorot_uniform"))
     cls = LAYER_TYPES[kind]
     settings = {name: value for name, value in config.items() if name != "type"}
-    expected = set(cls().rule.params) if issubclass(cls, Activation) else set()
+    expected = set(_activations.BY_NAME[cls.act].params) if issubclass(cls, Activation) else set()
     if set(settings) != expected:
         raise ValueError(f"layer {kind}: expected the settings {sorted(expected) or 'none'}, got {sorted(settings)}")
     return cls(**settings)

@@ -49,7 +49,7 @@ class Optimizer:
     A subclass picks its update rule (an entry of ``fastnn.ops.optimizers``) and lists its
     settings; the step itself is the rule's, on every backend."""
 
-    kind = ""
+    kind = ""  # the name in config() and checkpoints
     slots = ()  # every state array it may keep per parameter (a checkpoint holds no others)
     counts_steps = False  # keeps the step number ``t`` (rules with per-step scalars)
 
@@ -72,7 +72,8 @@ class Optimizer:
 
     @property
     def rule(self):
-        """The update rule this optimizer steps with (it may depend on its settings)."""
+        """The update rule (``fastnn.ops.optimizers``) this optimizer steps with: its kind's, unless
+        its settings pick a variant."""
         return _rules.BY_NAME[self.kind]
 
     def hyper(self):
@@ -101,7 +102,7 @@ class Optimizer:
                 self.state[key].update(slots)
 
     def config(self):
-        return {"kind": type(self).kind_name, **{name: _json(getattr(self, name)) for name in self.settings}}
+        return {"kind": self.kind, **{name: _json(getattr(self, name)) for name in self.settings}}
 
     def __repr__(self):
         args = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.settings)
@@ -157,7 +158,7 @@ class SGD(Optimizer):
     With momentum: ``v ← μv + g``, ``w ← w − lr·v`` (PyTorch's convention).
     """
 
-    kind_name = "sgd"
+    kind = "sgd"
     slots = ("V",)
     settings = ("lr", "momentum", "nesterov", "weight_decay")
 
@@ -171,15 +172,15 @@ class SGD(Optimizer):
         self.weight_decay = _non_negative("weight_decay", weight_decay, "SGD")
 
     @property
-    def kind(self):
-        return "nesterov" if self.nesterov else "momentum" if self.momentum else "sgd"
+    def rule(self):
+        return _rules.BY_NAME["nesterov" if self.nesterov else "momentum" if self.momentum else "sgd"]
 
 
 class Adam(Optimizer):
     """Adam: ``Adam(lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)``; weight decay as
     L2 in the gradient (PyTorch's Adam)."""
 
-    kind = kind_name = "adam"
+    kind = "adam"
     slots = ("M", "V")
     settings = ("lr", "betas", "eps", "weight_decay")
     counts_steps = True
@@ -207,7 +208,7 @@ class AdamW(Adam):
     """AdamW: ``AdamW(lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)``; decoupled weight
     decay ``w ← w·(1 − lr·weight_decay)`` before the Adam step (PyTorch's AdamW), on weights only."""
 
-    kind = kind_name = "adamw"
+    kind = "adamw"
 
     def __init__(self, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
         super().__init__(lr, betas, eps, weight_decay)
@@ -218,7 +219,7 @@ class RMSprop(Optimizer):
     rule (not centered): ``v ← αv + (1−α)g²``, ``w ← w − lr·g/(√v + ε)``; with momentum
     ``b ← μb + g/(√v + ε)``, ``w ← w − lr·b``."""
 
-    kind_name = "rmsprop"
+    kind = "rmsprop"
     slots = ("V", "B")
     settings = ("lr", "alpha", "eps", "momentum", "weight_decay")
 
@@ -231,11 +232,11 @@ class RMSprop(Optimizer):
         self.weight_decay = _non_negative("weight_decay", weight_decay, "RMSprop")
 
     @property
-    def kind(self):
-        return "rmsprop_momentum" if self.momentum else "rmsprop"
+    def rule(self):
+        return _rules.BY_NAME["rmsprop_momentum" if self.momentum else "rmsprop"]
 
 
-OPTIMIZERS = {cls.kind_name: cls for cls in (SGD, Adam, AdamW, RMSprop)}
+OPTIMIZERS = {cls.kind: cls for cls in (SGD, Adam, AdamW, RMSprop)}
 
 
 def is_plain(optimizer):

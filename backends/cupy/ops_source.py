@@ -33,8 +33,7 @@ def _forward(rule):
 
 def _derivative(rule):
     statements, out = lower({"d": rule.derivative(SymMath, var("v"), *[var("p")][:len(rule.params)])}, "cuda")
-    d = out["d"] if isinstance(out["d"], str) else f"(T){out['d']!r}"
-    return statements, f"dy * {d}"
+    return statements, f"dy * {out['d']}"
 
 
 DEVICE = "\n".join(

@@ -31,10 +31,6 @@ def _branches(cases, indent, fallback=None):
     return lines
 
 
-def _value(tree):
-    return tree if isinstance(tree, str) else _vconst(tree)
-
-
 def _activations():
     fwd, grad = [], []
     for rule in activations.RULES:
@@ -42,10 +38,10 @@ def _activations():
             continue
         params = [var("p")][:len(rule.params)]  # at most one setting (MAX_PARAMS) in the epoch
         statements, out = lower({"y": rule.forward(SymMath, var("z"), *params)}, "vector", _vconst)
-        fwd.append((rule.code, rule.name, [f"{n} = {t}" for n, t in statements] + [f"return {_value(out['y'])}"]))
+        fwd.append((rule.code, rule.name, [f"{n} = {t}" for n, t in statements] + [f"return {out['y']}"]))
         statements, out = lower({"d": rule.derivative(SymMath, var("v"), *params)}, "vector", _vconst)
         grad.append((rule.code, rule.name,
-                     [f"{n} = {t}" for n, t in statements] + [f"return vmul(dy, {_value(out['d'])})"]))
+                     [f"{n} = {t}" for n, t in statements] + [f"return vmul(dy, {out['d']})"]))
     return ["@njit(**_JIT)", "def act(code, z, p, like):",
             '    """act(z) of activation ``code``; ``p``: its setting, as a vector."""',
             *_branches(fwd, 4), "    return z", "", "",
@@ -69,8 +65,8 @@ def _apply_step():
                  "        w = vload(P, o)",
                  *[f"        s_{name} = vload(S{i + 1}, o)" for i, name in enumerate(rule.slots)],
                  *[f"        {n} = {t}" for n, t in statements],
-                 *[f"        vstore(S{i + 1}, o, {_value(out[name])})" for i, name in enumerate(rule.slots)],
-                 f"        vstore(P, o, {_value(out['w'])})"]
+                 *[f"        vstore(S{i + 1}, o, {out[name]})" for i, name in enumerate(rule.slots)],
+                 f"        vstore(P, o, {out['w']})"]
         cases.append((rule.code, rule.name, body))
     return ["@njit(**_JIT)", "def apply_step(P, S1, S2, pbase, ldp, G, gbase, rows, nv, h, decays):",
             '    """The optimizer step on the block P[rows, nv vectors] from the gradient block G (rows of nv',

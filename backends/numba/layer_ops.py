@@ -33,10 +33,8 @@ def _const(value):
     return f"_c(like, {value!r})"
 
 
-def _code(statements, results, indent):
-    pad = " " * indent
-    lines = [f"{pad}{name} = {text}" for name, text in statements]
-    return lines, {name: text if isinstance(text, str) else _const(text) for name, text in results.items()}
+def _assignments(statements, indent):
+    return [f"{' ' * indent}{name} = {text}" for name, text in statements]
 
 
 def _params(rule):
@@ -54,8 +52,8 @@ def _per_activation(formula, operand, source, store):
     for rule in activations.RULES:
         if rule.name == "identity":
             continue
-        statements, results = lower({"x": formula(rule)}, "python", _const)
-        body, out = _code(statements, results, 12)
+        statements, out = lower({"x": formula(rule)}, "python", _const)
+        body = _assignments(statements, 12)
         lines += [f"    {keyword} code == {rule.code}:  # {rule.name}", f"        for k in range({source}.size):",
                   f"            {operand} = {source}[k]", *body, "            " + store.format(out["x"])]
         keyword = "elif"
@@ -96,8 +94,8 @@ def _update(rule):
     inputs = {name: var(f"h_{name}") for name in rule.inputs}
     slots = {name: var(f"s_{name}") for name in rule.slots}
     w, new = rule.update(SymMath, var("w"), var("g"), slots, inputs)
-    statements, results = lower({"w": w, **new}, "python", _const)
-    body, out = _code(statements, results, 8)
+    statements, out = lower({"w": w, **new}, "python", _const)
+    body = _assignments(statements, 8)
     arrays = ["W_", "G_"] + [f"S{i + 1}_" for i in range(optimizers.MAX_SLOTS)]
     lines = ["@njit(**_K)", f"def update_{rule.name}(W, G, S1, S2, h):",
              f'    """One {rule.name} step in place on the flat W from G; slots {", ".join(rule.slots) or "none"}."""',

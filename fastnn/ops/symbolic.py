@@ -194,7 +194,7 @@ def lower(outputs, dialect, const=None, prefix="t_"):
     """``(statements, results)``: ``outputs`` ({name: tree or number}) as straight-line code, each
     sub-tree used more than once (the same node object, e.g. Adam's new moment in its slot and in
     the step) computed once into a temporary. ``statements``: ``[(temporary, text)]`` in order;
-    ``results``: {name: text}."""
+    ``results``: {name: text} (a number as the dialect's constant)."""
     counts, order = {}, []
 
     def visit(node):
@@ -213,8 +213,7 @@ def lower(outputs, dialect, const=None, prefix="t_"):
     statements = []
     for node in shared:  # each rendered with the temporaries before it as plain names
         statements.append((names[id(node)], _with_names(node, names, dialect, const, top=True)))
-    results = {name: _with_names(tree, names, dialect, const) if isinstance(tree, Sym) else tree
-               for name, tree in outputs.items()}
+    results = {name: _with_names(_sym(tree), names, dialect, const) for name, tree in outputs.items()}
     return statements, results
 
 
