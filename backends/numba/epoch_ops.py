@@ -31,23 +31,40 @@ def _branches(cases, indent, fallback=None):
     return lines
 
 
-def _activations():
-    fwd, grad = [], []
+def _rows(formula, operand, load, store):
+    """Per activation (identity aside) a loop over rows r < nrows and vectors v0 <= v < v1:
+    ``operand = load``, the formula's statements, then ``store`` with ``{}`` for its value; the code
+    picks the loop once, outside it, so every formula is inline in its own loop (LLVM vectorises and
+    inlines it there, which it did not do with one function of every formula called per vector)."""
+    cases = []
     for rule in activations.RULES:
         if rule.name == "identity":
             continue
         params = [var("p")][:len(rule.params)]  # at most one setting (MAX_PARAMS) in the epoch
-        statements, out = lower({"y": rule.forward(SymMath, var("z"), *params)}, "vector", _vconst)
-        fwd.append((rule.code, rule.name, [f"{n} = {t}" for n, t in statements] + [f"return {out['y']}"]))
-        statements, out = lower({"d": rule.derivative(SymMath, var("v"), *params)}, "vector", _vconst)
-        grad.append((rule.code, rule.name,
-                     [f"{n} = {t}" for n, t in statements] + [f"return vmul(dy, {out['d']})"]))
-    return ["@njit(**_JIT)", "def act(code, z, p, like):",
-            '    """act(z) of activation ``code``; ``p``: its setting, as a vector."""',
-            *_branches(fwd, 4), "    return z", "", "",
-            "@njit(**_JIT)", "def act_grad(code, v, dy, p, like):",
-            '    """dZ = dY · act\', from v: the output Y, or the input Z where the entry needs Z."""',
-            *_branches(grad, 4), "    return dy"]
+        statements, out = lower({"x": formula(rule, params)}, "vector", _vconst)
+        cases.append((rule.code, rule.name, [
+            "for r in range(nrows):", "    for v in range(v0, v1):", "        o = r * ld + v * VW",
+            f"        {operand} = {load}", *[f"        {n} = {t}" for n, t in statements],
+            "        " + store.format(out["x"])]))
+    return cases
+
+
+def _activations():
+    head = ["    VW = vwidth(work)", "    like = work", "    p = vsplat(work, work[prm])"]
+    act = _rows(lambda rule, params: rule.forward(SymMath, var("z"), *params), "z", "vload(work, ybase + o)",
+                "vstore(work, ybase + o, vmul({}, vload(work, mbase + v * VW)))")
+    grad = _rows(lambda rule, params: rule.derivative(SymMath, var("v"), *params), "v", "vload(work, vbase + o)",
+                 "vstore(work, dbase + o, vmul(vload(work, dbase + o), {}))")
+    identity = ["for r in range(nrows):", "    for v in range(v0, v1):", "        o = r * ld + v * VW",
+                "        vstore(work, ybase + o, vmul(vload(work, ybase + o), vload(work, mbase + v * VW)))"]
+    return ["@njit(**_JIT)", "def act_rows(work, ybase, ld, nrows, v0, v1, code, prm, mbase):",
+            '    """Y = act(Y) · mask in place on vectors v0:v1 of rows 0:nrows (the mask keeps the padding',
+            '    at 0); ``prm``: where the activation\'s setting is in work."""',
+            *head, *_branches(act, 4, fallback=identity), "", "",
+            "@njit(**_JIT)", "def grad_rows(work, vbase, dbase, ld, nrows, v0, v1, code, prm):",
+            '    """dZ = dY · act\' in place on vectors v0:v1 of rows 0:nrows, act\' from vbase: the output Y, or',
+            '    the input Z where the entry needs Z."""',
+            *head, *_branches(grad, 4)]
 
 
 def _apply_step():

@@ -144,7 +144,7 @@ def reduce(work, pbase, psize, P, nrows, ld, v0, v1, B, bbase, code, mbase, ybas
     (z · 0 is NaN for z NaN or ±inf: a sum of them is 0 only if all were finite). With P = 1 and
     pbase = ybase it activates Y in place."""
     VW = vwidth(work)
-    zero, p = vsplat(work, 0.0), vsplat(work, work[prm])
+    zero = vsplat(work, 0.0)
     check = zero
     for r in range(nrows):
         for v in range(v0, v1):
@@ -157,19 +157,9 @@ def reduce(work, pbase, psize, P, nrows, ld, v0, v1, B, bbase, code, mbase, ybas
             check = vfma(z, zero, check)
             if zbase >= 0:
                 vstore(work, zbase + o, z)
-            vstore(work, ybase + o, vmul(act(code, z, p, work), vload(work, mbase + v * VW)))
+            vstore(work, ybase + o, z)
+    act_rows(work, ybase, ld, nrows, v0, v1, code, prm, mbase)
     return vsum(check) == 0.0
-
-
-@njit(**_JIT)
-def act_backward(work, vbase, dbase, ld, nrows, v0, v1, code, prm):
-    """dZ = act' · dY in place on vectors v0:v1, act' from vbase: Y, or Z where the entry needs Z."""
-    VW = vwidth(work)
-    p = vsplat(work, work[prm])
-    for r in range(nrows):
-        for v in range(v0, v1):
-            o = r * ld + v * VW
-            vstore(work, dbase + o, act_grad(code, vload(work, vbase + o), vload(work, dbase + o), p, work))
 
 
 @njit(**_JIT)
@@ -188,7 +178,7 @@ def bias_step(work, dbase, ld, nrows, v0, v1, P, S1, S2, bbase, h, gbase):
 def batch_loss(work, ybase, dbase, tbase, nbase, ld, nv, nO, R, Rp, kind, code, labels, rows, vbase, prm):
     """(mean loss, correct rows) of the batch; writes dZ of the last layer (rows R:Rp zero)."""
     VW = vwidth(work)
-    zero, inv, p = vsplat(work, 0.0), vsplat(work, 1.0 / R), vsplat(work, work[prm])
+    zero, inv = vsplat(work, 0.0), vsplat(work, 1.0 / R)
     total, correct = 0.0, 0
     for r in range(R):
         y0, t0, d0 = ybase + r * ld, tbase + r * ld, dbase + r * ld
@@ -224,10 +214,6 @@ def batch_loss(work, ybase, dbase, tbase, nbase, ld, nv, nO, R, Rp, kind, code, 
                 z, t = work[y0 + j], work[t0 + j]
                 total += max(z, 0.0) + math.log1p(math.exp(-abs(z))) - t * z
                 work[d0 + j] = (1.0 / (1.0 + math.exp(-z)) - t) / R
-        if code != ACT_IDENTITY:
-            for v in range(nv):
-                o = d0 + v * VW
-                vstore(work, o, act_grad(code, vload(work, vbase + r * ld + v * VW), vload(work, o), p, work))
         if nO == 1:  # as Sequential._n_correct
             guess = 1 if work[y0] > (0.5 if kind == LOSS_MSE else 0.0) else 0
         else:
@@ -237,6 +223,7 @@ def batch_loss(work, ybase, dbase, tbase, nbase, ld, nv, nO, R, Rp, kind, code, 
                     guess, best = j, work[y0 + j]
         if guess == labels[rows[r]]:
             correct += 1
+    grad_rows(work, vbase, dbase, ld, R, rt(0), nv, code, prm)  # dZ of the output activation (none: as is)
     for r in range(R, Rp):
         for v in range(nv):
             vstore(work, dbase + r * ld + v * VW, zero)
@@ -422,7 +409,7 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
             rec = REC0 + REC * i
             npo = lay[rec + F_NPO]
             u0, u1 = _own(lay[rec + F_NV], tid, P)
-            act_backward(work, lay[rec + F_V], lay[rec + F_DZ], npo, Rp, u0, u1, lay[rec + F_ACT], lay[rec + F_PRM])
+            grad_rows(work, lay[rec + F_V], lay[rec + F_DZ], npo, Rp, u0, u1, lay[rec + F_ACT], lay[rec + F_PRM])
             bias_step(work, lay[rec + F_DZ], npo, Rp, u0, u1, params, S1, S2, lay[rec + F_B], h, g_at)
             if sgd:  # others still read this layer's dZ for their dX: scale into a copy
                 scale(work, lay[rec + F_DZ], lay[rec + F_DS], npo, Rp, u0, u1, h)
