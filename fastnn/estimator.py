@@ -14,12 +14,13 @@ numpy; ``"cupy"`` for a GPU); the same methods (``fit``, ``partial_fit``,
 ``get_params``, ``set_params``) and fitted attributes (``classes_`` of any
 label type, ``loss_curve_``, ``n_iter_``, ``coefs_``, ...).
 
-scikit-learn is optional. Where it is installed the class *is* a scikit-learn
-estimator (it inherits ``BaseEstimator`` and ``ClassifierMixin``, raises
-scikit-learn's ``NotFittedError``, so ``clone``, pipelines and grid search work);
-where it is not, small stand-ins (``fastnn.estimator_base``) provide the same
-methods. Input checks are fastnn's own in both cases, with scikit-learn's
-messages (``fastnn.estimator_checks``).
+scikit-learn is optional, and importing this class does not import it (a second
+of a small script's time): ``fastnn.estimator_base`` implements scikit-learn's
+estimator protocol, so ``clone``, pipelines, grid search and scikit-learn's
+estimator checks work; once scikit-learn is imported, a ``NotFittedError`` or
+``ConvergenceWarning`` is also an instance of scikit-learn's class of that name.
+Input checks are fastnn's own, with scikit-learn's messages
+(``fastnn.estimator_checks``).
 
 How it maps onto scikit-learn's model, and where it differs:
 
@@ -54,7 +55,7 @@ import numpy as np
 
 # the scikit-learn names stay importable from here, as before the split
 from .estimator_base import (HAVE_SKLEARN, BaseEstimator, ClassifierMixin, ConvergenceWarning,  # noqa: F401
-                             DataConversionWarning, NotFittedError)
+                             DataConversionWarning, NotFittedError, raised)
 from .estimator_checks import (_HIDDEN_ACTIVATIONS, _check_params, _check_X, _check_y, _feature_names,
                                _hidden_sizes, _seed, _unique_labels)
 from .estimator_epochs import _Epochs, _validation_split
@@ -228,7 +229,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             warnings.warn("Training interrupted by user.", stacklevel=4)
         elif not incremental and not net.stop_training and self.n_iter_ == self.max_iter:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
-                          f"the optimization hasn't converged yet.", ConvergenceWarning, stacklevel=4)
+                          f"the optimization hasn't converged yet.", raised(ConvergenceWarning), stacklevel=4)
         if epochs.best is not None:
             for layer, (W, b) in zip(net.dense_layers, epochs.best):
                 layer.W, layer.b = W, b
@@ -239,7 +240,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     def _check_fitted(self):
         if not hasattr(self, "_net"):
-            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet. Call 'fit' "
+            raise raised(NotFittedError)(f"This {type(self).__name__} instance is not fitted yet. Call 'fit' "
                                  f"with appropriate arguments before using this estimator.")
 
     def _check_input(self, X, reset):
@@ -319,9 +320,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     def __setstate__(self, state):
         restore_state(self, state)
 
-    if HAVE_SKLEARN:
-        def __sklearn_tags__(self):
-            tags = super().__sklearn_tags__()
-            tags.classifier_tags.multi_label = True
-            tags.input_tags.sparse = False
-            return tags
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        tags.input_tags.sparse = False
+        return tags

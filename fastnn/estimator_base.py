@@ -1,67 +1,110 @@
-"""scikit-learn's base classes and exceptions for ``MLPClassifier``, or stand-ins without it.
+"""scikit-learn's estimator protocol for fastnn's estimators, without importing scikit-learn.
 
-Where scikit-learn is installed these are its own ``BaseEstimator``,
-``ClassifierMixin``, ``NotFittedError``, ``ConvergenceWarning`` and
-``DataConversionWarning`` (so ``clone``, pipelines and grid search work); where
-it is not, small classes here provide the same methods and names.
+``import sklearn`` takes about a second (it loads scipy.stats through sklearn.utils): more
+than a small job's whole training. So ``from fastnn import MLPClassifier`` does not import
+it; the classes here implement what scikit-learn's tools ask of an estimator
+(``get_params``/``set_params``, ``__sklearn_tags__``, ``_estimator_type``, ``score``), so
+``clone``, pipelines, grid search and scikit-learn's estimator checks work, with or
+without scikit-learn installed. The one thing they are not is a subclass of
+``sklearn.base.BaseEstimator`` (an ``isinstance`` test against it is False).
+
+Errors and warnings are fastnn's ``NotFittedError``, ``ConvergenceWarning`` and
+``DataConversionWarning``; once the script has imported scikit-learn, what is raised is
+also an instance of scikit-learn's class of the same name (``raised(cls)``), so an
+``except`` clause or a warning filter written for either catches it.
 """
 from __future__ import annotations
 
+import importlib.util
 import inspect
+import sys
 
 import numpy as np
 
-try:
-    from sklearn.base import BaseEstimator, ClassifierMixin
-    from sklearn.exceptions import ConvergenceWarning, DataConversionWarning, NotFittedError
-    HAVE_SKLEARN = True
-except ImportError:
-    HAVE_SKLEARN = False
+#: whether scikit-learn can be imported (found without importing it)
+HAVE_SKLEARN = importlib.util.find_spec("sklearn") is not None
 
-    class NotFittedError(ValueError, AttributeError):
-        """Raised when a method needs a fitted estimator (scikit-learn's, when installed)."""
 
-    class ConvergenceWarning(UserWarning):
-        """The solver stopped at ``max_iter`` before converging."""
+class NotFittedError(ValueError, AttributeError):
+    """Raised when a method needs a fitted estimator."""
 
-    class DataConversionWarning(UserWarning):
-        """The input was converted (e.g. a column-vector ``y`` raveled)."""
 
-    class BaseEstimator:
-        """Stand-in for scikit-learn's: parameters are the ``__init__`` arguments."""
+class ConvergenceWarning(UserWarning):
+    """The solver stopped at ``max_iter`` before converging."""
 
-        @classmethod
-        def _param_names(cls):
-            signature = inspect.signature(cls.__init__)
-            return [p.name for p in signature.parameters.values() if p.name != "self"]
 
-        def get_params(self, deep=True):
-            """The constructor parameters (``deep`` is accepted; there are no nested estimators)."""
-            return {name: getattr(self, name) for name in self._param_names()}
+class DataConversionWarning(UserWarning):
+    """The input was converted (e.g. a column-vector ``y`` raveled)."""
 
-        def set_params(self, **params):
-            valid = self._param_names()
-            for name, value in params.items():
-                if name not in valid:
-                    raise ValueError(f"Invalid parameter {name!r} for estimator {type(self).__name__}. "
-                                     f"Valid parameters are: {valid!r}.")
-                setattr(self, name, value)
-            return self
 
-        def __repr__(self):
-            defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
-            changed = [f"{name}={value!r}" for name, value in self.get_params().items()
-                       if not _same(value, defaults.get(name))]
-            return f"{type(self).__name__}({', '.join(changed)})"
+_BOTH = {}
 
-    class ClassifierMixin:
-        """Stand-in for scikit-learn's: ``score`` is the (subset) accuracy."""
 
-        def score(self, X, y, sample_weight=None):
-            """Mean accuracy of ``predict(X)`` against ``y`` (weighted by ``sample_weight``)."""
-            predicted, y = self.predict(X), np.asarray(y)
-            hits = predicted == y if predicted.ndim == 1 else np.all(predicted == y, axis=1)
-            return float(np.average(hits, weights=sample_weight))
+def raised(cls):
+    """``cls``, or once scikit-learn is imported, a subclass of ``cls`` and of scikit-learn's
+    class of the same name (``sklearn.exceptions``)."""
+    if sys.modules.get("sklearn") is None:  # not imported (or blocked): nothing to be caught as
+        return cls
+    if cls not in _BOTH:
+        from sklearn import exceptions
+        _BOTH[cls] = type(cls.__name__, (cls, getattr(exceptions, cls.__name__)),
+                          {"__module__": cls.__module__, "__doc__": cls.__doc__})
+    return _BOTH[cls]
+
+
+class BaseEstimator:
+    """scikit-learn's estimator protocol: the parameters are the ``__init__`` arguments."""
+
+    @classmethod
+    def _get_param_names(cls):
+        signature = inspect.signature(cls.__init__)
+        return sorted(p.name for p in signature.parameters.values() if p.name != "self")
+
+    def get_params(self, deep=True):
+        """The constructor parameters (``deep`` is accepted; there are no nested estimators)."""
+        return {name: getattr(self, name) for name in self._get_param_names()}
+
+    def set_params(self, **params):
+        valid = self._get_param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"Invalid parameter {name!r} for estimator {type(self).__name__}. "
+                                 f"Valid parameters are: {valid!r}.")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self):
+        """The parameters that differ from the defaults, by name (as scikit-learn's)."""
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        changed = [f"{name}={value!r}" for name, value in self.get_params().items()
+                   if not _same(value, defaults[name])]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    def __sklearn_tags__(self):
+        # only scikit-learn calls this, so it is already imported
+        from sklearn.utils import Tags, TargetTags
+        return Tags(estimator_type=None, target_tags=TargetTags(required=False), transformer_tags=None,
+                    regressor_tags=None, classifier_tags=None)
+
+
+class ClassifierMixin:
+    """A classifier in scikit-learn's sense: ``score`` is the (subset) accuracy."""
+
+    _estimator_type = "classifier"  # what scikit-learn before 1.6 reads
+
+    def __sklearn_tags__(self):
+        from sklearn.utils import ClassifierTags
+        tags = super().__sklearn_tags__()
+        tags.estimator_type = "classifier"
+        tags.classifier_tags = ClassifierTags()
+        tags.target_tags.required = True
+        return tags
+
+    def score(self, X, y, sample_weight=None):
+        """Mean accuracy of ``predict(X)`` against ``y`` (weighted by ``sample_weight``)."""
+        predicted, y = self.predict(X), np.asarray(y)
+        hits = predicted == y if predicted.ndim == 1 else np.all(predicted == y, axis=1)
+        return float(np.average(hits, weights=sample_weight))
 
 
 def _same(a, b):

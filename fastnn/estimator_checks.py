@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 
-from .estimator_base import DataConversionWarning
+from .estimator_base import DataConversionWarning, raised
 from .layers import Identity, ReLU, Sigmoid, Tanh
 
 _HIDDEN_ACTIVATIONS = {"identity": Identity, "logistic": Sigmoid, "tanh": Tanh, "relu": ReLU}
@@ -146,7 +146,7 @@ def _check_y(y, n):
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         warnings.warn("A column-vector y was passed when a 1d array was expected. Please change the "
-                      "shape of y to (n_samples,), for example using ravel().", DataConversionWarning,
+                      "shape of y to (n_samples,), for example using ravel().", raised(DataConversionWarning),
                       stacklevel=3)
         y = y[:, 0]
     if y.ndim == 0 or y.ndim > 2 or y.shape[0] != n:
