@@ -19,6 +19,7 @@ import types
 from fastnn.files import atomic_writer
 
 from . import cache as numba_cache
+from .quick_load import quick
 
 _lock = threading.Lock()
 _modules = {}  # prefix -> module
@@ -83,6 +84,7 @@ def _import_file(name, path, text):
     except BaseException:
         del sys.modules[name]
         raise
+    quick(vars(module))  # its kernels load from numba's cache without numba's compile set-up
     return module
 
 

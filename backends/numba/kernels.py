@@ -20,12 +20,11 @@ import llvmlite.binding as llvm
 import numpy as np
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.core.caching import FunctionCache
-from numba.core.dispatcher import Dispatcher
 from numba.extending import get_cython_function_address, intrinsic, overload
 
 from . import cache as numba_cache
 from . import simd
+from .quick_load import QuickLoadCache, quick
 from .simd import VECTOR_BITS, exp, vfma, vload_part, vsplat, vstore_part, vwidth  # noqa: F401 (VECTOR_BITS: backend)
 
 #: The fast-math flags of every kernel, in one place: reassociation and FMA
@@ -44,10 +43,11 @@ PARALLEL = dict(KERNEL, parallel=True)
 SIMD_DIGEST = hashlib.sha256(simd.__spec__.loader.get_data(simd.__file__)).hexdigest()[:16]
 
 
-class _Cache(FunctionCache):
-    """numba's disk cache of one kernel here, each entry keyed also on :data:`SIMD_DIGEST`: after an
-    edit of simd.py numba finds no entry, compiles and adds one (numba itself drops the index when
-    kernels.py changes). Every cached kernel of this module gets one: see the end."""
+class _Cache(QuickLoadCache):
+    """numba's disk cache of one kernel here (loading quickly: ``quick_load``), each entry keyed also
+    on :data:`SIMD_DIGEST`: after an edit of simd.py numba finds no entry, compiles and adds one
+    (numba itself drops the index when kernels.py changes). Every cached kernel of this module
+    gets one: see the end."""
 
     def _index_key(self, sig, codegen):
         return super()._index_key(sig, codegen) + (SIMD_DIGEST,)
@@ -404,11 +404,4 @@ def sum_rows(X, out):
 
 
 # ---- last: key numba's cache of every kernel above on simd.py as well ------
-def _key_caches_on_simd():
-    for kernel in list(globals().values()):
-        if isinstance(kernel, Dispatcher) and kernel.py_func.__module__ == __name__ \
-                and isinstance(kernel._cache, FunctionCache) and not isinstance(kernel._cache, _Cache):
-            kernel._cache = _Cache(kernel.py_func)  # before anything compiles or loads (on first call)
-
-
-_key_caches_on_simd()
+quick(globals(), _Cache)
