@@ -3,7 +3,7 @@ from fastnn.backend import Backend
 
 
 class NumpyBackend(Backend):
-    """Plain NumPy through ``array_api_compat.numpy``: readable, always there."""
+    """Plain NumPy (its array-API namespace: ``fastnn.backend.numpy_namespace``): readable, always there."""
 
     name = "numpy"
 

@@ -105,9 +105,12 @@ def warn_if_unscaled(X, name="X"):
     Integers are judged by their values as floats are (0/1 integer features are scaled). The
     warning points at the first caller outside fastnn: the user's fit/evaluate/predict line.
     """
-    from array_api_compat import array_namespace
-
-    xp = array_namespace(X)
+    if isinstance(X, np.ndarray):
+        from fastnn.backend import numpy_namespace
+        xp = numpy_namespace()
+    else:
+        from array_api_compat import array_namespace
+        xp = array_namespace(X)
     step = -(-X.shape[0] // SCALE_SAMPLE_ROWS)  # ceil: at most SCALE_SAMPLE_ROWS rows
     S = xp.astype(X[::step, ...], xp.float64)  # float64: squares of integers or large floats fit
     rms = math.sqrt(float(xp.mean(S * S)))

@@ -6,7 +6,7 @@
 ...                         fastnn.Dense(30, 10), fastnn.Sigmoid(), backend=be, seed=0)
 >>> net.fit(X, y, epochs=1, batch_size=10, loss="mse", lr=3.0)
 
-Arrays are plain NumPy arrays (``xp`` is ``array_api_compat.numpy``, as on the
+Arrays are plain NumPy arrays (``xp`` is NumPy's namespace, as on the
 numpy backend), so results compare directly with the reference. Matrix products
 go where they are fastest: register-blocked kernels where a dimension is a small
 batch (BLAS is poor there), NumPy's own BLAS call for large plain products, and
