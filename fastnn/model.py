@@ -270,8 +270,8 @@ class Sequential:
     @_one_thread_at_a_time
     @_in_backend_scope
     def fit(self, X, y, epochs=1, batch_size=32, loss=None, optimizer=None, lr=None,
-            shuffle=True, validation_data=None, verbose=0, checkpoint=None, resume=False,
-            on_epoch_end=None, callbacks=None):
+            shuffle=True, validation_data=None, validation_split=0.0, verbose=0, checkpoint=None,
+            resume=False, on_epoch_end=None, callbacks=None):
         """Train by mini-batch gradient descent; returns a :class:`History`.
 
         - ``loss``: ``"mse"``, ``"cross_entropy"``, ``"binary_cross_entropy"`` or a Loss
@@ -280,7 +280,9 @@ class Sequential:
           neither: the optimizer of the last fit, else ``SGD(lr=0.1)``.
         - Batches: a permutation per epoch from the model's seeded host generator,
           the last partial batch kept. ``shuffle=False`` keeps the data order.
-        - ``validation_data=(X_val, y_val)`` adds ``val_loss``/``val_accuracy``.
+        - ``validation_data=(X_val, y_val)`` adds ``val_loss``/``val_accuracy``;
+          ``validation_split=0.2`` holds out the *last* 20% of the rows instead (before any
+          shuffling, as Keras does; ``validation_data``, when given, is used instead).
         - ``checkpoint="ckpt.npz"`` saves after every epoch; ``resume=True``
           continues from it (same final weights as an uninterrupted run): the
           checkpoint's weights, optimizer (settings and state), batch order and
@@ -313,6 +315,10 @@ class Sequential:
         callbacks = checked_callbacks(callbacks, on_epoch_end)
         X = check.training_set(self, X, check_finite=False)
         T, labels = check.targets(self, y, X.shape[0])
+        if validation_split and validation_data is None:
+            keep = check.split_point(validation_split, X.shape[0])
+            validation_data = (X[keep:, ...], T[keep:, ...])  # target rows: any kind of y
+            X, T, labels = X[:keep, ...], T[:keep, ...], labels[:keep]
         if validation_data is not None:
             validation_data = check.validation_pair(self, validation_data)
         n = X.shape[0]

@@ -258,6 +258,18 @@ def optimizer(optimizer, lr, previous):
     return previous if previous is not None else SGD(0.1)
 
 
+def split_point(fraction, n):
+    """Rows kept for training by ``validation_split=fraction`` of ``n``: ``floor(n (1 - fraction))``
+    (Keras's rule); the rest, the last rows, validate."""
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 <= fraction < 1:
+        raise ValueError(f"validation_split: expected a fraction in [0, 1), got {fraction!r}")
+    keep = math.floor(n * (1 - fraction))
+    if keep == 0 or keep == n:
+        raise ValueError(f"validation_split={fraction}: {n} rows cannot be split into a training and "
+                         f"a validation set; pass more rows or another fraction")
+    return keep
+
+
 def validation_pair(net, data):
     """``(X_val, y_val)`` checked before training starts (not after the first epoch), under their names."""
     if not (isinstance(data, (tuple, list)) and len(data) == 2):

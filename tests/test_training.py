@@ -554,3 +554,35 @@ def test_callbacks_are_checked():
         net.fit([[0.0, 1.0]], [1], callbacks=[lambda epoch, logs: None])
     with pytest.raises(TypeError, match="on_epoch_end must be callable"):
         net.fit([[0.0, 1.0]], [1], on_epoch_end=3)
+
+
+# ---- validation_split ------------------------------------------------------------------
+def _small_net(backend_name, n_out=4, seed=5):
+    return fastnn.Sequential(fastnn.Dense(20, 12), fastnn.Tanh(), fastnn.Dense(12, n_out), backend=backend_name,
+                             seed=seed, dtype="float64")
+
+
+def test_validation_split_holds_out_the_last_rows(backend_name, data):
+    X, y = data[0][:203], data[1][:203]
+    keep = 162  # floor(203 * 0.8): Keras's rule
+    split = _small_net(backend_name).fit(X, y, epochs=3, batch_size=16, lr=0.1, validation_split=0.2)
+    given = _small_net(backend_name).fit(X[:keep], y[:keep], epochs=3, batch_size=16, lr=0.1,
+                                         validation_data=(X[keep:], y[keep:]))
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(split.history[key], given.history[key], rtol=1e-12, err_msg=key)
+
+
+def test_validation_split_with_target_rows_and_its_errors(data):
+    X, y = data[0][:100], data[1][:100]
+    T = np.eye(4)[y]  # one-hot target rows instead of labels
+    rows = _small_net("numpy").fit(X, T, epochs=2, batch_size=10, lr=0.1, loss="mse", validation_split=0.3)
+    labels = _small_net("numpy").fit(X, y, epochs=2, batch_size=10, lr=0.1, loss="mse", validation_split=0.3)
+    np.testing.assert_allclose(rows.history["val_loss"], labels.history["val_loss"], rtol=1e-12)
+    given = _small_net("numpy").fit(X, y, epochs=1, batch_size=10, lr=0.1, validation_split=0.5,
+                                    validation_data=(X[:10], y[:10]))  # validation_data wins, as in Keras
+    assert given.history["accuracy"] and len(given.history["val_loss"]) == 1
+    for fraction in (1.0, -0.1, "0.2", True):
+        with pytest.raises(ValueError, match="validation_split: expected a fraction"):
+            _small_net("numpy").fit(X, y, validation_split=fraction)
+    with pytest.raises(ValueError, match="3 rows cannot be split"):
+        _small_net("numpy").fit(X[:3], y[:3], validation_split=0.8)  # floor(3 * 0.2): nothing to train on
