@@ -11,7 +11,7 @@ from .callbacks import Callback, LambdaCallback
 from .gradcheck import gradcheck
 from .history import History
 from .io import ModelFileError, load
-from .layers import GELU, Dense, Identity, LeakyReLU, ReLU, Sigmoid, SiLU, Softmax, Softplus, Tanh
+from .layers import GELU, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid, SiLU, Softmax, Softplus, Tanh
 from .losses import BinaryCrossEntropy, CrossEntropy, Loss, MSE, get_loss
 from .model import Sequential, TrainingDiverged
 from .optim import SGD, Adam, AdamW, RMSprop
@@ -34,7 +34,7 @@ def __getattr__(name):
 
 __all__ = [
     "ACTIVATIONS", "Adam", "AdamW", "Backend", "BackendUnavailable", "BinaryCrossEntropy", "Callback", "CrossEntropy",
-    "Dense", "GELU", "History", "LambdaCallback", "LeakyReLU", "Identity", "Loss", "MLPClassifier", "MSE", "ModelFileError", "RMSprop", "ReLU", "SGD",
+    "Dense", "Dropout", "GELU", "History", "LambdaCallback", "LeakyReLU", "Identity", "Loss", "MLPClassifier", "MSE", "ModelFileError", "RMSprop", "ReLU", "SGD",
     "Sequential", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "TrainingDiverged", "UnscaledInputWarning",
     "available_backends", "default_backend", "gradcheck", "get_backend", "get_loss", "load", "register_backend", "set_backend",
     "use_backend",

@@ -26,6 +26,7 @@ def save_checkpoint(net, path, epoch, history, batch_size, shuffle):
     meta.update(checkpoint={"epoch": epoch, "history": history.history,
                             "optimizer": net.optimizer.config(), "counters": counters,
                             "batch_rng": net.batch_rng.bit_generator.state,
+                            "epochs_trained": net.epochs_trained, "dropout_key": f"{net.dropout_key:#x}",
                             "batch_size": int(batch_size), "shuffle": bool(shuffle)})
     _write_atomic(path, arrays, meta)
 
@@ -58,7 +59,7 @@ def _setting(value):
 _HISTORY_KEYS = ("epoch", "loss", "accuracy", "seconds", "val_loss", "val_accuracy")
 
 #: What ``read_checkpoint`` checked and ``apply_checkpoint`` assigns.
-Resume = collections.namedtuple("Resume", "path epoch history optimizer params batch_rng")
+Resume = collections.namedtuple("Resume", "path epoch history optimizer params batch_rng dropout")
 
 
 def _training_state(meta, path):
@@ -171,7 +172,25 @@ def read_checkpoint(net, path, settings, verbose=0):
     from .history import History
 
     return Resume(path, state["epoch"], History(state["history"]), optimizer,
-                  _new_params(net, arrays, path), _checkpoint_rng(state.get("batch_rng"), net, path))
+                  _new_params(net, arrays, path), _checkpoint_rng(state.get("batch_rng"), net, path),
+                  _checkpoint_dropout(state, net, path))
+
+
+def _checkpoint_dropout(state, net, path):
+    """``(epochs_trained, dropout_key)`` of the checkpoint (Dropout masks go on from there); a
+    checkpoint written before they were kept counts its epochs and keeps the model's key."""
+    epochs, key = state.get("epochs_trained", state["epoch"]), state.get("dropout_key")
+    if not _is_count(epochs):
+        raise ModelFileError(f"{path}: checkpoint epochs_trained is not a count: {_shown(epochs)}")
+    if key is None:
+        return epochs, net.dropout_key
+    try:
+        value = int(key, 16) if isinstance(key, str) and key.startswith("0x") and len(key) <= 18 else None
+    except ValueError:
+        value = None
+    if value is None:
+        raise ModelFileError(f"{path}: checkpoint dropout_key is not a 64-bit hex number: {_shown(key)}")
+    return epochs, value
 
 
 def apply_checkpoint(net, resume, verbose=0):
@@ -180,6 +199,7 @@ def apply_checkpoint(net, resume, verbose=0):
     for layer, (W, b) in zip(net.dense_layers, resume.params):
         layer._W, layer._b = W, b
     net.optimizer, net.batch_rng = resume.optimizer, resume.batch_rng
+    net.epochs_trained, net.dropout_key = resume.dropout
     if verbose:
         print(f"fit: resumed from {resume.path} after epoch {resume.epoch}", file=sys.stderr)
     return resume.epoch, resume.history

@@ -13,11 +13,13 @@ Layers run on a backend's ops (``gemm``, ``bias_act``, ``act_backward``,
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
 from .backend import ACTIVATIONS, get_backend
 from .ops import activations as _activations
+from .ops import dropout as _dropout
 
 
 # ---- initializers: host NumPy, so every backend starts from the same numbers --
@@ -308,8 +310,46 @@ class Softmax(Layer):
         return self.Y * (dY - xp.sum(dY * self.Y, axis=1, keepdims=True))
 
 
+class Dropout(Layer):
+    """Inverted dropout: while ``fit`` trains, each unit of each row is zeroed with probability
+    ``p`` and the kept ones are scaled by ``1 / (1 - p)``; outside training (predict, evaluate)
+    the layer passes its input through.
+
+    >>> net = fastnn.Sequential(fastnn.Dense(784, 128), fastnn.ReLU(), fastnn.Dropout(0.2),
+    ...                         fastnn.Dense(128, 10), seed=0)
+
+    A mask is a hash of (the model's seed, its epoch counter, this layer's position, the row's
+    index in X, the unit) (``fastnn.ops.dropout``): the same seed gives the same masks on every
+    backend, however the rows are batched, and a resumed fit continues the sequence.
+    """
+
+    def __init__(self, p=0.5):
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
+            raise ValueError(f"Dropout: p must be a probability in [0, 1), got {p!r}")
+        self.p = float(p)
+        self.batch = None  # (hash base, row indices) of the batch in training, set by the model
+        self.M = None  # the mask of the last forward in training (B, n)
+
+    def __repr__(self):
+        return f"Dropout(p={self.p})"
+
+    def config(self):
+        return {"type": "Dropout", "p": self.p}
+
+    def forward(self, X):
+        if self.batch is None or self.p == 0.0:  # not training: the identity
+            self.M = None
+            return X
+        base, rows = self.batch
+        self.M = _dropout.mask(self._bound().xp, base, rows, X.shape[1], self.p, X.dtype)  # (B, n)
+        return X * self.M
+
+    def backward(self, dY):
+        return dY if self.M is None else dY * self.M
+
+
 _ACTIVATION_CLASSES = (Sigmoid, ReLU, Tanh, Identity, LeakyReLU, GELU, SiLU, Softplus)
-LAYER_TYPES = {cls.__name__: cls for cls in (Dense, Softmax) + _ACTIVATION_CLASSES}
+LAYER_TYPES = {cls.__name__: cls for cls in (Dense, Softmax, Dropout) + _ACTIVATION_CLASSES}
 ACTIVATION_LAYERS = {cls.act: cls for cls in _ACTIVATION_CLASSES}
 assert set(ACTIVATION_LAYERS) == set(ACTIVATIONS), "every entry of fastnn.ops.activations needs its layer class"
 
@@ -323,7 +363,10 @@ def layer_from_config(config):
         return Dense(config["n_in"], config["n_out"], init=config.get("init", "glorot_uniform"))
     cls = LAYER_TYPES[kind]
     settings = {name: value for name, value in config.items() if name != "type"}
-    expected = set(_activations.BY_NAME[cls.act].params) if issubclass(cls, Activation) else set()
+    if cls is Dropout:
+        expected = {"p"}
+    else:
+        expected = set(_activations.BY_NAME[cls.act].params) if issubclass(cls, Activation) else set()
     if set(settings) != expected:
         raise ValueError(f"layer {kind}: expected the settings {sorted(expected) or 'none'}, got {sorted(settings)}")
     return cls(**settings)

@@ -10,6 +10,7 @@ crosses to the backend once, at the boundary (``fit``, ``predict``, ...).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import sys
@@ -22,7 +23,8 @@ from . import notices
 from .backend import get_backend
 from .callbacks import checked as checked_callbacks
 from .history import History
-from .layers import Activation, Dense, Layer, Softmax
+from .layers import Activation, Dense, Dropout, Layer, Softmax
+from .ops import dropout as _dropout
 from .losses import get_loss
 from . import validation as check
 
@@ -87,10 +89,14 @@ class Sequential:
         self.backend = get_backend(backend)
         self.seed = seed
         try:
-            init_seed, batch_seed = np.random.SeedSequence(seed).spawn(2)
+            init_seed, batch_seed, dropout_seed = np.random.SeedSequence(seed).spawn(3)
         except (TypeError, ValueError):
             raise TypeError(f"Sequential: seed must be None or a non-negative integer, got {seed!r}") from None
         self.batch_rng = np.random.default_rng(batch_seed)
+        #: the key of every Dropout mask (``fastnn.ops.dropout``), and the epochs trained so far
+        #: (across fit calls; a resumed fit restores both): masks depend on nothing else
+        self.dropout_key = int(dropout_seed.generate_state(1, np.uint64)[0])
+        self.epochs_trained = 0
         init_rng = np.random.default_rng(init_seed)
         for layer in self.layers:
             layer.initialize(self.backend, dtype, init_rng)
@@ -236,8 +242,27 @@ class Sequential:
         X = check.batch(self, X)
         T, _ = check.targets(self, y, X.shape[0])
         self.loss = loss
-        value, _ = self._forward_backward(self._training_layers(loss), X, T, loss)
+        layers = self._training_layers(loss)
+        with self._dropout_batches(layers, self.epochs_trained) as set_rows:
+            set_rows(self.backend.xp.arange(X.shape[0]))  # the batch's rows are rows 0..B-1
+            value, _ = self._forward_backward(layers, X, T, loss)
         return float(value)
+
+    @contextlib.contextmanager
+    def _dropout_batches(self, layers, epoch):
+        """Dropout layers in training for this block: yields ``set_rows(rows)``, which tells them
+        the row indices (in X) of the next batch; back to inference (identity) afterwards."""
+        bases = [(layer, _dropout.layer_base(self.dropout_key, epoch, position))
+                 for position, layer in enumerate(self.layers) if isinstance(layer, Dropout) and layer in layers]
+
+        def set_rows(rows):
+            for layer, base in bases:
+                layer.batch = (base, rows)
+        try:
+            yield set_rows
+        finally:
+            for layer, _ in bases:
+                layer.batch = layer.M = None
 
     @_in_backend_scope
     def evaluate(self, X, y, loss=None, batch_size=4096):
@@ -385,6 +410,7 @@ class Sequential:
                 history.interrupted = True
                 break
             logs["seconds"] = time.perf_counter() - started
+            self.epochs_trained += 1
             history.append(epoch + 1, logs)
             if checkpoint:
                 io.save_checkpoint(self, checkpoint, epoch + 1, history, batch_size, shuffle)
@@ -413,20 +439,28 @@ class Sequential:
         order = backend.asarray(order)
         loss_sum, correct = 0.0, 0
         n = X.shape[0]
-        for batch, start in enumerate(range(0, n, batch_size)):
-            idx = order[start:min(start + batch_size, n)]
-            Xb, Tb = xp.take(X, idx, axis=0), xp.take(T, idx, axis=0)
-            if Xb.dtype != Tb.dtype:  # a data set kept as uint8 (Backend.training_set)
-                Xb = xp.astype(Xb, Tb.dtype)
-            value, Y = self._forward_backward(layers, Xb, Tb, loss)
-            if backend.check_every_batch and not math.isfinite(float(value)):
-                self._restore_if_not_finite(saved)
-                raise TrainingDiverged(f"fit: the loss became {float(value)} in epoch {epoch + 1}, "
-                                       f"batch {batch + 1}; training stopped before that update")
-            loss_sum = loss_sum + value * Y.shape[0]
-            correct = correct + self._n_correct(Y, xp.take(labels, idx, axis=0), loss)
-            self.optimizer.step(backend, dense)
+        with self._dropout_batches(layers, self.epochs_trained) as set_rows:
+            for batch, start in enumerate(range(0, n, batch_size)):
+                idx = order[start:min(start + batch_size, n)]
+                set_rows(idx)
+                value, Y = self._batch_step(layers, X, T, idx, loss, epoch, batch, saved)
+                loss_sum = loss_sum + value * Y.shape[0]
+                correct = correct + self._n_correct(Y, xp.take(labels, idx, axis=0), loss)
+                self.optimizer.step(backend, dense)
         return float(loss_sum), int(correct)
+
+    def _batch_step(self, layers, X, T, idx, loss, epoch, batch, saved):
+        """Forward and backward on the rows ``idx``: ``(loss, output)``; raises at a NaN/inf loss."""
+        backend, xp = self.backend, self.backend.xp
+        Xb, Tb = xp.take(X, idx, axis=0), xp.take(T, idx, axis=0)
+        if Xb.dtype != Tb.dtype:  # a data set kept as uint8 (Backend.training_set)
+            Xb = xp.astype(Xb, Tb.dtype)
+        value, Y = self._forward_backward(layers, Xb, Tb, loss)
+        if backend.check_every_batch and not math.isfinite(float(value)):
+            self._restore_if_not_finite(saved)
+            raise TrainingDiverged(f"fit: the loss became {float(value)} in epoch {epoch + 1}, "
+                                   f"batch {batch + 1}; training stopped before that update")
+        return value, Y
 
     def _epoch_compiled(self, trainer, X, T, labels, order, batch_size, epoch, saved, x_unchecked=False):
         """One epoch as one call of a backend's compiled trainer: ``(loss_sum, correct)``, or None
