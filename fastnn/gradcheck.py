@@ -32,7 +32,7 @@ def gradcheck(net, X, y, loss="mse", eps=1e-6):
     backend = net.backend
     Xd = check.batch(net, X)
     T, _ = check.targets(net, y, Xd.shape[0])
-    layers = net._training_layers(loss)
+    layers = net.training_layers(loss)
 
     def loss_at():
         value, _ = loss(backend, net._run(layers, Xd), T)

@@ -215,7 +215,7 @@ class Sequential:
         return E / xp.sum(E, axis=1, keepdims=True)
 
     # ---- training --------------------------------------------------------
-    def _training_layers(self, loss):
+    def training_layers(self, loss):
         """The layers fit runs: a last layer equal to the loss's activation is folded in."""
         head = loss.output_activation
         if head and self._last_activation() == head:
@@ -242,7 +242,7 @@ class Sequential:
         X = check.batch(self, X)
         T, _ = check.targets(self, y, X.shape[0])
         self.loss = loss
-        layers = self._training_layers(loss)
+        layers = self.training_layers(loss)
         with self._dropout_batches(layers, self.epochs_trained) as set_rows:
             set_rows(self.backend.xp.arange(X.shape[0]))  # the batch's rows are rows 0..B-1
             value, _ = self._forward_backward(layers, X, T, loss)
@@ -271,7 +271,7 @@ class Sequential:
         batch_size = check.count("batch_size", batch_size, minimum=1)
         X = check.batch(self, X)
         T, labels = check.targets(self, y, X.shape[0])
-        layers = self._training_layers(loss)
+        layers = self.training_layers(loss)
         n, total, correct = X.shape[0], 0.0, 0
         for start in range(0, n, batch_size):
             rows = slice(start, min(start + batch_size, n))  # the array API has no out-of-range slices
@@ -282,7 +282,7 @@ class Sequential:
         return {"loss": total / n, "accuracy": correct / n}
 
     def _n_correct(self, Y, labels, loss):
-        """How many rows of ``Y``, the output of ``_training_layers(loss)``, pick ``labels`` (a backend int array)."""
+        """How many rows of ``Y``, the output of ``training_layers(loss)``, pick ``labels`` (a backend int array)."""
         xp = self.backend.xp
         if Y.shape[1] == 1:
             # logits where the loss applies an activation (its layer folded in), else outputs
@@ -434,7 +434,7 @@ class Sequential:
     def _epoch_layers(self, X, T, labels, order, batch_size, loss, epoch, saved):
         """One epoch, batch by batch, with the backend's ops."""
         backend, xp = self.backend, self.backend.xp
-        layers = self._training_layers(loss)
+        layers = self.training_layers(loss)
         dense = self.dense_layers
         order = backend.asarray(order)
         loss_sum, correct = 0.0, 0

@@ -29,7 +29,7 @@ import warnings
 
 import numpy as np
 
-from fastnn.layers import dense_stack
+from fastnn.trainer import Trainer, give_params, plain_stack, train_layer_by_layer
 from fastnn.losses import CODES as LOSS_CODES
 from fastnn.ops import activations
 from fastnn.optim import is_plain as is_plain_optimizer
@@ -66,7 +66,7 @@ def _plan(net, loss, optimizer):
         raise ValueError(f"loss {loss!r}")
     if not is_plain_optimizer(optimizer):  # a step replaced on the instance must run: the graph skips it
         raise ValueError(f"optimizer {type(optimizer).__name__} (one of fastnn's, stepping as theirs)")
-    dims, acts = dense_stack(net._training_layers(loss))
+    dims, acts = plain_stack(net, loss)
     for name, params in acts:  # the graph's products apply activations from Y, with no setting
         rule = activations.BY_NAME[name]
         if rule.needs != "Y" or params:
@@ -75,7 +75,7 @@ def _plan(net, loss, optimizer):
     return dims, [name for name, _ in acts]
 
 
-class GraphTrainer:
+class GraphTrainer(Trainer):
     """``run(X, T, labels, order, batch_size) -> (loss_sum, n_correct, bad_batch)``.
 
     After a call, ``last_path`` says what ran (``"graph"`` or ``"layers"``) and
@@ -122,7 +122,7 @@ class GraphTrainer:
 
     def _layers(self, X, T, labels, order, bs):
         self.last_path = "layers"
-        loss_sum, correct = self.net._epoch_layers(X, T, labels, order, bs, self.loss, 0, None)
+        loss_sum, correct = train_layer_by_layer(self.net, X, T, labels, order, bs, self.loss)
         return loss_sum, correct, -1
 
     def _replay(self, order, n, bs):
@@ -218,12 +218,12 @@ class GraphTrainer:
         """The layers' parameters and the optimizer's state move into the graph's buffers
         (device copies, only when they are elsewhere: after a restore, or at the first call)."""
         for layer, W, b in zip(self.net.dense_layers, self.W, self.b):
-            if layer._W is not W:
-                W[...] = layer._W
-                layer._W = W
-            if layer._b is not b:
-                b[...] = layer._b
-                layer._b = b
+            if layer.W is not W:
+                W[...] = layer.W
+                give_params(layer, W=W)
+            if layer.b is not b:
+                b[...] = layer.b
+                give_params(layer, b=b)
         state = self.optimizer.state
         for (key, slot), buf in self.slots.items():
             entry = state.setdefault(key, {})

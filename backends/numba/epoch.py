@@ -25,7 +25,7 @@ import warnings
 
 import numpy as np
 
-from fastnn.layers import dense_stack
+from fastnn.trainer import Trainer, plain_stack
 from fastnn.losses import CODES as LOSS_CODES
 from fastnn.ops import activations
 from fastnn.optim import is_plain as is_plain_optimizer
@@ -113,7 +113,7 @@ def _plan(net, loss, optimizer, explain=False):
         if not is_plain_optimizer(optimizer):
             raise _Unsupported(f"optimizer {type(optimizer).__name__} (one of fastnn's, stepping as theirs)")
         try:
-            dims, acts = dense_stack(net._training_layers(loss))
+            dims, acts = plain_stack(net, loss)
         except ValueError as exc:
             raise _Unsupported(str(exc)) from None
         if any(len(params) > 1 for _, params in acts):
@@ -127,7 +127,7 @@ def _plan(net, loss, optimizer, explain=False):
         return None
 
 
-class EpochTrainer:
+class EpochTrainer(Trainer):
     """``run(X, T, labels, order, batch_size) -> (loss_sum, n_correct, bad_batch)``."""
 
     #: It stops at a batch whose rows of X hold a NaN/inf (all their first-layer sums are then

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastnn.ops import activations
+from fastnn.trainer import give_params
 
 from . import epoch_ops, simd
 
@@ -159,8 +160,8 @@ class Layout:
     def copy_out(self, dense_layers, opt, applied):
         """Parameters (and, after a step, the optimizer state) back where SGD/Adam keep them."""
         for layer, (W, b) in zip(dense_layers, self.pieces(self.params)):
-            layer._W = _store(layer._W, W, (layer.n_in, layer.n_out), self.dtype)
-            layer._b = _store(layer._b, [(b, slice(None))], (layer.n_out,), self.dtype)
+            give_params(layer, W=_store(layer.W, W, (layer.n_in, layer.n_out), self.dtype),
+                        b=_store(layer.b, [(b, slice(None))], (layer.n_out,), self.dtype))
         if applied == 0:  # no step taken: the optimizer state stays as it was (maybe absent)
             return
         for slot, flat in zip(opt.rule.slots, (self.S1, self.S2)):
