@@ -265,21 +265,40 @@ class Sequential:
                 layer.batch = layer.M = None
 
     @_in_backend_scope
-    def evaluate(self, X, y, loss=None, batch_size=4096):
-        """``{"loss": float, "accuracy": float}`` on ``(X, y)``, in batches."""
+    def evaluate(self, X, y, loss=None, batch_size=4096, metrics=None, sample_weight=None):
+        """Scores on ``(X, y)``, in batches: ``{name: value}`` for the names in ``metrics``.
+
+        >>> net.evaluate(X_test, y_test)                       # {"loss": ..., "accuracy": ...}
+        >>> net.evaluate(X_test, y_test, metrics=["accuracy", "top_3_accuracy", "macro_f1"])
+        >>> reg.evaluate(X_test, Y_test, metrics=["mae", "r2"], sample_weight=w)
+
+        - ``metrics``: classification ``"loss"``, ``"accuracy"``, ``"top_<k>_accuracy"``,
+          ``"precision"``, ``"recall"``, ``"f1"`` (lists, one per class), ``"macro_f1"``;
+          regression ``"loss"``, ``"mae"``, ``"rmse"``, ``"r2"`` (averaged over the outputs).
+          Default: loss and accuracy; for a regression (mse loss, no output activation,
+          float target rows, not one-hot) loss, mae, rmse and r2. Details: :mod:`fastnn.metrics`.
+        - ``loss``: the loss to score (default: the model's last loss, else ``"mse"``).
+        - ``sample_weight``: one weight >= 0 per row; the loss becomes ``Σ wᵢ·lossᵢ / Σ wᵢ``
+          and every metric is weighted as scikit-learn weights it.
+        """
+        from . import metrics as scoring
+
         loss = get_loss(loss or self.loss or "mse")
         batch_size = check.count("batch_size", batch_size, minimum=1)
         X = check.batch(self, X)
-        T, labels = check.targets(self, y, X.shape[0])
-        layers = self.training_layers(loss)
-        n, total, correct = X.shape[0], 0.0, 0
+        n = X.shape[0]
+        T, labels = check.targets(self, y, n)
+        kind, why = scoring.task(loss, self._last_activation(), y, self.backend.to_numpy)
+        names = scoring.checked_names(metrics, kind, why, self.n_out)
+        weights = scoring.sample_weights(sample_weight, n, self.backend.to_numpy)
+        scores = scoring.Scores(names, kind, self.n_out, loss, weighted=weights is not None)
+        layers, host = self.training_layers(loss), self.backend.to_numpy
         for start in range(0, n, batch_size):
             rows = slice(start, min(start + batch_size, n))  # the array API has no out-of-range slices
-            Y = self._run(layers, X[rows, ...])
-            value, _ = loss(self.backend, Y, T[rows, ...])
-            total += float(value) * Y.shape[0]
-            correct += int(self._n_correct(Y, labels[rows], loss))
-        return {"loss": total / n, "accuracy": correct / n}
+            Y, Tb = self._run(layers, X[rows, ...]), T[rows, ...]
+            mean_loss = float(loss(self.backend, Y, Tb)[0]) if scores.wants_mean_loss else None
+            scores.add(host(Y), host(Tb), host(labels[rows]), None if weights is None else weights[rows], mean_loss)
+        return scores.result()
 
     def _n_correct(self, Y, labels, loss):
         """How many rows of ``Y``, the output of ``training_layers(loss)``, pick ``labels`` (a backend int array)."""
@@ -398,7 +417,9 @@ class Sequential:
                 logs = {"loss": mean_loss, "accuracy": correct / n}
                 if validation_data is not None:
                     scores = self.evaluate(*validation_data, loss=loss)
-                    logs.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
+                    logs["val_loss"] = scores["loss"]
+                    if "accuracy" in scores:  # a regression (mse, no output activation, float rows) has none
+                        logs["val_accuracy"] = scores["accuracy"]
             except KeyboardInterrupt:
                 # Back to the end of the last completed epoch, batch generator included,
                 # so a later fit (or the checkpoint) continues as if never interrupted.
