@@ -21,11 +21,14 @@ __version__ = "0.1.0"  # the one place the version is defined: pyproject.toml re
 
 
 def __getattr__(name):
-    # Imported on first use, so `import fastnn` stays quick: fastnn.MLPClassifier imports
-    # scikit-learn where installed (about a second); fastnn.datasets brings urllib, gzip, hashlib.
+    # Imported on first use, so `import fastnn` stays quick: the estimators' input checks and
+    # epochs; fastnn.datasets brings urllib, gzip, hashlib.
     if name == "MLPClassifier":
         from .estimator import MLPClassifier
         return MLPClassifier
+    if name == "MLPRegressor":
+        from .estimator_regressor import MLPRegressor
+        return MLPRegressor
     if name == "datasets":
         import importlib  # not `from . import datasets`: that looks the name up here again
 
@@ -34,7 +37,7 @@ def __getattr__(name):
 
 __all__ = [
     "ACTIVATIONS", "Adam", "AdamW", "Backend", "BackendUnavailable", "BinaryCrossEntropy", "Callback", "CrossEntropy",
-    "Dense", "Dropout", "GELU", "History", "LambdaCallback", "LeakyReLU", "Identity", "Loss", "MLPClassifier", "MSE", "ModelFileError", "RMSprop", "ReLU", "SGD",
+    "Dense", "Dropout", "GELU", "History", "LambdaCallback", "LeakyReLU", "Identity", "Loss", "MLPClassifier", "MLPRegressor", "MSE", "ModelFileError", "RMSprop", "ReLU", "SGD",
     "Sequential", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "TrainingDiverged", "UnscaledInputWarning",
     "available_backends", "default_backend", "gradcheck", "get_backend", "get_loss", "load", "register_backend", "set_backend",
     "use_backend",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import sys
+import warnings
 
 import numpy as np
 
@@ -35,6 +36,10 @@ class ConvergenceWarning(UserWarning):
 
 class DataConversionWarning(UserWarning):
     """The input was converted (e.g. a column-vector ``y`` raveled)."""
+
+
+class UndefinedMetricWarning(UserWarning):
+    """A score is not defined for the data (e.g. R² of fewer than two samples)."""
 
 
 _BOTH = {}
@@ -105,6 +110,53 @@ class ClassifierMixin:
         predicted, y = self.predict(X), np.asarray(y)
         hits = predicted == y if predicted.ndim == 1 else np.all(predicted == y, axis=1)
         return float(np.average(hits, weights=sample_weight))
+
+
+class RegressorMixin:
+    """A regressor in scikit-learn's sense: ``score`` is R² (:func:`r2_score`)."""
+
+    _estimator_type = "regressor"  # what scikit-learn before 1.6 reads
+
+    def __sklearn_tags__(self):
+        from sklearn.utils import RegressorTags
+        tags = super().__sklearn_tags__()
+        tags.estimator_type = "regressor"
+        tags.regressor_tags = RegressorTags()
+        tags.target_tags.required = True
+        return tags
+
+    def score(self, X, y, sample_weight=None):
+        """R² of ``predict(X)`` against ``y`` (averaged over outputs, weighted by ``sample_weight``)."""
+        return r2_score(y, self.predict(X), sample_weight=sample_weight)
+
+
+def r2_score(y_true, y_pred, sample_weight=None) -> float:
+    """scikit-learn's ``r2_score`` (``multioutput="uniform_average"``, ``force_finite=True``):
+    ``1 - SS_res / SS_tot`` per output, averaged; a constant ``y_true`` scores 1.0 if predicted
+    exactly, else 0.0.
+
+    >>> r2_score([1.0, 2.0, 3.0], [1.0, 2.0, 4.0])
+    0.5
+    """
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    y_true = y_true.reshape(len(y_true), -1) if y_true.ndim == 1 else y_true
+    y_pred = y_pred.reshape(len(y_pred), -1) if y_pred.ndim == 1 else y_pred
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred have different shapes: {y_true.shape} and {y_pred.shape}")
+    if len(y_true) < 2:
+        warnings.warn("R^2 score is not well-defined with less than two samples.",
+                      raised(UndefinedMetricWarning), stacklevel=2)
+        return float("nan")
+    weights = np.ones(len(y_true)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    if weights.shape != (len(y_true),):
+        raise ValueError(f"sample_weight must have shape ({len(y_true)},), got {weights.shape}")
+    residual = weights @ (y_true - y_pred) ** 2  # (n,) @ (n, k) -> (k,)
+    total = weights @ (y_true - np.average(y_true, axis=0, weights=weights)) ** 2
+    scores = np.where(residual == 0, 1.0, 0.0)  # the cases with total == 0
+    defined = total != 0
+    scores[defined] = 1 - residual[defined] / total[defined]
+    return float(np.mean(scores))
 
 
 def _same(a, b):

@@ -1,4 +1,4 @@
-"""``MLPClassifier``'s work between epochs, as scikit-learn's training loop does it.
+"""The MLP estimators' work between epochs, as scikit-learn's training loop does it.
 
 ``fit`` trains every epoch in one ``Sequential.fit``; the callback here keeps
 ``n_iter_``, ``t_``, ``loss_curve_`` (with scikit-learn's L2 term), the
@@ -41,6 +41,7 @@ class _Epochs(Callback):
     the learning-rate schedules; it stops training where scikit-learn's epoch loop stops."""
 
     def __init__(self, clf, n, batch_size, validation):
+        # clf: the estimator (an MLPClassifier or MLPRegressor) whose fitted attributes these are
         self.clf, self.n, self.n_batches, self.validation = clf, n, math.ceil(n / batch_size), validation
         self.best = None  # with early stopping: host copies of the best weights so far
 
@@ -48,7 +49,7 @@ class _Epochs(Callback):
         clf, optimizer = self.clf, self.model.optimizer
         clf.n_iter_ += 1
         clf.t_ += self.n
-        clf.loss_ = logs["loss"] + self._penalty()
+        clf.loss_ = clf._sklearn_loss(logs["loss"]) + self._penalty()
         clf.loss_curve_.append(clf.loss_)
         if clf.verbose:
             print(f"Iteration {clf.n_iter_}, loss = {clf.loss_:.8f}")
@@ -78,10 +79,11 @@ class _Epochs(Callback):
             clf._no_improvement_count = 0
         clf.best_loss_ = min(clf.best_loss_, clf.loss_curve_[-1])
 
-    def _track_validation(self, X_val, codes_val):
-        """Score on the held-out rows; keeps the best weights so far (host copies) in ``best``."""
+    def _track_validation(self, X_val, targets_val):
+        """Score on the held-out rows (accuracy or R²); keeps the best weights so far (host copies)
+        in ``best``."""
         clf = self.clf
-        score = clf._accuracy(clf._predict_codes(X_val), codes_val)
+        score = clf._validation_score(X_val, targets_val)
         clf.validation_scores_.append(score)
         if clf.verbose:
             print(f"Validation score: {score:f}")

@@ -1,4 +1,5 @@
-"""Pickling a fitted ``MLPClassifier``: host arrays and settings, never backend objects.
+"""Pickling a fitted MLP estimator (``MLPClassifier``, ``MLPRegressor``): host arrays and settings,
+never backend objects.
 
 A pickle holds the weights, the layer configs, the dtype, the batch generator's
 state and the optimizer's state as NumPy arrays, so it loads on any machine,
