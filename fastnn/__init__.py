@@ -7,7 +7,8 @@
 """
 from .backend import (ACTIVATIONS, Backend, BackendUnavailable, available_backends, default_backend,
                       get_backend, register_backend, set_backend, use_backend)
-from .callbacks import Callback, LambdaCallback
+from .callbacks import (Callback, EarlyStopping, LambdaCallback, LearningRateScheduler, ModelCheckpoint,
+                        ReduceLROnPlateau)
 from .gradcheck import gradcheck
 from .history import History
 from .io import ModelFileError, load
@@ -36,8 +37,8 @@ def __getattr__(name):
     raise AttributeError(f"module 'fastnn' has no attribute {name!r}")
 
 __all__ = [
-    "ACTIVATIONS", "Adam", "AdamW", "Backend", "BackendUnavailable", "BinaryCrossEntropy", "Callback", "CrossEntropy",
-    "Dense", "Dropout", "GELU", "History", "LambdaCallback", "LeakyReLU", "Identity", "Loss", "MLPClassifier", "MLPRegressor", "MSE", "ModelFileError", "RMSprop", "ReLU", "SGD",
+    "ACTIVATIONS", "Adam", "AdamW", "Backend", "BackendUnavailable", "BinaryCrossEntropy", "Callback", "CrossEntropy", "EarlyStopping",
+    "Dense", "Dropout", "GELU", "History", "LambdaCallback", "LearningRateScheduler", "LeakyReLU", "Identity", "Loss", "MLPClassifier", "MLPRegressor", "MSE", "ModelCheckpoint", "ModelFileError", "RMSprop", "ReduceLROnPlateau", "ReLU", "SGD",
     "Sequential", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "TrainingDiverged", "UnscaledInputWarning",
     "available_backends", "default_backend", "gradcheck", "get_backend", "get_loss", "load", "register_backend", "set_backend",
     "use_backend",

@@ -56,7 +56,7 @@ def _setting(value):
 
 
 #: The lists a checkpoint's history may hold: what fit records each epoch.
-_HISTORY_KEYS = ("epoch", "loss", "accuracy", "seconds", "val_loss", "val_accuracy")
+_HISTORY_KEYS = ("epoch", "loss", "accuracy", "lr", "seconds", "val_loss", "val_accuracy")
 
 #: What ``read_checkpoint`` checked and ``apply_checkpoint`` assigns.
 Resume = collections.namedtuple("Resume", "path epoch history optimizer params batch_rng dropout")

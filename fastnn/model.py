@@ -394,6 +394,8 @@ class Sequential:
             callback.set_model(self)
             callback.on_train_begin({})
         for epoch in range(first_epoch, epochs):
+            for callback in callbacks:
+                callback.on_epoch_begin(epoch + 1, {})  # a schedule sets this epoch's rate here
             rng_state = self.batch_rng.bit_generator.state
             saved = self._snapshot()
             started = time.perf_counter()
@@ -414,7 +416,7 @@ class Sequential:
                     self._restore(saved)
                     raise TrainingDiverged(f"fit: the loss became {mean_loss} in epoch {epoch + 1}; "
                                            f"weights restored to the end of epoch {epoch}")
-                logs = {"loss": mean_loss, "accuracy": correct / n}
+                logs = {"loss": mean_loss, "accuracy": correct / n, "lr": float(self.optimizer.lr)}
                 if validation_data is not None:
                     scores = self.evaluate(*validation_data, loss=loss)
                     logs["val_loss"] = scores["loss"]

@@ -251,7 +251,7 @@ def test_history(data):
     history = net.fit(X, y, epochs=3, batch_size=20, loss="cross_entropy", lr=0.3,
                       validation_data=(X_val, y_val))
     assert len(history) == 3 and history["epoch"] == [1, 2, 3]
-    assert set(history.history) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"}
+    assert set(history.history) == {"epoch", "loss", "accuracy", "lr", "val_loss", "val_accuracy", "seconds"}
     assert all(len(v) == 3 for v in history.history.values())
     assert all(s > 0 for s in history["seconds"]) and not history.interrupted
     assert "val_loss" in history and history.best_epoch() in (1, 2, 3)
@@ -260,7 +260,7 @@ def test_history(data):
     assert history["val_loss"][-1] == pytest.approx(scores["loss"], rel=1e-6)
     assert history["val_accuracy"][-1] == scores["accuracy"]
     no_val = _net().fit(X, y, epochs=1, batch_size=20, loss="cross_entropy", lr=0.3)
-    assert set(no_val.history) == {"epoch", "loss", "accuracy", "seconds"}
+    assert set(no_val.history) == {"epoch", "loss", "accuracy", "lr", "seconds"}
 
 
 def test_evaluate(data):
@@ -522,7 +522,7 @@ def test_a_callback_can_stop_training_and_sees_every_epoch(backend_name):
     history = net.fit(X, y, epochs=10, batch_size=32, lr=0.1, callbacks=[StopAfterTwo()],
                       on_epoch_end=lambda epoch, logs: calls.append(epoch))
     assert len(history) == 2 and calls == [1, 2]  # on_epoch_end runs after the callbacks, as one of them
-    assert seen == ["begin", (1, ["accuracy", "loss", "seconds"]), (2, ["accuracy", "loss", "seconds"]), ("end", 2)]
+    assert seen == ["begin", (1, ["accuracy", "loss", "lr", "seconds"]), (2, ["accuracy", "loss", "lr", "seconds"]), ("end", 2)]
     assert len(net.fit(X, y, epochs=3, batch_size=32)) == 3  # the next fit starts afresh
 
 
