@@ -3,6 +3,10 @@
 >>> net.save("model.npz")                    # atomic; any backend
 >>> net = fastnn.load("model.npz", backend="numba")
 
+A path ending in ``.safetensors`` is written and read as safetensors instead (the same
+arrays, the description in its ``__metadata__``, the same checks on reading; see
+``fastnn.io_safetensors``), so other frameworks can read the weights; any other path is a ``.npz``.
+
 Layout: ``meta`` (the JSON as uint8 bytes: format, version, architecture,
 dtype, loss, and for checkpoints the optimizer, epoch, history and
 batch-generator state), ``param.<i>.W`` / ``param.<i>.b`` per Dense layer,
@@ -27,16 +31,25 @@ so a file written on one backend loads on any other.
 """
 from __future__ import annotations
 
+import os
+
+from . import io_npz, io_safetensors
+
 # io_npz holds the format and its caps, io_checkpoint the checkpoints; their public names
 # (and _nesting, which the tests check) stay importable from here
 from .io_checkpoint import Resume, apply_checkpoint, read_checkpoint, save_checkpoint  # noqa: F401
 from .io_npz import (FORMAT, MAX_BYTES, MAX_DEPTH, MAX_DESCRIPTION_BYTES, VERSION,  # noqa: F401
-                     ModelFileError, _describe, _nesting, _param_arrays, _read, _shown, _write_atomic)
+                     ModelFileError, _describe, _nesting, _param_arrays, _shown)
+
+
+def _format(path):
+    """The module that writes and reads ``path``'s format, chosen by its extension."""
+    return io_safetensors if os.fsdecode(path).lower().endswith(".safetensors") else io_npz
 
 
 def save(net, path):
-    """Write ``net`` to ``path`` atomically (see the module docstring)."""
-    _write_atomic(path, _param_arrays(net), _describe(net))
+    """Write ``net`` to ``path`` atomically: safetensors for a ``.safetensors`` path, else ``.npz``."""
+    _format(path)._write_atomic(path, _param_arrays(net), _describe(net))
 
 
 def _set_params(net, arrays, path):
@@ -52,7 +65,7 @@ def _set_params(net, arrays, path):
 def load(path, backend=None, max_bytes=None):
     """A :class:`~fastnn.Sequential` from a file written by ``save`` (any backend -> any backend).
 
-    >>> net = fastnn.load("model.npz", backend="numpy")
+    >>> net = fastnn.load("model.npz", backend="numpy")       # or "model.safetensors"
     >>> net.predict(X)
 
     ``backend``: a name or backend object, None for the current default.
@@ -69,7 +82,7 @@ def load(path, backend=None, max_bytes=None):
 
     target = get_backend(backend)  # an unknown or unusable backend is its own clear error, first
     max_bytes = MAX_BYTES if max_bytes is None else count("max_bytes", max_bytes, minimum=0)
-    meta, arrays = _read(path, max_bytes)
+    meta, arrays = _format(path)._read(path, max_bytes)
     try:
         layers = [layer_from_config(config) for config in meta["layers"]]
         net = Sequential(*layers, backend=target, dtype=meta["dtype"])

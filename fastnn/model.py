@@ -527,9 +527,20 @@ class Sequential:
 
     # ---- files -----------------------------------------------------------
     def save(self, path):
-        """Write the model to ``path`` (.npz + JSON description; atomic, no pickle).
+        """Write the model to ``path`` (atomic, no pickle): a ``.safetensors`` path as safetensors
+        (weights + the description as metadata), any other as .npz + JSON description.
 
         The path is used as given (no ``.npz`` appended); ``fastnn.load(path)`` reads it back.
         """
         from . import io
         io.save(self, path)
+
+    def export_onnx(self, path, opset=None):
+        """Write an ONNX graph computing ``predict_proba`` (``pip install 'fastnn[onnx]'``):
+        input ``"input"`` ``(batch, n_in)`` in the model's dtype, output ``"output"``.
+
+        >>> net.export_onnx("net.onnx")
+        >>> onnxruntime.InferenceSession("net.onnx").run(None, {"input": X.astype(net.dtype)})[0]
+        """
+        from .onnx_export import export_onnx
+        export_onnx(self, path, opset)
