@@ -171,28 +171,38 @@ def is_plain(layer, cls):
             and not {"forward", "backward"} & vars(layer).keys())
 
 
-def dense_stack(layers):
+def dense_stack(layers, dropout=False):
     """``(dims, acts)`` when ``layers`` are a plain stack a compiled trainer can take.
 
     A plain stack is Dense layers, each followed by at most one activation layer:
     ``dims`` are the widths, input to output, and ``acts[i]`` the ``(name, params)``
     of the activation after Dense ``i`` (``("identity", ())`` for none). Anything else
     (a user's layer, Softmax inside, two activations in a row) raises ValueError naming it.
+
+    ``dropout=True`` (a trainer that applies masks) also takes one Dropout after a hidden
+    layer's activation and returns ``(dims, acts, drops)``: ``drops[i]`` is ``(p, position
+    in layers)`` of the Dropout after Dense ``i``, or None.
     """
-    dims, acts, previous = [], [], None
-    for layer in layers:
+    dims, acts, drops, previous = [], [], [], None
+    for position, layer in enumerate(layers):
         if is_plain(layer, Dense):
             dims += [layer.n_in, layer.n_out] if not dims else [layer.n_out]
             acts.append(("identity", ()))
+            drops.append(None)
         elif is_plain(layer, Activation) and isinstance(previous, Dense):
             acts[-1] = (layer.act, layer.params)
+        elif dropout and is_plain(layer, Dropout) and isinstance(previous, (Dense, Activation)):
+            drops[-1] = (layer.p, position) if layer.p > 0 else None
         else:
-            raise ValueError(f"layer {layer!r} (only Dense, each followed by at most one activation: "
+            allowed = "one activation" + (" then one Dropout" if dropout else "")
+            raise ValueError(f"layer {layer!r} (only Dense, each followed by at most {allowed}: "
                              f"{', '.join(ACTIVATIONS)})")
         previous = layer
     if not dims:
         raise ValueError("no Dense layer")
-    return dims, acts
+    if dropout and drops[-1] is not None:
+        raise ValueError(f"{layers[drops[-1][1]]!r} after the output layer (a compiled epoch drops hidden units only)")
+    return (dims, acts, drops) if dropout else (dims, acts)
 
 
 class Activation(Layer):
@@ -320,7 +330,8 @@ class Dropout(Layer):
 
     A mask is a hash of (the model's seed, its epoch counter, this layer's position, the row's
     index in X, the unit) (``fastnn.ops.dropout``): the same seed gives the same masks on every
-    backend, however the rows are batched, and a resumed fit continues the sequence.
+    backend and path (the compiled numba epoch computes the same hash), however the rows are
+    batched, and a resumed fit continues the sequence.
     """
 
     def __init__(self, p=0.5):

@@ -38,10 +38,10 @@ class Trainer:
         raise NotImplementedError
 
 
-def plain_stack(net, loss):
-    """``(dims, acts)`` of the layers ``fit`` trains with ``loss`` (see ``layers.dense_stack``);
-    ValueError naming the layer a compiled trainer cannot take."""
-    return dense_stack(net.training_layers(loss))
+def plain_stack(net, loss, dropout=False):
+    """``(dims, acts)`` of the layers ``fit`` trains with ``loss`` (``dropout=True``: ``(dims, acts,
+    drops)``; see ``layers.dense_stack``); ValueError naming the layer a trainer cannot take."""
+    return dense_stack(net.training_layers(loss), dropout)
 
 
 def give_params(layer, W=None, b=None):

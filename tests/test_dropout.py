@@ -120,3 +120,35 @@ def test_settings_and_files(tmp_path):
     back = fastnn.load(tmp_path / "m.npz")
     assert repr(back.layers[2]) == "Dropout(p=0.3)"
     np.testing.assert_array_equal(back.predict_proba(X), net.predict_proba(X))
+
+
+# ---- the compiled numba epoch applies the same masks ----------------------------------
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("act", [fastnn.ReLU, fastnn.Sigmoid, fastnn.GELU])  # derivative from Y, Y, Z
+def test_the_compiled_epoch_gives_the_reference_numbers(act, threads, monkeypatch):
+    pytest.importorskip("numba", reason="numba is not installed")
+    from fastnn.backends.numba import epoch as numba_epoch
+    monkeypatch.setattr(numba_epoch, "EPOCH_WORK_FACTOR", 0)  # two threads even for this small job
+    monkeypatch.setattr(numba_epoch, "WORK_PER_THREAD", 1)
+    X, y = blobs(n=130, n_features=12, n_classes=3)
+
+    def trained(backend):
+        net = fastnn.Sequential(fastnn.Dense(12, 16), act(), fastnn.Dropout(0.3), fastnn.Dense(16, 9), fastnn.Tanh(),
+                                fastnn.Dropout(0.5), fastnn.Dense(9, 3), backend=backend, seed=4, dtype="float64")
+        history = net.fit(X, y, epochs=3, batch_size=16, optimizer=fastnn.Adam(0.01))
+        net.fit(X, y, epochs=1, batch_size=16)  # a second fit: the epoch counter goes on
+        return net, history
+
+    reference, _ = trained("numpy")
+    compiled, history = trained(fastnn.get_backend("numba", num_threads=threads))
+    assert history.path.startswith("compiled whole epoch") and f"{threads} thread" in history.path
+    for a, b in zip(compiled.dense_layers, reference.dense_layers):
+        np.testing.assert_allclose(a.W, b.W, rtol=1e-11, atol=1e-13)
+
+
+def test_dropout_after_the_output_layer_trains_layer_by_layer():
+    pytest.importorskip("numba", reason="numba is not installed")
+    X, y = blobs(n=40, n_features=20)
+    net = fastnn.Sequential(fastnn.Dense(20, 4), fastnn.Dropout(0.2), backend="numba", seed=1)
+    history = net.fit(X, y, epochs=1, batch_size=8, lr=0.1, loss="mse")
+    assert history.path.startswith("layer by layer") and "after the output layer" in history.path

@@ -104,7 +104,7 @@ class _Unsupported(Exception):
 
 
 def _plan(net, loss, optimizer, explain=False):
-    """``(dims, acts, loss_code)`` or None (raises _Unsupported with the reason when explain)."""
+    """``(dims, acts, loss_code, drops)`` or None (raises _Unsupported with the reason when explain)."""
     try:
         if net.dtype not in ("float32", "float64"):
             raise _Unsupported(f"dtype {net.dtype}")
@@ -113,14 +113,14 @@ def _plan(net, loss, optimizer, explain=False):
         if not is_plain_optimizer(optimizer):
             raise _Unsupported(f"optimizer {type(optimizer).__name__} (one of fastnn's, stepping as theirs)")
         try:
-            dims, acts = plain_stack(net, loss)
+            dims, acts, drops = plain_stack(net, loss, dropout=True)
         except ValueError as exc:
             raise _Unsupported(str(exc)) from None
         if any(len(params) > 1 for _, params in acts):
             raise _Unsupported("an activation with more than one setting")
         if not all(isinstance(p, np.ndarray) for d in net.dense_layers for p in (d.W, d.b)):
             raise _Unsupported("parameters that are not NumPy arrays")
-        return dims, [(activations.CODES[name], params) for name, params in acts], LOSS_CODES[loss.name]
+        return dims, [(activations.CODES[name], params) for name, params in acts], LOSS_CODES[loss.name], drops
     except _Unsupported:
         if explain:
             raise
@@ -135,9 +135,9 @@ class EpochTrainer(Trainer):
     #: (~7 ms of memory traffic for 60,000 MNIST rows).
     checks_finite_x = True
 
-    def __init__(self, backend, net, optimizer, dims, acts, loss_code):
+    def __init__(self, backend, net, optimizer, dims, acts, loss_code, drops=None):
         self.backend, self.net, self.optimizer = backend, net, optimizer
-        self.dims, self.acts, self.loss_code = dims, acts, loss_code
+        self.dims, self.acts, self.loss_code, self.drops = dims, acts, loss_code, drops
         self.dtype = np.dtype(net.dtype)
         self.vw = simd.width(self.dtype)
         self.threads = _available_threads(backend)
@@ -164,8 +164,9 @@ class EpochTrainer(Trainer):
         while True:
             if self._key != (n, bs, P):
                 self.layout, self._key = Layout(kern, self.dims, self.acts, self.loss_code, self.optimizer,
-                                                self.dtype, n, bs, P, LONG_WAIT_CYCLES), (n, bs, P)
+                                                self.dtype, n, bs, P, LONG_WAIT_CYCLES, self.drops), (n, bs, P)
             self.layout.copy_in(self.net.dense_layers, self.optimizer)
+            self.layout.set_dropout_epoch(self.net.dropout_key, self.net.epochs_trained)
             self.last_threads = P
             chunks = [(first, min(per_call, nbatch - first)) for first in range(done, nbatch, per_call)]
             loss, hits, bad, applied, contended = self._run_threads(kern, args, bs, chunks, P)

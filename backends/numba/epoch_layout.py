@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastnn.ops import activations
+from fastnn.ops import dropout
 from fastnn.trainer import give_params
 
 from . import epoch_ops, simd
@@ -19,8 +20,11 @@ from . import epoch_ops, simd
 class Layout:
     """The buffers for one (rows N, batch size, threads P) of one model."""
 
-    def __init__(self, kern, dims, acts, loss_code, optimizer, dtype, n, bs, P, long_wait):
-        """``acts``: per layer, the activation's ``(code, params)``."""
+    def __init__(self, kern, dims, acts, loss_code, optimizer, dtype, n, bs, P, long_wait, drops=None):
+        """``acts``: per layer, the activation's ``(code, params)``; ``drops``: per layer, ``(p,
+        position)`` of the Dropout after it, or None."""
+        drops = drops or [None] * (len(dims) - 1)
+        self.kern, self._drops = kern, drops
         self.dims, self.dtype = dims, np.dtype(dtype)
         vw, mr = simd.width(self.dtype), kern.MR
         L = len(dims) - 1
@@ -66,12 +70,20 @@ class Layout:
             lay[rec + kern.F_PRM], w_off = take(1, w_off)
             settings.append((lay[rec + kern.F_PRM], params[0] if params else 0.0))
             needs_z = activations.RULES[code].needs == "Z"
-            lay[rec + kern.F_Z] = -1
+            lay[rec + kern.F_Z] = lay[rec + kern.F_DM] = -1
             if i < L - 1:
                 lay[rec + kern.F_Y], w_off = take(bsp * npo[i], w_off)
                 if needs_z:
                     lay[rec + kern.F_Z], w_off = take(bsp * npo[i], w_off)
                 lay[rec + kern.F_V] = lay[rec + kern.F_Z] if needs_z else lay[rec + kern.F_Y]
+                if drops[i] is not None:  # masks, and Y before them where the derivative reads Y
+                    p = drops[i][0]
+                    lay[rec + kern.F_DM], w_off = take(bsp * npo[i], w_off)
+                    lay[rec + kern.F_DT] = dropout.threshold(p)
+                    lay[rec + kern.F_DSC], w_off = take(1, w_off)
+                    settings.append((lay[rec + kern.F_DSC], dropout.keep_scale(p)))
+                    if not needs_z:
+                        lay[rec + kern.F_V], w_off = take(bsp * npo[i], w_off)
                 lay[rec + kern.F_DZ], w_off = take(bsp * npo[i], w_off)
                 lay[rec + kern.F_DS], w_off = take(bsp * npo[i], w_off)  # −lr·dZ (plain SGD)
             if i > 0 or L == 1:
@@ -114,6 +126,14 @@ class Layout:
         self.out = aligned(P * 8, np.float64).reshape(P, 8)
         self.sync = np.zeros(8 * (P + 2), dtype=np.int64)  # see the template: counts, abort, stop
         self._pieces = {}  # id(flat buffer) -> (buffer, its pieces)
+
+    def set_dropout_epoch(self, key, epoch):
+        """The hash base of every Dropout's masks for this epoch (``fastnn.ops.dropout``)."""
+        kern = self.kern
+        for i, drop in enumerate(self._drops):
+            if drop is not None:
+                base = dropout.layer_base(key, epoch, drop[1])
+                self.lay[kern.REC0 + kern.REC * i + kern.F_DB] = np.uint64(base).view(np.int64)
 
     # ---- parameters in and out ----------------------------------------------------
     def pieces(self, flat):

@@ -21,6 +21,7 @@ raising thread would leave the others spinning.
 """
 import math
 
+import numpy as np
 from numba import njit
 
 from fastnn.backends.numba.simd import (
@@ -51,8 +52,14 @@ SPIN = 200  # busy polls of a barrier before yielding the core (sooner: 2000 mad
 # ---- the layout table: numba_epoch.py writes it with these names -------------------
 H_L, H_NI, H_NO, H_N, H_LOSS, H_OPT, H_BSP, H_ROWS, H_IOTA, H_TP, H_PRIV, H_ZERO, H_NINF, H_G, H_W0T, \
     H_LONG, H_WT = range(17)
-REC0, REC = 17, 16  # layer i's record starts at lay[REC0 + REC * i]
-F_NOUT, F_NPO, F_NV, F_ACT, F_W, F_B, F_Y, F_DZ, F_PART, F_PSIZE, F_MASK, F_DS, F_Z, F_V, F_PRM = range(15)
+REC0, REC = 17, 19  # layer i's record starts at lay[REC0 + REC * i]
+F_NOUT, F_NPO, F_NV, F_ACT, F_W, F_B, F_Y, F_DZ, F_PART, F_PSIZE, F_MASK, F_DS, F_Z, F_V, F_PRM, \
+    F_DM, F_DB, F_DT, F_DSC = range(19)
+# Dropout after a hidden layer (F_DM >= 0): its masks (rows x npo) at F_DM, the epoch's hash base
+# (uint64 bits) at F_DB, the keep threshold at F_DT, the kept units' scale at work[F_DSC]
+# (fastnn/ops/dropout.py: the same hash, so the same masks as every other path)
+U11, U27, U30, U31 = np.uint64(11), np.uint64(27), np.uint64(30), np.uint64(31)
+MIX1, MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 # the codes of the op tables and the row h (float64, one per thread): generated
 # <<CODES>>
 # out (float64, 8 per thread)
@@ -160,6 +167,52 @@ def reduce(work, pbase, psize, P, nrows, ld, v0, v1, B, bbase, code, mbase, ybas
             vstore(work, ybase + o, z)
     act_rows(work, ybase, ld, nrows, v0, v1, code, prm, mbase)
     return vsum(check) == 0.0
+
+
+@njit(**_JIT)
+def _mix(x):
+    """splitmix64's finalizer (fastnn.ops.dropout.mix_int); uint64 products wrap."""
+    x = (x ^ (x >> U30)) * MIX1
+    x = (x ^ (x >> U27)) * MIX2
+    return x ^ (x >> U31)
+
+
+@njit(**_JIT)
+def drop_rows(work, ybase, vbase, mbase, ld, nrows, v0, v1, rows, base, thr, scale):
+    """Dropout on vectors v0:v1 of rows 0:nrows: mask = scale where the hash of (row index in X,
+    unit) keeps the unit, else 0; Y ·= mask. ``vbase >= 0``: Y before the mask is kept there
+    (the activation's derivative reads Y)."""
+    VW = vwidth(work)
+    for r in range(nrows):
+        rh = _mix(np.uint64(rows[r]) ^ base)
+        for j in range(v0 * VW, v1 * VW):
+            o = r * ld + j
+            m = scale if (_mix(rh ^ np.uint64(j)) >> U11) >= thr else scale - scale  # 0 in work's dtype
+            work[mbase + o] = m
+            y = work[ybase + o]
+            if vbase >= 0:
+                work[vbase + o] = y
+            work[ybase + o] = y * m
+
+
+@njit(**_JIT)
+def mask_rows(work, dbase, mbase, ld, nrows, v0, v1):
+    """dY ·= mask on vectors v0:v1 of rows 0:nrows (the backward of dropout)."""
+    VW = vwidth(work)
+    for r in range(nrows):
+        for v in range(v0, v1):
+            o = r * ld + v * VW
+            vstore(work, dbase + o, vmul(vload(work, dbase + o), vload(work, mbase + o)))
+
+
+@njit(**_JIT)
+def _drop(work, lay, rec, rows, nrows, u0, u1):
+    """Dropout of layer ``rec``'s units u0:u1 after its activation, where it has one."""
+    if lay[rec + F_DM] >= 0:
+        v = lay[rec + F_V]  # Y's copy before the mask where the derivative reads Y (else V is Z)
+        vbase = v if v != lay[rec + F_Y] and v != lay[rec + F_Z] else rt(-1)
+        drop_rows(work, lay[rec + F_Y], vbase, lay[rec + F_DM], lay[rec + F_NPO], nrows, u0, u1, rows,
+                  np.uint64(lay[rec + F_DB]), np.uint64(lay[rec + F_DT]), work[lay[rec + F_DSC]])
 
 
 @njit(**_JIT)
@@ -328,6 +381,7 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
                     params, lay[REC0 + F_B] + u0 * VW, work, lay[REC0 + F_Y] + u0 * VW, npo)
             x_ok = reduce(work, lay[REC0 + F_Y], rt(0), rt(1), Rp, npo, u0, u1, params, rt(-1), lay[REC0 + F_ACT],
                           lay[REC0 + F_MASK], lay[REC0 + F_Y], lay[REC0 + F_Z], lay[REC0 + F_PRM])
+            _drop(work, lay, rt(REC0), rows, Rp, u0, u1)
             if not x_ok:
                 if P == 1:
                     bad = b
@@ -360,6 +414,7 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
                 u0, u1 = _own(lay[rec + F_NV], tid, P)
                 reduce(work, pb, lay[rec + F_PSIZE], P, Rp, npo, u0, u1, params, lay[rec + F_B],
                        lay[rec + F_ACT], lay[rec + F_MASK], lay[rec + F_Y], lay[rec + F_Z], lay[rec + F_PRM])
+                _drop(work, lay, rec, rows, Rp, u0, u1)
             else:
                 reduce(work, pb, lay[rec + F_PSIZE], P, Rp, npo, rt(0), nv_l, params, rt(-1),
                        act_l, lay[rec + F_MASK], y_l, z_l, prm_l)
@@ -409,6 +464,8 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
             rec = REC0 + REC * i
             npo = lay[rec + F_NPO]
             u0, u1 = _own(lay[rec + F_NV], tid, P)
+            if lay[rec + F_DM] >= 0:  # dY of the dropped output: through the mask first
+                mask_rows(work, lay[rec + F_DZ], lay[rec + F_DM], npo, Rp, u0, u1)
             grad_rows(work, lay[rec + F_V], lay[rec + F_DZ], npo, Rp, u0, u1, lay[rec + F_ACT], lay[rec + F_PRM])
             bias_step(work, lay[rec + F_DZ], npo, Rp, u0, u1, params, S1, S2, lay[rec + F_B], h, g_at)
             if sgd:  # others still read this layer's dZ for their dX: scale into a copy
