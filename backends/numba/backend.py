@@ -39,6 +39,8 @@ from fastnn.notices import waiting
 
 from . import cache as numba_cache
 from . import layer_ops
+from .blas_threads import _BlasCap, _blas_info
+from .warm import reference_seconds, warm_layers
 
 #: The dtypes the kernels take. Compared by identity (NumPy's native float dtypes are
 #: singletons): fast, and an unusual equal dtype (byte-swapped, ...) just takes the reference.
@@ -55,9 +57,6 @@ TILE_VECTOR_BITS = 512
 TILE_MIN_WORK = 50_000
 #: Multiply-adds from which a tile product is shared between threads.
 PARALLEL_MIN_WORK = 400_000
-
-#: The cost model of ``reference_seconds`` (fit on the reference ops).
-PER_BATCH_S, PER_LAYER_S, REFERENCE_FLOPS = 50e-6, 100e-6, 40e9
 
 _live = weakref.WeakSet()  # every NumbaBackend made, for _recap_blas
 _kernels = None  # backends/numba/kernels.py, imported by the first NumbaBackend
@@ -380,31 +379,10 @@ class NumbaBackend(Backend):
             from .epoch import warmup as epoch_warmup
             epoch_warmup((dtype,))  # marks the part as cached itself (fit builds through it too)
         else:
-            self._warm_layers(np.dtype(dtype))
+            warm_layers(self, np.dtype(dtype), _kernels)
             self._kernel_dtypes.add(np.dtype(dtype))
             numba_cache.mark_cached(part, dtype)
         return time.perf_counter() - started
-
-    def _warm_layers(self, dtype):
-        """Every layer-path kernel, called once for ``dtype`` as the ops call them."""
-        from fastnn.ops import optimizers
-
-        A, B, C = np.ones((2, 3), dtype), np.ones((3, 4), dtype), np.empty((2, 4), dtype)
-        _kernels.gemm_tiles(A, B, C, 1.0, 0.0, 0, -1)
-        _kernels.gemm_tiles_parallel(A, B, C, 1.0, 0.0, self.num_threads)
-        if _kernels.ensure_blas():
-            _recap_blas(self)
-        _kernels.blas_gemm(A, False, B, False, C, C.dtype.type(1.0), C.dtype.type(0.0))
-        _kernels.sum_rows(C, np.empty(4, dtype))
-        ops = layer_ops.load()
-        for has_bias in (True, False):
-            ops.bias_act(C, C[0], has_bias, 1, _NO_PARAMS, np.empty_like(C))
-        ops.act_backward(C, C, 1, _NO_PARAMS, np.empty_like(C))
-        _kernels.softmax_xent(C, C, np.empty_like(C))
-        _kernels.sigmoid_xent(C, C, np.empty_like(C))
-        for rule in optimizers.RULES:
-            w = C.reshape(-1)
-            getattr(ops, f"update_{rule.name}")(w, w.copy(), w.copy(), w.copy(), np.zeros(len(rule.inputs)))
 
     def warmup(self, dtypes=("float32", "float64")):
         """Compile now (or load from numba's disk cache) what ``fit`` runs, so the first
@@ -427,17 +405,6 @@ class NumbaBackend(Backend):
                 "disk_cache": numba_cache.uncached_reason() or numba_cache.folder(), "blas": _blas_info()}
 
 
-def reference_seconds(net, rows, epochs, batch_size):
-    """Roughly how long ``fit`` takes on the reference ops here (2 cores): a fixed cost per batch
-    and Dense layer (Python and NumPy calls), and the three products of every layer at a modest
-    BLAS rate. Fitted to fits of the bundled sample, scikit-learn's digits and breast-cancer sets and
-    60,000 MNIST-sized rows on 2 cores (Zen 3): within a factor of 2 of what they took."""
-    dense = net.dense_layers
-    batches = epochs * -(-rows // batch_size)
-    macs = sum(layer.n_in * layer.n_out for layer in dense)
-    return batches * (PER_BATCH_S + PER_LAYER_S * len(dense)) + 6 * macs * rows * epochs / REFERENCE_FLOPS
-
-
 def _recap_blas(backend):
     """SciPy's BLAS was loaded just now (the first ``blas_gemm``): every live backend's BLAS caps
     are taken again, so that they limit its threads too. Returns ``backend``'s new cap."""
@@ -456,47 +423,3 @@ def _settings(params):
 def _same(W, X):
     """X is a kernel-ready array of W's dtype and shape."""
     return type(X) is np.ndarray and X.dtype is W.dtype and X.shape == W.shape and X.flags.c_contiguous
-
-
-class _BlasCap:
-    """Caps BLAS's threads at ``num_threads`` around a call, when BLAS would use more.
-
-    Nothing to do (a no-op) when ``num_threads`` is at least what BLAS runs with,
-    which is the default; otherwise the BLAS libraries NumPy and SciPy loaded are
-    limited for the duration of the call through threadpoolctl.
-    """
-
-    def __init__(self, num_threads):
-        self._limit = None
-        self.active = False
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:
-            return
-        blas = ThreadpoolController().select(user_api="blas")
-        if any(lib.num_threads > num_threads for lib in blas.lib_controllers):
-            self._blas, self._limit, self.active = blas, num_threads, True
-        self._saved = []  # a stack: fit's scope holds the cap while evaluate's enters it again
-
-    def __enter__(self):
-        if self._limit is not None:
-            self._saved.append([lib.get_num_threads() for lib in self._blas.lib_controllers])
-            for lib in self._blas.lib_controllers:
-                lib.set_num_threads(self._limit)
-        return self
-
-    def __exit__(self, *exc):
-        if self._limit is not None:
-            for lib, n in zip(self._blas.lib_controllers, self._saved.pop()):
-                lib.set_num_threads(n)
-        return False
-
-
-def _blas_info():
-    """The BLAS libraries loaded (NumPy's and SciPy's), as threadpoolctl sees them."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return "unknown (threadpoolctl is not installed)"
-    keys = ("internal_api", "version", "num_threads", "architecture", "corename", "threading_layer", "filepath")
-    return [{k: lib[k] for k in keys if k in lib} for lib in threadpool_info() if lib.get("user_api") == "blas"]
