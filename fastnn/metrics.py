@@ -36,6 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .losses import BinaryCrossEntropy, CrossEntropy, Loss, MSE
+from .validation import host_values
 
 CLASSIFICATION = ("loss", "accuracy", "top_<k>_accuracy", "precision", "recall", "f1", "macro_f1")
 REGRESSION = ("loss", "mae", "rmse", "r2")
@@ -48,8 +49,7 @@ def task(loss: Loss, last_activation: str | None, y, to_numpy) -> tuple[str, str
     """``("regression" | "classification", why)`` for a model scored with ``loss`` whose last
     layer applies ``last_activation`` (None: a Dense), on targets ``y`` as given (``to_numpy``
     moves a backend array to the host)."""
-    if not isinstance(y, np.ndarray):
-        y = to_numpy(y) if hasattr(y, "__array_namespace__") else np.asarray(y)
+    y = host_values(y, "y", to_numpy)
     if y.ndim == 1:
         return "classification", "1-D class labels"
     if y.dtype.kind != "f":
@@ -123,13 +123,7 @@ def sample_weights(sample_weight, n: int, to_numpy) -> np.ndarray | None:
     ``to_numpy`` moves a backend array to the host."""
     if sample_weight is None:
         return None
-    if hasattr(sample_weight, "__array_namespace__") and not isinstance(sample_weight, np.ndarray):
-        sample_weight = to_numpy(sample_weight)
-    try:
-        w = np.asarray(sample_weight)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"sample_weight: expected an array of numbers, got {type(sample_weight).__name__} "
-                        f"({exc})") from None
+    w = host_values(sample_weight, "sample_weight", to_numpy)
     if w.dtype.kind not in "biuf":
         raise TypeError(f"sample_weight: expected numbers, got dtype {w.dtype}")
     if w.shape != (n,):

@@ -1,7 +1,10 @@
 """Checks at the public boundary: every bad input gets an error naming the argument.
 
 Host inputs (NumPy arrays, lists) are checked with NumPy and moved to the
-backend once; arrays already on the model's backend are checked there.
+backend once; arrays already on the model's backend are checked there. Any other
+array with the DLPack protocol (a torch or JAX tensor, ...) is taken in without a
+copy: CPU memory as a NumPy view (``np.from_dlpack``), GPU memory by a GPU backend
+(``cupy.from_dlpack``); GPU memory on a CPU backend is refused with what to do.
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ import warnings
 import weakref
 
 import numpy as np
+
+from .backend import numpy_namespace
 
 
 class UnscaledInputWarning(UserWarning):
@@ -57,23 +62,92 @@ def count(name, value, minimum):
     return int(value)
 
 
-def _host(value, name):
-    """``value`` as a host NumPy array, or None when it is already a backend (device) array."""
+#: DLPack device types (``__dlpack_device__()[0]``) whose memory the CPU reads, the ones
+#: ``np.from_dlpack`` takes: CPU, CUDA pinned host, ROCm pinned host, CUDA managed.
+_HOST_MEMORY = (1, 3, 11, 13)
+#: The others, named for the error (DLPack's DLDeviceType).
+_DEVICE_MEMORY = {2: "a CUDA GPU", 4: "an OpenCL device", 7: "a Vulkan device", 8: "a Metal GPU",
+                  9: "a VPI accelerator", 10: "a ROCm GPU", 12: "an extension device",
+                  14: "a oneAPI device", 15: "a WebGPU device", 16: "a Hexagon DSP", 17: "a MAIA accelerator"}
+
+
+def _arrived(value, name, backend):
+    """``(host, device)``: ``value`` as a host NumPy array or as ``backend``'s own array (the
+    other one None). A DLPack array is taken in without a copy where its memory allows."""
     if isinstance(value, np.ndarray):
-        return value
+        return value, None
+    if _is_dlpack(value):
+        kind = _dlpack_device_type(value, name)
+        if kind in _HOST_MEMORY:
+            return _from_dlpack(value, name), None
+        if backend.xp is numpy_namespace():  # a CPU backend: its arrays are NumPy arrays
+            raise TypeError(f"{_lies_on(value, name, kind)}, and backend {backend.name!r} computes on "
+                            f"the CPU; move it to the host first (a torch tensor: .cpu()), or build "
+                            f"the model with backend='cupy'")
+        return None, backend.asarray(value)  # a GPU backend takes it where it lies (cupy.from_dlpack)
     if hasattr(value, "__array_namespace__"):
-        return None
+        return None, value
+    return _numbers(value, name), None
+
+
+def host_values(value, name: str, to_numpy) -> np.ndarray:
+    """``value`` (a list, a NumPy, backend or DLPack array) as a host NumPy array, for the small
+    inputs read on the host (targets, sample weights); ``to_numpy`` brings a backend array over."""
+    if isinstance(value, np.ndarray) or not (_is_dlpack(value) or hasattr(value, "__array_namespace__")):
+        return _numbers(value, name)
+    kind = _dlpack_device_type(value, name) if _is_dlpack(value) else None
+    if kind in _HOST_MEMORY:
+        return _from_dlpack(value, name)
+    try:
+        host = to_numpy(value)
+    except (TypeError, ValueError, RuntimeError, BufferError):
+        host = None
+    # A CPU backend's to_numpy cannot read GPU memory: it raises, or wraps the object (dtype object)
+    if not isinstance(host, np.ndarray) or host.dtype == object:
+        where = _lies_on(value, name, kind) if kind is not None else f"{name}: {type(value).__name__}"
+        raise TypeError(f"{where}, which this backend cannot read; move it to the host first "
+                        f"(a torch tensor: .cpu())")
+    return host
+
+
+def _numbers(value, name):
     try:
         return np.asarray(value)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name}: expected an array, got {type(value).__name__} ({exc})") from None
 
 
+def _is_dlpack(value):
+    return hasattr(value, "__dlpack__") and hasattr(value, "__dlpack_device__")
+
+
+def _dlpack_device_type(value, name):
+    try:
+        return int(value.__dlpack_device__()[0])
+    except Exception as exc:  # noqa: BLE001 - a foreign object's own failure, reported with its words
+        raise TypeError(f"{name}: {type(value).__name__}.__dlpack_device__() failed ({exc})") from None
+
+
+def _lies_on(value, name, kind):
+    where = _DEVICE_MEMORY.get(kind, f"a device of DLPack type {kind}")
+    return f"{name}: {type(value).__name__} lies on {where} (DLPack device type {kind})"
+
+
+def _from_dlpack(value, name):
+    """A NumPy view of host memory exported through DLPack: no copy. A read-only export (NumPy
+    >= 2.1 marks them) stays read-only; fastnn never writes into its inputs."""
+    try:
+        return np.from_dlpack(value)
+    except (TypeError, ValueError, RuntimeError, BufferError) as exc:
+        # torch: "Can't export tensors that require gradient, use tensor.detach()"; bfloat16
+        raise TypeError(f"{name}: {type(value).__name__} could not be read through DLPack ({exc})") from None
+
+
 def batch(net, X, name="X"):
     """``X`` as a C-contiguous ``(B, n_in)`` backend array of the model's dtype."""
-    host = _host(X, name)
+    host, device = _arrived(X, name, net.backend)
     if host is None:  # a backend array: check it where it lives
-        checked = _device_batch(net, X, name)
+        checked = _device_batch(net, device, name)
     else:
         checked = _host_batch(net, host, name, net.dtype)
     if _scale_checked.get(id(X)) is not X:  # fit's validation arrays: once per fit, not per epoch
@@ -87,9 +161,9 @@ def training_set(net, X, name="X", check_finite=True):
 
     ``check_finite=False`` leaves out the NaN/inf test of host rows, for a caller that makes it
     otherwise (a compiled epoch that stops at such a row; then :func:`finite` names it)."""
-    host = _host(X, name)
+    host, device = _arrived(X, name, net.backend)
     if host is None:
-        X = _device_batch(net, X, name)
+        X = _device_batch(net, device, name)
         warn_if_unscaled(X, name)
         return X
     dtype = host.dtype if host.dtype.kind in "biu" else net.dtype  # integers: the backend decides
@@ -106,7 +180,6 @@ def warn_if_unscaled(X, name="X"):
     warning points at the first caller outside fastnn: the user's fit/evaluate/predict line.
     """
     if isinstance(X, np.ndarray):
-        from fastnn.backend import numpy_namespace
         xp = numpy_namespace()
     else:
         from array_api_compat import array_namespace
@@ -210,9 +283,9 @@ def _host_batch(net, host, name, dtype, check_finite=True):
 def targets(net, y, n, name="y"):
     """``y`` (integer labels or target rows) -> ``(T (n, n_out), labels (n,))`` on the backend."""
     backend = net.backend
-    host = _host(y, name)
+    host, device = _arrived(y, name, backend)
     if host is None:
-        host = backend.to_numpy(y)  # the boundary: targets are small
+        host = backend.to_numpy(device)  # the boundary: targets are small
     n_out = net.n_out
     if host.dtype.kind not in "biuf":
         raise TypeError(f"{name}: expected labels or target rows, got dtype {host.dtype}")

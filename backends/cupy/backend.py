@@ -35,6 +35,8 @@ from fastnn.backend import Backend, _check_act
 CHECK_FIT_BYTES = 16 * 2**20
 
 _kernels = None  # backends/cupy/kernels.py, imported by the first CupyBackend (it needs CuPy)
+#: DLPack device types of GPU memory ``cupy.from_dlpack`` takes as a view: CUDA, ROCm, CUDA managed.
+DLPACK_GPU = (2, 10, 13)
 
 
 def numpy_refused(op):
@@ -158,6 +160,7 @@ class CupyBackend(Backend):
         if isinstance(dtype, str):
             dtype = self.dtype(dtype)
         with self.device:
+            a = self._from_gpu_dlpack(a)
             if isinstance(a, cp.ndarray):
                 if a.device.id != self.device_id:  # another GPU's array: a copy here
                     return cp.array(a, dtype=dtype, order="C", copy=True)
@@ -166,6 +169,15 @@ class CupyBackend(Backend):
             if host.nbytes >= CHECK_FIT_BYTES:
                 self._check_fits(host.nbytes)
             return cp.asarray(host)
+
+    def _from_gpu_dlpack(self, a):
+        """A GPU array of another library (a torch or JAX CUDA tensor) as a CuPy view of the same
+        memory (``cupy.from_dlpack``, no copy); anything else as it is."""
+        if isinstance(a, (np.ndarray, self._cp.ndarray)) or not hasattr(a, "__dlpack_device__"):
+            return a
+        if int(a.__dlpack_device__()[0]) not in DLPACK_GPU:
+            return a  # host memory: the host rules below (one checked copy at the boundary)
+        return self._cp.from_dlpack(a)
 
     def _free_bytes(self):
         """``(free, total)`` bytes of this GPU; CuPy's cached blocks count as free (reusable)."""
@@ -192,6 +204,7 @@ class CupyBackend(Backend):
         return self.asarray(X, dtype=dtype)
 
     def to_numpy(self, a):
+        a = self._from_gpu_dlpack(a)  # targets and sample weights given as torch/JAX CUDA tensors
         if isinstance(a, self._cp.ndarray):
             return self._cp.asnumpy(a)  # a device -> host copy (synchronous)
         return np.asarray(a)
