@@ -51,13 +51,15 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     """
 
     # ---- fitting ------------------------------------------------------------
-    def fit(self, X, y):
-        """Train on ``X (n_samples, n_features)`` and labels ``y``; returns self."""
-        return self._fit(X, y, incremental=False)
+    def fit(self, X, y, sample_weight=None):
+        """Train on ``X (n_samples, n_features)`` and labels ``y``, each row weighted by
+        ``sample_weight`` (>= 0, None: all 1); returns self."""
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 
-    def partial_fit(self, X, y, classes=None):
-        """One epoch over ``(X, y)``; the first call needs ``classes`` (all labels there will be)."""
-        return self._fit(X, y, incremental=True, classes=classes)
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """One epoch over ``(X, y)`` (rows weighted by ``sample_weight``); the first call needs
+        ``classes`` (all labels there will be)."""
+        return self._fit(X, y, incremental=True, classes=classes, sample_weight=sample_weight)
 
     def _targets(self, y, n, first, incremental, classes):
         """Class indices ``(n,)``, or the 0/1 matrix for multilabel; the first call sets ``classes_``."""
@@ -110,8 +112,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _strata(codes):
         return codes if codes.ndim == 1 else None  # multilabel: not stratified, as scikit-learn
 
-    def _validation_score(self, X, codes):
-        return self._accuracy(self._predict_codes(X), codes)
+    def _validation_score(self, X, codes, sample_weight=None):
+        return self._accuracy(self._predict_codes(X), codes, sample_weight)
 
     # ---- prediction ----------------------------------------------------------
     def _predict_codes(self, X):
@@ -123,9 +125,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return np.argmax(P, axis=1)
 
     @staticmethod
-    def _accuracy(predicted, codes):
+    def _accuracy(predicted, codes, sample_weight=None):
         hits = predicted == codes if predicted.ndim == 1 else np.all(predicted == codes, axis=1)
-        return float(np.mean(hits))
+        return float(np.average(hits, weights=sample_weight))
 
     def predict(self, X):
         """The predicted labels (from ``classes_``), or the 0/1 matrix for multilabel."""

@@ -40,9 +40,11 @@ class _Epochs(Callback):
     ``verbose`` lines, early stopping on held-out rows or the ``tol``/``n_iter_no_change`` test,
     the learning-rate schedules; it stops training where scikit-learn's epoch loop stops."""
 
-    def __init__(self, clf, n, batch_size, validation):
-        # clf: the estimator (an MLPClassifier or MLPRegressor) whose fitted attributes these are
+    def __init__(self, clf, n, batch_size, validation, mean_weight=1.0):
+        # clf: the estimator (an MLPClassifier or MLPRegressor) whose fitted attributes these are;
+        # validation: (X, targets, sample_weight or None) held out for early stopping, or None
         self.clf, self.n, self.n_batches, self.validation = clf, n, math.ceil(n / batch_size), validation
+        self.mean_weight = mean_weight  # of the training rows' sample_weight (1: unweighted)
         self.best = None  # with early stopping: host copies of the best weights so far
 
     def on_epoch_end(self, epoch, logs=None):
@@ -63,11 +65,12 @@ class _Epochs(Callback):
             self.model.stop_training = True
 
     def _penalty(self):
-        """scikit-learn's L2 term of the epoch loss: ``alpha / 2 * ||W||^2`` per batch, over n rows."""
+        """scikit-learn's L2 term of the epoch loss: ``alpha / 2 * ||W||^2`` per batch, over the n rows'
+        weight (n · mean weight)."""
         net = self.clf._net
         xp = net.backend.xp
         squares = sum(float(xp.sum(layer.W * layer.W)) for layer in net.dense_layers)
-        return 0.5 * self.clf.alpha * squares * self.n_batches / self.n
+        return 0.5 * self.clf.alpha * squares * self.n_batches / (self.n * self.mean_weight)
 
     def _track_loss(self):
         clf = self.clf
@@ -79,11 +82,11 @@ class _Epochs(Callback):
             clf._no_improvement_count = 0
         clf.best_loss_ = min(clf.best_loss_, clf.loss_curve_[-1])
 
-    def _track_validation(self, X_val, targets_val):
-        """Score on the held-out rows (accuracy or R²); keeps the best weights so far (host copies)
-        in ``best``."""
+    def _track_validation(self, X_val, targets_val, weights_val):
+        """Score on the held-out rows (accuracy or R², weighted by ``weights_val`` unless None); keeps
+        the best weights so far (host copies) in ``best``."""
         clf = self.clf
-        score = clf._validation_score(X_val, targets_val)
+        score = clf._validation_score(X_val, targets_val, weights_val)
         clf.validation_scores_.append(score)
         if clf.verbose:
             print(f"Validation score: {score:f}")

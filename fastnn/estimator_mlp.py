@@ -16,9 +16,15 @@ How both map onto scikit-learn's model, and where they differ:
   rather than to ``sqrt(v)``; the two differ only at the ``eps`` scale.
 - Initial weights: Glorot uniform (``sqrt(6 / (fan_in + fan_out))``) and zero
   intercepts, for every activation.
+- ``sample_weight`` (``fit``, ``partial_fit``): each batch's loss and gradient are the
+  weighted means, as scikit-learn's; weights must be >= 0 (scikit-learn takes negative ones
+  too). scikit-learn divides the L2 gradient by the batch's weight sum, fastnn by
+  ``batch_size · mean(sample_weight)`` (the same when a batch holds the whole set, or all
+  weights are 1); ``loss_curve_`` is the weighted mean of the epoch (scikit-learn averages the
+  batches' weighted means by their row counts: the same when one batch holds the whole set).
+  Weighted, training runs layer by layer on every backend (``Sequential.fit``).
 - Not supported: ``solver="lbfgs"`` (fastnn trains by mini-batches),
-  ``sample_weight`` in ``fit``, sparse ``X`` (a clear ``TypeError``: pass
-  ``X.toarray()``). ``max_fun`` is accepted and unused, as in scikit-learn
+  sparse ``X`` (a clear ``TypeError``: pass ``X.toarray()``). ``max_fun`` is accepted and unused, as in scikit-learn
   for stochastic solvers.
 - Float32 ``X`` trains in float32; any other input in float64 (as scikit-learn).
 """
@@ -33,6 +39,7 @@ from .estimator_checks import _HIDDEN_ACTIVATIONS, _check_params, _check_X, _fea
 from .estimator_epochs import _Epochs, _validation_split
 from .estimator_pickle import pickled_state, restore_state
 from .layers import Dense
+from .metrics import sample_weights
 from .model import Sequential, TrainingDiverged
 from .optim import SGD, Adam
 
@@ -44,7 +51,7 @@ class _BaseMLP(BaseEstimator):
       trains on (setting ``classes_`` and the like on the ``first`` call);
     - ``_output(targets)``: ``(n_outputs_, out_activation_, fastnn loss name)``;
     - ``_strata(targets)``: labels the early-stopping split keeps in proportion, or None;
-    - ``_validation_score(X, targets)``: the early-stopping score (higher is better);
+    - ``_validation_score(X, targets, sample_weight)``: the early-stopping score (higher is better);
     - ``_sklearn_loss(loss)``: fastnn's epoch loss as scikit-learn reports it.
     """
 
@@ -80,7 +87,7 @@ class _BaseMLP(BaseEstimator):
         self.backend = backend
 
     # ---- fitting ------------------------------------------------------------
-    def _fit(self, X, y, incremental, classes=None):
+    def _fit(self, X, y, incremental, classes=None, sample_weight=None):
         _check_params(self.get_params(), type(self).__name__)
         hidden = _hidden_sizes(self.hidden_layer_sizes)
         if incremental and self.early_stopping:
@@ -90,6 +97,7 @@ class _BaseMLP(BaseEstimator):
             self.__dict__.pop("_net", None)
             self.__dict__.pop("_optimizer", None)
         X = self._check_input(X, reset=first)
+        weights = sample_weights(sample_weight, X.shape[0], np.asarray)  # host float64, or None
         targets = self._targets(y, X.shape[0], first, incremental, classes)
         if first:
             self._initialize(hidden, X.dtype, targets)
@@ -98,7 +106,7 @@ class _BaseMLP(BaseEstimator):
         if not incremental or not hasattr(self, "_optimizer"):
             self._optimizer = self._new_optimizer()
         try:
-            self._fit_stochastic(X, targets, incremental)
+            self._fit_stochastic(X, targets, incremental, weights)
         except TrainingDiverged as exc:
             raise ValueError(f"Solver produced non-finite parameter weights ({exc}). The input data "
                              f"may contain large values and need to be preprocessed.") from None
@@ -130,7 +138,7 @@ class _BaseMLP(BaseEstimator):
         return SGD(lr=self.learning_rate_init, momentum=self.momentum,
                    nesterov=bool(self.nesterovs_momentum and self.momentum > 0))
 
-    def _fit_stochastic(self, X, targets, incremental):
+    def _fit_stochastic(self, X, targets, incremental, weights):
         net, optimizer = self._net, self._optimizer
         validation = None
         if self.early_stopping:
@@ -138,7 +146,11 @@ class _BaseMLP(BaseEstimator):
             strata = self._strata(targets)
             train, val = _validation_split(np.zeros(len(targets), int) if strata is None else strata,
                                            self.validation_fraction, rng, stratify=strata is not None)
-            X, targets, validation = X[train], targets[train], (X[val], targets[val])
+            validation = (X[val], targets[val], None if weights is None else weights[val])
+            X, targets, weights = X[train], targets[train], None if weights is None else weights[train]
+            if validation[2] is not None and not np.any(validation[2] > 0):
+                raise ValueError("sample_weight: every row held out for early stopping weighs zero; its "
+                                 "score would be undefined (use other weights or random_state)")
         n = X.shape[0]
         if self.batch_size == "auto":
             batch_size = min(200, n)
@@ -147,13 +159,16 @@ class _BaseMLP(BaseEstimator):
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going "
                               "to be clipped", stacklevel=4)
             batch_size = min(self.batch_size, n)
-        optimizer.weight_decay = self.alpha / batch_size  # see the module docstring
+        # scikit-learn's L2 gradient is alpha / (the batch's weight sum): see the module docstring
+        mean_weight = 1.0 if weights is None else float(np.mean(weights))
+        optimizer.weight_decay = self.alpha / (batch_size * mean_weight)
         self.n_iter_ = 0
         # every epoch in one fit (one check of the data, one trainer); scikit-learn's work between
         # epochs runs in a callback, which stops training where scikit-learn's loop would
-        epochs = _Epochs(self, n, batch_size, validation)
+        epochs = _Epochs(self, n, batch_size, validation, mean_weight)
         history = net.fit(X, targets, epochs=1 if incremental else self.max_iter, batch_size=batch_size,
-                          loss=self._loss, optimizer=optimizer, shuffle=self.shuffle, callbacks=[epochs])
+                          loss=self._loss, optimizer=optimizer, shuffle=self.shuffle, callbacks=[epochs],
+                          sample_weight=weights)
         if history.interrupted:
             warnings.warn("Training interrupted by user.", stacklevel=4)
         elif not incremental and not net.stop_training and self.n_iter_ == self.max_iter:

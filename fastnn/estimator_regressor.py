@@ -53,13 +53,14 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                          backend=backend)
 
     # ---- fitting ------------------------------------------------------------
-    def fit(self, X, y):
-        """Train on ``X (n_samples, n_features)`` and targets ``y`` (1-D, or 2-D for several outputs)."""
-        return self._fit(X, y, incremental=False)
+    def fit(self, X, y, sample_weight=None):
+        """Train on ``X (n_samples, n_features)`` and targets ``y`` (1-D, or 2-D for several outputs),
+        each row weighted by ``sample_weight`` (>= 0, None: all 1)."""
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 
-    def partial_fit(self, X, y):
-        """One epoch over ``(X, y)``, continuing from the weights so far."""
-        return self._fit(X, y, incremental=True)
+    def partial_fit(self, X, y, sample_weight=None):
+        """One epoch over ``(X, y)`` (rows weighted by ``sample_weight``), continuing from the weights so far."""
+        return self._fit(X, y, incremental=True, sample_weight=sample_weight)
 
     def _targets(self, y, n, first, incremental, classes):
         """``y`` as float64 rows ``(n, n_outputs)``; as many outputs as the first fit after that."""
@@ -78,8 +79,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _strata(T):
         return None  # no classes to keep in proportion (as scikit-learn)
 
-    def _validation_score(self, X, T):
-        return r2_score(T, self._predict_rows(X))
+    def _validation_score(self, X, T, sample_weight=None):
+        return r2_score(T, self._predict_rows(X), sample_weight)
 
     def _sklearn_loss(self, loss):
         # fastnn's "mse" is ½‖ŷ − y‖² summed over the outputs and averaged over the rows; its gradient

@@ -9,6 +9,9 @@ A loss maps the network's raw output ``Y (B, n)`` and targets ``T (B, n)`` to
 - ``"binary_cross_entropy"``: sigmoid cross-entropy on *logits* (Nielsen's
   ``network2`` cost −Σ[y ln a + (1−y) ln(1−a)]).
 
+``loss.rows(backend, Y, T)`` gives each row's loss ``(B,)`` (its mean is the loss above):
+``fit(sample_weight=...)`` weighs the rows with it.
+
 The two cross-entropies name the activation they apply (``output_activation``):
 ``predict_proba`` applies it, and a model whose last layer *is* that activation
 folds the layer into the loss for training.
@@ -23,6 +26,11 @@ class Loss:
 
     def __call__(self, backend, Y, T):
         raise NotImplementedError
+
+    def rows(self, backend, Y, T):
+        """Each row's loss ``(B,)``, summed over the outputs, as a backend array."""
+        raise NotImplementedError(f"{type(self).__name__} gives no per-row losses (Loss.rows), which "
+                                  f"fit(sample_weight=...) needs")
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -39,6 +47,10 @@ class MSE(Loss):
         D = Y - T
         return xp.sum(D * D) / (2 * B), D / B
 
+    def rows(self, backend, Y, T):
+        D = Y - T
+        return backend.xp.sum(D * D, axis=1) / 2
+
 
 class CrossEntropy(Loss):
     """Softmax cross-entropy on logits; ``dZ = (softmax(Z) − T) / B``."""
@@ -49,6 +61,12 @@ class CrossEntropy(Loss):
     def __call__(self, backend, Z, T):
         return backend.softmax_xent(Z, T)
 
+    def rows(self, backend, Z, T):
+        xp = backend.xp
+        M = xp.max(Z, axis=1, keepdims=True)
+        logsumexp = M + xp.log(xp.sum(xp.exp(Z - M), axis=1, keepdims=True))  # (B, 1)
+        return xp.sum(T * (logsumexp - Z), axis=1)
+
 
 class BinaryCrossEntropy(Loss):
     """Sigmoid cross-entropy on logits, per output; ``dZ = (σ(Z) − T) / B``."""
@@ -58,6 +76,11 @@ class BinaryCrossEntropy(Loss):
 
     def __call__(self, backend, Z, T):
         return backend.sigmoid_xent(Z, T)
+
+    def rows(self, backend, Z, T):
+        xp = backend.xp
+        softplus = xp.maximum(Z, xp.zeros_like(Z)) + xp.log1p(xp.exp(-xp.abs(Z)))  # stable for large |Z|
+        return xp.sum(softplus - T * Z, axis=1)
 
 
 LOSSES = {cls.name: cls for cls in (MSE, CrossEntropy, BinaryCrossEntropy)}

@@ -29,6 +29,10 @@ from .losses import get_loss
 from . import validation as check
 
 
+#: ``History.path`` of a weighted fit: the compiled trainers (numba's epoch, CuPy's graph) take no weights
+WEIGHTED_PATH = "layer by layer (sample weights: the compiled epoch takes none yet)"
+
+
 class TrainingDiverged(FloatingPointError):
     """The loss became NaN or inf during ``fit``; the weights were restored."""
 
@@ -222,10 +226,18 @@ class Sequential:
             return self.layers[:-1]
         return self.layers
 
-    def _forward_backward(self, layers, X, T, loss):
-        """Forward, loss, backward: gradients left on the layers; returns the 0-d loss and output."""
+    def _forward_backward(self, layers, X, T, loss, scale=None):
+        """Forward, loss, backward: gradients left on the layers; returns the 0-d loss and output.
+
+        ``scale`` (B,) on the backend, ``wᵢ·B / Σw``: the loss becomes the weighted mean
+        ``Σ wᵢ·lossᵢ / Σ wᵢ`` and its gradient the weighted mean too (the loss op's dY rows,
+        each ``∂lossᵢ / B``, times ``scale``), for every backend's loss ops alike."""
         Y = self._run(layers, X)
         value, dY = loss(self.backend, Y, T)
+        if scale is not None:
+            xp = self.backend.xp
+            value = xp.sum(scale * loss.rows(self.backend, Y, T)) / Y.shape[0]
+            dY = dY * xp.reshape(scale, (-1, 1))
         for layer in reversed(layers):
             dY = layer.backward(dY)
         return value, Y
@@ -315,7 +327,7 @@ class Sequential:
     @_in_backend_scope
     def fit(self, X, y, epochs=1, batch_size=32, loss=None, optimizer=None, lr=None,
             shuffle=True, validation_data=None, validation_split=0.0, verbose=0, checkpoint=None,
-            resume=False, on_epoch_end=None, callbacks=None):
+            resume=False, on_epoch_end=None, callbacks=None, sample_weight=None, class_weight=None):
         """Train by mini-batch gradient descent; returns a :class:`History`.
 
         - ``loss``: ``"mse"``, ``"cross_entropy"``, ``"binary_cross_entropy"`` or a Loss
@@ -327,6 +339,17 @@ class Sequential:
         - ``validation_data=(X_val, y_val)`` adds ``val_loss``/``val_accuracy``;
           ``validation_split=0.2`` holds out the *last* 20% of the rows instead (before any
           shuffling, as Keras does; ``validation_data``, when given, is used instead).
+        - ``sample_weight``: one weight >= 0 per row of X (finite, not all zero); ``class_weight``:
+          ``{class: weight}`` (classes absent weigh 1) or ``"balanced"`` (scikit-learn's
+          ``n_rows / (n_classes · rows of the class)``, over the training rows), multiplying
+          ``sample_weight``; a class is a label of 1-D ``y`` or the column of a one-hot row. Each
+          batch's loss is ``Σ wᵢ·lossᵢ / Σ wᵢ`` over its rows, so its step follows the weighted
+          mean gradient (weight decay as the optimizer's rule, unweighted); a batch whose weights
+          are all zero makes no step (the optimizer's step count stays). The History's ``loss`` is
+          the weighted mean over the epoch; ``accuracy`` and the validation scores stay unweighted
+          (``validation_split`` drops the weights of the rows it holds out). Weighted, fit trains layer
+          by layer: the compiled epochs take no weights yet (``History.path`` says so).
+          ``fit(X, y, sample_weight=w)``
         - ``checkpoint="ckpt.npz"`` saves after every epoch; ``resume=True``
           continues from it (same final weights as an uninterrupted run): the
           checkpoint's weights, optimizer (settings and state), batch order and
@@ -348,6 +371,7 @@ class Sequential:
           thread's runs raises ``RuntimeError`` at once (a callback may call ``backprop``).
         """
         from . import io
+        from .metrics import sample_weights
 
         epochs = check.count("epochs", epochs, minimum=0)
         batch_size = check.count("batch_size", batch_size, minimum=1)
@@ -359,16 +383,21 @@ class Sequential:
         callbacks = checked_callbacks(callbacks, on_epoch_end)
         X = check.training_set(self, X, check_finite=False)
         T, labels = check.targets(self, y, X.shape[0])
+        weights = sample_weights(sample_weight, X.shape[0], self.backend.to_numpy)
         if validation_split and validation_data is None:
             keep = check.split_point(validation_split, X.shape[0])
             validation_data = (X[keep:, ...], T[keep:, ...])  # target rows: any kind of y
             X, T, labels = X[:keep, ...], T[:keep, ...], labels[:keep]
+            weights = None if weights is None else weights[:keep]
+        weights = _training_weights(self, weights, class_weight, T, labels)
+        total_weight = X.shape[0] if weights is None else float(weights.sum())
         if validation_data is not None:
             validation_data = check.validation_pair(self, validation_data)
         n = X.shape[0]
         trainer = path = None
         if not resume:  # a resume changes the model first: its trainer is chosen below
-            trainer, path = self._training_plan(loss, optimizer, n, epochs, batch_size, verbose)
+            trainer, path = self._training_plan(loss, optimizer, n, epochs, batch_size, verbose,
+                                                weights is not None)
         # A compiled epoch that stops at a NaN/inf in X spares the pass over the whole set.
         x_checked_by_trainer = getattr(trainer, "checks_finite_x", False)
         if not x_checked_by_trainer:
@@ -386,7 +415,8 @@ class Sequential:
         if resume:
             if resumed is not None:
                 first_epoch, history = io.apply_checkpoint(self, resumed, verbose)
-            trainer, path = self._training_plan(loss, self.optimizer, n, epochs - first_epoch, batch_size, verbose)
+            trainer, path = self._training_plan(loss, self.optimizer, n, epochs - first_epoch, batch_size, verbose,
+                                                weights is not None)
         history.path = path
 
         self.stop_training = False
@@ -410,8 +440,9 @@ class Sequential:
                         check.finite(X)  # raises, naming the first such row
                     loss_sum, correct = result
                 else:
-                    loss_sum, correct = self._epoch_layers(X, T, labels, order, batch_size, loss, epoch, saved)
-                mean_loss = loss_sum / n
+                    loss_sum, correct = self._epoch_layers(X, T, labels, order, batch_size, loss, epoch, saved,
+                                                           weights)
+                mean_loss = loss_sum / total_weight
                 if not math.isfinite(mean_loss):
                     self._restore(saved)
                     raise TrainingDiverged(f"fit: the loss became {mean_loss} in epoch {epoch + 1}; "
@@ -447,38 +478,68 @@ class Sequential:
             callback.on_train_end({"epochs": len(history), "interrupted": history.interrupted})
         return history
 
-    def _training_plan(self, loss, optimizer, n, epochs, batch_size, verbose):
+    def _training_plan(self, loss, optimizer, n, epochs, batch_size, verbose, weighted=False):
         """The backend's ``(trainer, path)`` for this job; with ``verbose``, its notices and the path."""
         with notices.shown(verbose):
-            trainer, path = self.backend.training_plan(self, loss, optimizer, n, epochs, batch_size)
+            if weighted:  # asked before the backend, which might compile a trainer for nothing
+                trainer, path = None, WEIGHTED_PATH
+            else:
+                trainer, path = self.backend.training_plan(self, loss, optimizer, n, epochs, batch_size)
             notices.logger.info(f"fit: backend {self.backend.name}, {path}")
         return trainer, path
 
-    def _epoch_layers(self, X, T, labels, order, batch_size, loss, epoch, saved):
-        """One epoch, batch by batch, with the backend's ops."""
+    def _epoch_layers(self, X, T, labels, order, batch_size, loss, epoch, saved, weights=None):
+        """One epoch, batch by batch, with the backend's ops: ``(loss_sum, n_correct)``, the loss
+        summed over rows, each row's times its weight (``weights``: host float64, one per row, or None)."""
         backend, xp = self.backend, self.backend.xp
         layers = self.training_layers(loss)
         dense = self.dense_layers
-        order = backend.asarray(order)
+        host_order, order = order, backend.asarray(order)
         loss_sum, correct = 0.0, 0
         n = X.shape[0]
         with self._dropout_batches(layers, self.epochs_trained) as set_rows:
             for batch, start in enumerate(range(0, n, batch_size)):
-                idx = order[start:min(start + batch_size, n)]
+                stop = min(start + batch_size, n)
+                idx = order[start:stop]
                 set_rows(idx)
-                value, Y = self._batch_step(layers, X, T, idx, loss, epoch, batch, saved)
-                loss_sum = loss_sum + value * Y.shape[0]
+                scale, batch_weight = self._batch_weights(weights, host_order[start:stop])
+                if batch_weight == 0:  # every row weighs zero: no step (nor a step count); outputs for accuracy
+                    Y = self._run(layers, self._batch_rows(X, T, idx)[0])
+                else:
+                    value, Y = self._batch_step(layers, X, T, idx, loss, epoch, batch, saved, scale)
+                    loss_sum = loss_sum + value * batch_weight
                 correct = correct + self._n_correct(Y, xp.take(labels, idx, axis=0), loss)
-                self.optimizer.step(backend, dense)
+                if batch_weight != 0:
+                    self.optimizer.step(backend, dense)
         return float(loss_sum), int(correct)
 
-    def _batch_step(self, layers, X, T, idx, loss, epoch, batch, saved):
-        """Forward and backward on the rows ``idx``: ``(loss, output)``; raises at a NaN/inf loss."""
-        backend, xp = self.backend, self.backend.xp
+    def _batch_weights(self, weights, rows):
+        """``(scale, Σw)`` of the batch of ``rows`` (host indices): ``scale`` the backend's (B,)
+        ``wᵢ·B / Σw`` for :meth:`_forward_backward`, or None where the plain mean is the weighted
+        one (no weights, or all alike: then the numbers are the unweighted ones, bit for bit);
+        ``Σw`` the row count when unweighted, a Python number either way (it keeps the loss's dtype)."""
+        if weights is None:
+            return None, len(rows)
+        w = weights[rows]
+        total = float(w.sum())
+        if total == 0 or np.all(w == w[0]):
+            return None, total
+        return self.backend.asarray(w * (len(w) / total), dtype=self.dtype), total
+
+    def _batch_rows(self, X, T, idx):
+        """The rows ``idx`` of X and T, X in T's dtype."""
+        xp = self.backend.xp
         Xb, Tb = xp.take(X, idx, axis=0), xp.take(T, idx, axis=0)
         if Xb.dtype != Tb.dtype:  # a data set kept as uint8 (Backend.training_set)
             Xb = xp.astype(Xb, Tb.dtype)
-        value, Y = self._forward_backward(layers, Xb, Tb, loss)
+        return Xb, Tb
+
+    def _batch_step(self, layers, X, T, idx, loss, epoch, batch, saved, scale=None):
+        """Forward and backward on the rows ``idx`` (weighted by ``scale``, see :meth:`_forward_backward`):
+        ``(loss, output)``; raises at a NaN/inf loss."""
+        backend = self.backend
+        Xb, Tb = self._batch_rows(X, T, idx)
+        value, Y = self._forward_backward(layers, Xb, Tb, loss, scale)
         if backend.check_every_batch and not math.isfinite(float(value)):
             self._restore_if_not_finite(saved)
             raise TrainingDiverged(f"fit: the loss became {float(value)} in epoch {epoch + 1}, "
@@ -544,3 +605,44 @@ class Sequential:
         """
         from .onnx_export import export_onnx
         export_onnx(self, path, opset)
+
+
+# ---- fit's weights: sample_weight × class_weight -----------------------------
+def _training_weights(net, weights, class_weight, T, labels):
+    """The weight of each training row (host float64), or None: ``weights`` (checked
+    ``sample_weight``, or None) times the ``class_weight`` of each row's class."""
+    if class_weight is not None:
+        per_row = _class_weight_rows(class_weight, net.backend.to_numpy(T), net.backend.to_numpy(labels), net.n_out)
+        weights = per_row if weights is None else weights * per_row
+    if weights is not None and not np.any(weights > 0):
+        raise ValueError("fit: every training row weighs zero (sample_weight × class_weight, after "
+                         "validation_split); nothing to train on")
+    return weights
+
+
+def _class_weight_rows(class_weight, T, labels, n_out):
+    """``class_weight`` (``{class: weight}`` or ``"balanced"``) as one weight per row."""
+    if not np.all((T == 0) | (T == 1)) or (n_out > 1 and not np.all(T.sum(axis=1) == 1)):
+        raise ValueError("class_weight: needs class labels (1-D y) or one-hot target rows; y here has "
+                         "target rows that are not one-hot")
+    n_classes = 2 if n_out == 1 else n_out
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise ValueError(f"class_weight: expected a dict {{class: weight}} or 'balanced', got {class_weight!r}")
+        present, counts = np.unique(labels, return_counts=True)
+        per_class = np.zeros(n_classes)
+        per_class[present] = len(labels) / (len(present) * counts)  # scikit-learn's "balanced"
+    elif isinstance(class_weight, dict):
+        per_class = np.ones(n_classes)
+        for label, weight in class_weight.items():
+            if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < n_classes:
+                raise ValueError(f"class_weight: {label!r} is not a class of this model (classes 0..{n_classes - 1})")
+            if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)) \
+                    or not math.isfinite(weight) or weight < 0:
+                raise ValueError(f"class_weight: the weight of class {label} must be a finite number >= 0, "
+                                 f"got {weight!r}")
+            per_class[label] = weight
+    else:
+        raise TypeError(f"class_weight: expected a dict {{class: weight}} or 'balanced', got "
+                        f"{type(class_weight).__name__}")
+    return per_class[labels]
