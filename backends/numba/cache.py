@@ -43,11 +43,10 @@ PARTS = ("epoch", "layers")
 #: machines are faster): what a job must outlast before waiting for a compile pays.
 COMPILE_SECONDS = {"epoch": 13.0, "layers": 10.0}
 LOCK, LOG = "background-compile.lock", "background-compile.json"
-#: The backend's sources whose edits make numba recompile (it checks a kernel's own file).
-#: The backend's sources a kernel is made from (beside the op tables, read from their modules): a
-#: change in any makes new kernels, so the markers of what is cached change with them.
-_SOURCES = ("kernels.py", "epoch_template.py", "epoch_codegen.py", "epoch_ops.py", "layer_ops.py", "generated.py",
-            "simd.py")
+#: The backend's sources a kernel is made from or called with (its argument types: epoch.py), beside
+#: the op tables: a change in any makes new kernels, so the markers of what is cached change with them.
+_SOURCES = ("kernels.py", "epoch.py", "epoch_template.py", "epoch_codegen.py", "epoch_ops.py", "layer_ops.py",
+            "generated.py", "simd.py")
 _key = None
 _spawned = []  # the background processes this one started (kept: no "still running" warning)
 _folders = {}  # cache_dir() -> (the folder used, or None; what was wrong with those refused)

@@ -188,7 +188,7 @@ class EpochTrainer(Trainer):
                              f"labels {labels.shape}, order {order.shape}")
         if n and (order.min() < 0 or order.max() >= n):
             raise ValueError("compiled epoch: order must index the rows of X")
-        return X, T, labels, order
+        return _read_only(X), _read_only(T), _read_only(labels), _read_only(order)
 
     def _run_threads(self, kern, args, bs, chunks, P):
         """Run the chunks on P threads: (loss, hits, bad batch, batches applied, contended)."""
@@ -251,6 +251,15 @@ class EpochTrainer(Trainer):
         split = -(-self.dims[1] // self.vw) if len(self.dims) > 2 else self.dims[0] // 4
         return max(1, min(self.threads, split, int(bs * self._macs_per_row // WORK_PER_THREAD)))
 
+def _read_only(a):
+    """A read-only view of ``a``: numba compiles a kernel once per writeable flag of its arguments,
+    and inputs arrive both ways (NumPy marks DLPack exports of JAX read-only): one kind, one compile
+    (the kernel only reads them)."""
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
 def _available_threads(backend):
     threads = getattr(backend, "num_threads", None)
     if not threads:
@@ -282,7 +291,8 @@ def warmup(dtypes=("float32", "float64")):
         dtype = np.dtype(dtype)
         flat = np.zeros(1, dtype=dtype)
         ints = np.zeros(1, dtype=np.int64)
-        kern.epoch(flat, flat, ints, ints, 0, 0, 1, flat, flat, flat, flat, ints,
+        data, rows = _read_only(flat), _read_only(ints)  # X, T and labels, order: as _checked passes them
+        kern.epoch(data, data, rows, rows, 0, 0, 1, flat, flat, flat, flat, ints,
                    np.zeros(kern.REC0 + kern.REC, dtype=np.int64), np.zeros(16), np.zeros(16, dtype=np.int64),
                    np.zeros(8), 0, 1)
         _built.add(dtype.name)  # loaded in this process, and kept on disk for later ones
