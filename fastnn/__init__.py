@@ -12,7 +12,8 @@ from .callbacks import (Callback, EarlyStopping, LambdaCallback, LearningRateSch
 from .gradcheck import gradcheck
 from .history import History
 from .io import ModelFileError, load
-from .layers import GELU, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid, SiLU, Softmax, Softplus, Tanh
+from .layers import (GELU, Dense, Dropout, Identity, LeakyReLU, ReLU, Rescale, Sigmoid, SiLU, Softmax, Softplus,
+                     Tanh)
 from .losses import BinaryCrossEntropy, CrossEntropy, Loss, MSE, get_loss
 from .model import Sequential, TrainingDiverged
 from .optim import SGD, Adam, AdamW, RMSprop
@@ -38,7 +39,7 @@ def __getattr__(name):
 
 __all__ = [
     "ACTIVATIONS", "Adam", "AdamW", "Backend", "BackendUnavailable", "BinaryCrossEntropy", "Callback", "CrossEntropy", "EarlyStopping",
-    "Dense", "Dropout", "GELU", "History", "LambdaCallback", "LearningRateScheduler", "LeakyReLU", "Identity", "Loss", "MLPClassifier", "MLPRegressor", "MSE", "ModelCheckpoint", "ModelFileError", "RMSprop", "ReduceLROnPlateau", "ReLU", "SGD",
+    "Dense", "Dropout", "GELU", "History", "LambdaCallback", "LearningRateScheduler", "LeakyReLU", "Identity", "Loss", "MLPClassifier", "MLPRegressor", "MSE", "ModelCheckpoint", "ModelFileError", "RMSprop", "ReduceLROnPlateau", "ReLU", "Rescale", "SGD",
     "Sequential", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "TrainingDiverged", "UnscaledInputWarning",
     "available_backends", "default_backend", "gradcheck", "get_backend", "get_loss", "load", "register_backend", "set_backend",
     "use_backend",

@@ -84,7 +84,9 @@ class Backend:
         """``fit``'s training rows on this backend, moved once: ``X`` is the checked host array,
         floats or the integers the caller gave. The reference makes them ``dtype``; a backend
         short of memory may keep uint8 pixels as they are, and ``fit`` then converts each batch
-        (``xp.astype``: the same numbers)."""
+        (``xp.astype``: the same numbers). A ``np.memmap`` stays on disk (batches read its rows)."""
+        if isinstance(X, np.memmap) and self.xp is np:
+            return X
         return self.asarray(X, dtype=dtype)
 
     def to_numpy(self, a):

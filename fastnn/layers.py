@@ -179,13 +179,16 @@ def dense_stack(layers, dropout=False):
     of the activation after Dense ``i`` (``("identity", ())`` for none). Anything else
     (a user's layer, Softmax inside, two activations in a row) raises ValueError naming it.
 
-    ``dropout=True`` (a trainer that applies masks) also takes one Dropout after a hidden
-    layer's activation and returns ``(dims, acts, drops)``: ``drops[i]`` is ``(p, position
-    in layers)`` of the Dropout after Dense ``i``, or None.
+    ``dropout=True`` (a trainer that applies masks and scales its input) also takes one Dropout
+    after a hidden layer's activation and a leading Rescale, and returns ``(dims, acts, drops,
+    scale)``: ``drops[i]`` is ``(p, position in layers)`` of the Dropout after Dense ``i``, or
+    None; ``scale`` the Rescale's factor, or None.
     """
-    dims, acts, drops, previous = [], [], [], None
+    dims, acts, drops, previous, scale = [], [], [], None, None
     for position, layer in enumerate(layers):
-        if is_plain(layer, Dense):
+        if dropout and position == 0 and is_plain(layer, Rescale):
+            scale = layer.factor
+        elif is_plain(layer, Dense):
             dims += [layer.n_in, layer.n_out] if not dims else [layer.n_out]
             acts.append(("identity", ()))
             drops.append(None)
@@ -194,7 +197,7 @@ def dense_stack(layers, dropout=False):
         elif dropout and is_plain(layer, Dropout) and isinstance(previous, (Dense, Activation)):
             drops[-1] = (layer.p, position) if layer.p > 0 else None
         else:
-            allowed = "one activation" + (" then one Dropout" if dropout else "")
+            allowed = "one activation" + (" then one Dropout, after a leading Rescale" if dropout else "")
             raise ValueError(f"layer {layer!r} (only Dense, each followed by at most {allowed}: "
                              f"{', '.join(ACTIVATIONS)})")
         previous = layer
@@ -202,7 +205,7 @@ def dense_stack(layers, dropout=False):
         raise ValueError("no Dense layer")
     if dropout and drops[-1] is not None:
         raise ValueError(f"{layers[drops[-1][1]]!r} after the output layer (a compiled epoch drops hidden units only)")
-    return (dims, acts, drops) if dropout else (dims, acts)
+    return (dims, acts, drops, scale) if dropout else (dims, acts)
 
 
 class Activation(Layer):
@@ -359,8 +362,40 @@ class Dropout(Layer):
         return dY if self.M is None else dY * self.M
 
 
+class Rescale(Layer):
+    """``X * factor``, in the model's dtype: an input layer (Keras's Rescaling) that lets the
+    data stay as it is stored, e.g. uint8 pixels (a ``np.memmap`` larger than memory included)
+    trained scaled to [0, 1] by ``Rescale(1 / 255)``; rows are converted batch by batch.
+
+    >>> net = fastnn.Sequential(fastnn.Rescale(1 / 255), fastnn.Dense(784, 128), fastnn.ReLU(),
+    ...                         fastnn.Dense(128, 10))
+    >>> net.fit(np.load("pixels.npy", mmap_mode="r"), y)    # uint8, never converted whole
+    """
+
+    def __init__(self, factor):
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not math.isfinite(factor) \
+                or factor == 0:
+            raise ValueError(f"Rescale: factor must be a finite number other than 0, got {factor!r}")
+        self.factor = float(factor)
+
+    def __repr__(self):
+        return f"Rescale(factor={self.factor!r})"
+
+    def config(self):
+        return {"type": "Rescale", "factor": self.factor}
+
+    def forward(self, X):
+        xp = self._bound().xp
+        if X.dtype != self.backend.dtype(self.dtype):  # stored pixels: to the model's dtype, then scaled
+            X = xp.astype(X, self.backend.dtype(self.dtype))
+        return X * self.factor
+
+    def backward(self, dY):
+        return dY * self.factor
+
+
 _ACTIVATION_CLASSES = (Sigmoid, ReLU, Tanh, Identity, LeakyReLU, GELU, SiLU, Softplus)
-LAYER_TYPES = {cls.__name__: cls for cls in (Dense, Softmax, Dropout) + _ACTIVATION_CLASSES}
+LAYER_TYPES = {cls.__name__: cls for cls in (Dense, Softmax, Dropout, Rescale) + _ACTIVATION_CLASSES}
 ACTIVATION_LAYERS = {cls.act: cls for cls in _ACTIVATION_CLASSES}
 assert set(ACTIVATION_LAYERS) == set(ACTIVATIONS), "every entry of fastnn.ops.activations needs its layer class"
 
@@ -374,8 +409,8 @@ def layer_from_config(config):
         return Dense(config["n_in"], config["n_out"], init=config.get("init", "glorot_uniform"))
     cls = LAYER_TYPES[kind]
     settings = {name: value for name, value in config.items() if name != "type"}
-    if cls is Dropout:
-        expected = {"p"}
+    if cls in (Dropout, Rescale):
+        expected = {"p"} if cls is Dropout else {"factor"}
     else:
         expected = set(_activations.BY_NAME[cls.act].params) if issubclass(cls, Activation) else set()
     if set(settings) != expected:

@@ -16,7 +16,7 @@ import threading
 import numpy as np
 
 from .backend import get_backend
-from .layers import Activation, Dense, Dropout, Layer, Softmax
+from .layers import Activation, Dense, Dropout, Layer, Rescale, Softmax
 from .ops import dropout as _dropout
 from .losses import get_loss
 from . import validation as check
@@ -25,6 +25,10 @@ from .training import WEIGHTED_PATH, Training, TrainingDiverged, _in_backend_sco
 
 
 
+
+
+#: Rows converted at a time where the input is stored in another dtype (forward of a memmap)
+CONVERT_ROWS = 2048
 
 
 class Sequential(Training):
@@ -78,6 +82,11 @@ class Sequential(Training):
         return [layer for layer in self.layers if isinstance(layer, Dense)]
 
     @property
+    def input_scale(self):
+        """The factor of a leading :class:`~fastnn.Rescale` layer (what the input checks judge), else 1."""
+        return self.layers[0].factor if isinstance(self.layers[0], Rescale) else 1.0
+
+    @property
     def n_in(self):
         return self.dense_layers[0].n_in
 
@@ -125,7 +134,11 @@ class Sequential(Training):
 
     # ---- inference -------------------------------------------------------
     def _run(self, layers, X):
-        """Forward through ``layers``; a Dense followed by an activation runs fused."""
+        """Forward through ``layers``; a Dense followed by an activation runs fused. Rows stored
+        in another dtype (uint8 pixels, a memmap) are converted here, batch by batch."""
+        dtype = self.backend.dtype(self.dtype)
+        if X.dtype != dtype and not isinstance(layers[0], Rescale):
+            X = self.backend.xp.astype(X, dtype)
         i = 0
         while i < len(layers):
             layer = layers[i]
@@ -142,7 +155,12 @@ class Sequential(Training):
     @_in_backend_scope
     def forward(self, X):
         """The network's output for ``X (B, n_in)``, as a backend array ``(B, n_out)``."""
-        return self._run(self.layers, check.batch(self, X))
+        X = check.batch(self, X)
+        if X.dtype == self.backend.dtype(self.dtype):
+            return self._run(self.layers, X)
+        # rows stored in another dtype (a memmap of pixels): converted a block at a time, not whole
+        blocks = [self._run(self.layers, X[i:i + CONVERT_ROWS, ...]) for i in range(0, X.shape[0], CONVERT_ROWS)]
+        return self.backend.xp.concat(blocks, axis=0)
 
     __call__ = forward
 

@@ -40,7 +40,7 @@ class Trainer:
 
 def plain_stack(net, loss, dropout=False):
     """``(dims, acts)`` of the layers ``fit`` trains with ``loss`` (``dropout=True``: ``(dims, acts,
-    drops)``; see ``layers.dense_stack``); ValueError naming the layer a trainer cannot take."""
+    drops, scale)``; see ``layers.dense_stack``); ValueError naming the layer a trainer cannot take."""
     return dense_stack(net.training_layers(loss), dropout)
 
 

@@ -151,7 +151,7 @@ def batch(net, X, name="X"):
     else:
         checked = _host_batch(net, host, name, net.dtype)
     if _scale_checked.get(id(X)) is not X:  # fit's validation arrays: once per fit, not per epoch
-        warn_if_unscaled(checked, name)
+        warn_if_unscaled(checked, name, net.input_scale)
     return checked if host is None else net.backend.asarray(checked)
 
 
@@ -164,17 +164,18 @@ def training_set(net, X, name="X", check_finite=True):
     host, device = _arrived(X, name, net.backend)
     if host is None:
         X = _device_batch(net, device, name)
-        warn_if_unscaled(X, name)
+        warn_if_unscaled(X, name, net.input_scale)
         return X
     dtype = host.dtype if host.dtype.kind in "biu" else net.dtype  # integers: the backend decides
     host = _host_batch(net, host, name, dtype, check_finite)
-    warn_if_unscaled(host, name)
+    warn_if_unscaled(host, name, net.input_scale)
     return net.backend.training_set(host, net.dtype)
 
 
-def warn_if_unscaled(X, name="X"):
-    """Warn (:class:`UnscaledInputWarning`) when the 2-D array ``X`` looks unscaled: the root
-    mean square of up to 1,000 evenly spaced rows passes 10 (see ``SCALE_LIMIT``).
+def warn_if_unscaled(X, name="X", scale=1.0):
+    """Warn (:class:`UnscaledInputWarning`) when the 2-D array ``X``, times ``scale`` (a leading
+    ``Rescale`` layer's factor), looks unscaled: the root mean square of up to 1,000 evenly
+    spaced rows passes 10 (see ``SCALE_LIMIT``).
 
     Integers are judged by their values as floats are (0/1 integer features are scaled). The
     warning points at the first caller outside fastnn: the user's fit/evaluate/predict line.
@@ -185,7 +186,7 @@ def warn_if_unscaled(X, name="X"):
         from array_api_compat import array_namespace
         xp = array_namespace(X)
     step = -(-X.shape[0] // SCALE_SAMPLE_ROWS)  # ceil: at most SCALE_SAMPLE_ROWS rows
-    S = xp.astype(X[::step, ...], xp.float64)  # float64: squares of integers or large floats fit
+    S = xp.astype(X[::step, ...], xp.float64) * scale  # float64: squares of integers or large floats fit
     rms = math.sqrt(float(xp.mean(S * S)))
     if not SCALE_LIMIT < rms < math.inf:  # NaN or inf: left to the finite check (fit may make it later)
         return
@@ -274,9 +275,11 @@ def _host_batch(net, host, name, dtype, check_finite=True):
     if host.shape[1] != net.n_in:
         raise ValueError(f"{name}: expected {net.n_in} columns (the model's input width), "
                          f"got {host.shape[1]}")
-    host = np.ascontiguousarray(host, dtype=dtype)
+    if not (isinstance(host, np.memmap) and host.flags.c_contiguous):
+        host = np.ascontiguousarray(host, dtype=dtype)
+    # else: a memory-mapped file stays as it is, larger than memory maybe: batches convert its rows
     if check_finite:
-        finite(host, name)
+        finite(host, name)  # in pieces: no temporary of its size
     return host
 
 

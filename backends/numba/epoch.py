@@ -42,6 +42,9 @@ WORK_PER_THREAD = 15_000
 #: and its barriers cost what it saves (1,198 rows of 64-64-10, 5.7M multiply-adds: no faster
 #: on 2 threads than on 1, 2 cores, measured in turns).
 EPOCH_WORK_FACTOR = 1000
+#: Rows gathered and converted at a time where X is stored in another dtype or scaled (a uint8
+#: memmap under Rescale(1/255)): 16 MB of float32 MNIST rows, not the whole set.
+STAGE_ROWS = 4096
 #: Multiply-adds per compiled call: Ctrl-C is noticed between calls (~20 ms apart).
 CHUNK_WORK = 2e9
 #: A barrier wait this long (cycles, ~2 ms) means the partner thread was off its core: when such
@@ -104,7 +107,7 @@ class _Unsupported(Exception):
 
 
 def _plan(net, loss, optimizer, explain=False):
-    """``(dims, acts, loss_code, drops)`` or None (raises _Unsupported with the reason when explain)."""
+    """``(dims, acts, loss_code, drops, scale)`` or None (raises _Unsupported with the reason when explain)."""
     try:
         if net.dtype not in ("float32", "float64"):
             raise _Unsupported(f"dtype {net.dtype}")
@@ -113,14 +116,15 @@ def _plan(net, loss, optimizer, explain=False):
         if not is_plain_optimizer(optimizer):
             raise _Unsupported(f"optimizer {type(optimizer).__name__} (one of fastnn's, stepping as theirs)")
         try:
-            dims, acts, drops = plain_stack(net, loss, dropout=True)
+            dims, acts, drops, scale = plain_stack(net, loss, dropout=True)
         except ValueError as exc:
             raise _Unsupported(str(exc)) from None
         if any(len(params) > 1 for _, params in acts):
             raise _Unsupported("an activation with more than one setting")
         if not all(isinstance(p, np.ndarray) for d in net.dense_layers for p in (d.W, d.b)):
             raise _Unsupported("parameters that are not NumPy arrays")
-        return dims, [(activations.CODES[name], params) for name, params in acts], LOSS_CODES[loss.name], drops
+        return (dims, [(activations.CODES[name], params) for name, params in acts], LOSS_CODES[loss.name], drops,
+                scale)
     except _Unsupported:
         if explain:
             raise
@@ -135,9 +139,10 @@ class EpochTrainer(Trainer):
     #: (~7 ms of memory traffic for 60,000 MNIST rows).
     checks_finite_x = True
 
-    def __init__(self, backend, net, optimizer, dims, acts, loss_code, drops=None):
+    def __init__(self, backend, net, optimizer, dims, acts, loss_code, drops=None, scale=None):
         self.backend, self.net, self.optimizer = backend, net, optimizer
-        self.dims, self.acts, self.loss_code, self.drops = dims, acts, loss_code, drops
+        self.dims, self.acts, self.loss_code, self.drops, self.scale = dims, acts, loss_code, drops, scale
+        self._ids = np.empty(0, dtype=np.int64)  # 0, 1, 2, ...: the rows' indices in X (Dropout's hash)
         self.dtype = np.dtype(net.dtype)
         self.vw = simd.width(self.dtype)
         self.threads = _available_threads(backend)
@@ -153,32 +158,69 @@ class EpochTrainer(Trainer):
 
     # ---- the call -------------------------------------------------------------
     def __call__(self, X, T, labels, order, batch_size):
-        X, T, labels, order = self._checked(X, T, labels, order)
+        X, T, labels, order, staged = self._checked(X, T, labels, order)
         n, bs = X.shape[0], int(batch_size)
         kern = codegen.load()
-        nbatch = -(-n // bs)
         per_call = max(1, int(CHUNK_WORK / max(1.0, bs * self._macs_per_row)))
-        args = (X.reshape(-1), T.reshape(-1), labels, order)
-        total, correct, bad, done = 0.0, 0, -1, 0
         P = self._threads_for(bs, n)
-        while True:
-            if self._key != (n, bs, P):
-                self.layout, self._key = Layout(kern, self.dims, self.acts, self.loss_code, self.optimizer,
-                                                self.dtype, n, bs, P, LONG_WAIT_CYCLES, self.drops), (n, bs, P)
-            self.layout.copy_in(self.net.dense_layers, self.optimizer)
-            self.layout.set_dropout_epoch(self.net.dropout_key, self.net.epochs_trained)
-            self.last_threads = P
-            chunks = [(first, min(per_call, nbatch - first)) for first in range(done, nbatch, per_call)]
-            loss, hits, bad, applied, contended = self._run_threads(kern, args, bs, chunks, P)
-            self.layout.copy_out(self.net.dense_layers, self.optimizer, applied)
-            total, correct, done = total + loss, correct + hits, done + applied
-            if not contended:
-                return total, correct, bad
-            P = 1  # another process takes a core: the rest of this epoch on one thread
+        self._start(kern, n, bs, P)
+        total, correct, bad, applied = 0.0, 0, -1, 0
+        for Xp, Tp, Lp, Op, ids, b0 in self._parts(X, T, labels, order, bs, staged):
+            self.layout.set_rows(Op.shape[0])
+            args, nbatch, done = (Xp.reshape(-1), Tp.reshape(-1), Lp, Op, ids), -(-Op.shape[0] // bs), 0
+            while True:
+                chunks = [(first, min(per_call, nbatch - first)) for first in range(done, nbatch, per_call)]
+                loss, hits, bad, done_now, contended = self._run_threads(kern, args, bs, chunks, P)
+                total, correct, done, applied = total + loss, correct + hits, done + done_now, applied + done_now
+                if bad >= 0 or not contended:
+                    break
+                self.layout.copy_out(self.net.dense_layers, self.optimizer, applied)
+                applied, P = 0, 1  # another process takes a core: the rest of this epoch on one thread
+                self._start(kern, n, bs, P)
+                self.layout.set_rows(Op.shape[0])
+            if bad >= 0:
+                bad += b0
+                break
+        self.layout.copy_out(self.net.dense_layers, self.optimizer, applied)
+        return total, correct, bad
+
+    def _start(self, kern, n, bs, P):
+        """The buffers for (n rows, batch bs, P threads), holding the model's state and this epoch's
+        Dropout hash bases."""
+        if self._key != (n, bs, P):
+            self.layout, self._key = Layout(kern, self.dims, self.acts, self.loss_code, self.optimizer,
+                                            self.dtype, n, bs, P, LONG_WAIT_CYCLES, self.drops), (n, bs, P)
+        self.layout.copy_in(self.net.dense_layers, self.optimizer)
+        self.layout.set_dropout_epoch(self.net.dropout_key, self.net.epochs_trained)
+        self.last_threads = P
+
+    def _parts(self, X, T, labels, order, bs, staged):
+        """``(X, T, labels, order, ids, first batch)`` per kernel run: the whole set at once, or,
+        staged, the rows of STAGE_ROWS at a time gathered in batch order and converted to the
+        model's dtype (and scaled, under a Rescale) as the layer path converts each batch;
+        ``ids`` are their row indices in X (Dropout's masks follow them)."""
+        n = X.shape[0]
+        if not staged:
+            if self._ids.shape[0] != n:
+                self._ids = _read_only(np.arange(n, dtype=np.int64))
+            yield X, T, labels, order, self._ids, 0
+            return
+        step = max(1, STAGE_ROWS // bs) * bs
+        for start in range(0, n, step):
+            idx = np.asarray(order[start:start + step])
+            Xs = np.asarray(X[idx]).astype(self.dtype)  # (rows, nI): only this part's rows, in memory
+            if self.scale is not None:
+                Xs *= self.dtype.type(self.scale)
+            local = _read_only(np.arange(idx.shape[0], dtype=np.int64))
+            yield _read_only(Xs), _read_only(T[idx]), _read_only(labels[idx]), local, _read_only(idx), start // bs
 
     def _checked(self, X, T, labels, order):
+        """The arrays as the kernel takes them (read-only views), and whether X needs staging:
+        stored in another dtype (uint8 pixels, a memmap), or scaled by a Rescale."""
         n = X.shape[0]
-        X = np.ascontiguousarray(X, dtype=self.dtype)
+        staged = self.scale is not None or X.dtype != self.dtype or not X.flags.c_contiguous
+        if not staged:
+            X = _read_only(X)
         T = np.ascontiguousarray(T, dtype=self.dtype)
         labels = np.ascontiguousarray(labels, dtype=np.int64)
         order = np.ascontiguousarray(order, dtype=np.int64)
@@ -188,7 +230,7 @@ class EpochTrainer(Trainer):
                              f"labels {labels.shape}, order {order.shape}")
         if n and (order.min() < 0 or order.max() >= n):
             raise ValueError("compiled epoch: order must index the rows of X")
-        return _read_only(X), _read_only(T), _read_only(labels), _read_only(order)
+        return X, _read_only(T), _read_only(labels), _read_only(order), staged
 
     def _run_threads(self, kern, args, bs, chunks, P):
         """Run the chunks on P threads: (loss, hits, bad batch, batches applied, contended)."""
@@ -292,7 +334,7 @@ def warmup(dtypes=("float32", "float64")):
         flat = np.zeros(1, dtype=dtype)
         ints = np.zeros(1, dtype=np.int64)
         data, rows = _read_only(flat), _read_only(ints)  # X, T and labels, order: as _checked passes them
-        kern.epoch(data, data, rows, rows, 0, 0, 1, flat, flat, flat, flat, ints,
+        kern.epoch(data, data, rows, rows, rows, 0, 0, 1, flat, flat, flat, flat, ints,
                    np.zeros(kern.REC0 + kern.REC, dtype=np.int64), np.zeros(16), np.zeros(16, dtype=np.int64),
                    np.zeros(8), 0, 1)
         _built.add(dtype.name)  # loaded in this process, and kept on disk for later ones

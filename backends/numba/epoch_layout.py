@@ -127,6 +127,10 @@ class Layout:
         self.sync = np.zeros(8 * (P + 2), dtype=np.int64)  # see the template: counts, abort, stop
         self._pieces = {}  # id(flat buffer) -> (buffer, its pieces)
 
+    def set_rows(self, n):
+        """The kernel's next calls take ``n`` rows (a staged part of the epoch, or all)."""
+        self.lay[self.kern.H_N] = n
+
     def set_dropout_epoch(self, key, epoch):
         """The hash base of every Dropout's masks for this epoch (``fastnn.ops.dropout``)."""
         kern = self.kern

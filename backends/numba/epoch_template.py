@@ -178,13 +178,13 @@ def _mix(x):
 
 
 @njit(**_JIT)
-def drop_rows(work, ybase, vbase, mbase, ld, nrows, v0, v1, rows, base, thr, scale):
+def drop_rows(work, ybase, vbase, mbase, ld, nrows, v0, v1, rows, ids, base, thr, scale):
     """Dropout on vectors v0:v1 of rows 0:nrows: mask = scale where the hash of (row index in X,
     unit) keeps the unit, else 0; Y ·= mask. ``vbase >= 0``: Y before the mask is kept there
     (the activation's derivative reads Y)."""
     VW = vwidth(work)
     for r in range(nrows):
-        rh = _mix(np.uint64(rows[r]) ^ base)
+        rh = _mix(np.uint64(ids[rows[r]]) ^ base)
         for j in range(v0 * VW, v1 * VW):
             o = r * ld + j
             m = scale if (_mix(rh ^ np.uint64(j)) >> U11) >= thr else scale - scale  # 0 in work's dtype
@@ -206,12 +206,12 @@ def mask_rows(work, dbase, mbase, ld, nrows, v0, v1):
 
 
 @njit(**_JIT)
-def _drop(work, lay, rec, rows, nrows, u0, u1):
+def _drop(work, lay, rec, rows, ids, nrows, u0, u1):
     """Dropout of layer ``rec``'s units u0:u1 after its activation, where it has one."""
     if lay[rec + F_DM] >= 0:
         v = lay[rec + F_V]  # Y's copy before the mask where the derivative reads Y (else V is Z)
         vbase = v if v != lay[rec + F_Y] and v != lay[rec + F_Z] else rt(-1)
-        drop_rows(work, lay[rec + F_Y], vbase, lay[rec + F_DM], lay[rec + F_NPO], nrows, u0, u1, rows,
+        drop_rows(work, lay[rec + F_Y], vbase, lay[rec + F_DM], lay[rec + F_NPO], nrows, u0, u1, rows, ids,
                   np.uint64(lay[rec + F_DB]), np.uint64(lay[rec + F_DT]), work[lay[rec + F_DSC]])
 
 
@@ -322,8 +322,9 @@ def _own(n, tid, P):
 
 
 @njit(**_ENTRY)
-def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, lay, h, sync, out, tid, P):
-    """Train batches first .. first+nbatch-1 (batch b: rows order[b·bs : (b+1)·bs]) as thread tid of P.
+def epoch(X, T, labels, order, ids, first, nbatch, bs, params, S1, S2, work, iwork, lay, h, sync, out, tid, P):
+    """Train batches first .. first+nbatch-1 (batch b: rows order[b·bs : (b+1)·bs]) as thread tid of P;
+    ``ids[row]``: the row's index in the whole training set (Dropout's masks follow it).
 
     X (N·nI,), T (N·nO,) flat rows; ``h`` and ``out`` are this thread's rows. Stops
     before applying a batch whose loss is NaN/inf, or whose first layer's sums are (a NaN/inf
@@ -381,7 +382,7 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
                     params, lay[REC0 + F_B] + u0 * VW, work, lay[REC0 + F_Y] + u0 * VW, npo)
             x_ok = reduce(work, lay[REC0 + F_Y], rt(0), rt(1), Rp, npo, u0, u1, params, rt(-1), lay[REC0 + F_ACT],
                           lay[REC0 + F_MASK], lay[REC0 + F_Y], lay[REC0 + F_Z], lay[REC0 + F_PRM])
-            _drop(work, lay, rt(REC0), rows, Rp, u0, u1)
+            _drop(work, lay, rt(REC0), rows, ids, Rp, u0, u1)
             if not x_ok:
                 if P == 1:
                     bad = b
@@ -414,7 +415,7 @@ def epoch(X, T, labels, order, first, nbatch, bs, params, S1, S2, work, iwork, l
                 u0, u1 = _own(lay[rec + F_NV], tid, P)
                 reduce(work, pb, lay[rec + F_PSIZE], P, Rp, npo, u0, u1, params, lay[rec + F_B],
                        lay[rec + F_ACT], lay[rec + F_MASK], lay[rec + F_Y], lay[rec + F_Z], lay[rec + F_PRM])
-                _drop(work, lay, rec, rows, Rp, u0, u1)
+                _drop(work, lay, rec, rows, ids, Rp, u0, u1)
             else:
                 reduce(work, pb, lay[rec + F_PSIZE], P, Rp, npo, rt(0), nv_l, params, rt(-1),
                        act_l, lay[rec + F_MASK], y_l, z_l, prm_l)
