@@ -24,13 +24,17 @@ class Trainer:
     #: True when the trainer stops at a batch whose rows of X hold a NaN/inf (their first-layer
     #: sums are then NaN/inf), so fit skips its own pass over X before training
     checks_finite_x = False
+    #: True when the trainer takes ``weights`` (else a weighted fit trains layer by layer)
+    takes_weights = False
 
-    def __call__(self, X, T, labels, order, batch_size):
+    def __call__(self, X, T, labels, order, batch_size, weights=None):
         """One epoch: the batches ``order[k·batch_size : (k+1)·batch_size]`` of the rows of X
         (targets T, labels for accuracy), each a step of the model's optimizer. Returns
-        ``(loss_sum, n_correct, bad_batch)``: the loss summed over rows, the rows classified
-        right, and -1, or the index of a batch whose loss was NaN/inf (not applied: the epoch
-        stops before it). The model's parameters and optimizer state hold the result."""
+        ``(loss_sum, n_correct, bad_batch)``: the loss summed over rows (each row's times its
+        weight, with ``weights``: host float64, one per row; a batch's loss is then the
+        weighted mean, and a batch weighing zero makes no step), the rows classified right,
+        and -1, or the index of a batch whose loss was NaN/inf (not applied: the epoch stops
+        before it). The model's parameters and optimizer state hold the result."""
         raise NotImplementedError
 
     def describe(self, batch_size, rows=None):

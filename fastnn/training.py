@@ -22,8 +22,8 @@ from .history import History
 from .losses import get_loss
 
 
-#: ``History.path`` of a weighted fit: the compiled trainers (numba's epoch, CuPy's graph) take no weights
-WEIGHTED_PATH = "layer by layer (sample weights: the compiled epoch takes none yet)"
+#: ``History.path`` of a weighted fit on a compiled trainer that takes no weights (CuPy's graph)
+WEIGHTED_PATH = "layer by layer (sample weights: this backend's compiled trainer takes none)"
 
 
 class TrainingDiverged(FloatingPointError):
@@ -85,8 +85,8 @@ class Training:
           mean gradient (weight decay as the optimizer's rule, unweighted); a batch whose weights
           are all zero makes no step (the optimizer's step count stays). The History's ``loss`` is
           the weighted mean over the epoch; ``accuracy`` and the validation scores stay unweighted
-          (``validation_split`` drops the weights of the rows it holds out). Weighted, fit trains layer
-          by layer: the compiled epochs take no weights yet (``History.path`` says so).
+          (``validation_split`` drops the weights of the rows it holds out). The compiled numba epoch
+          takes weights; CuPy's CUDA graph does not: there a weighted fit trains layer by layer.
           ``fit(X, y, sample_weight=w)``
         - ``checkpoint="ckpt.npz"`` saves after every epoch; ``resume=True``
           continues from it (same final weights as an uninterrupted run): the
@@ -171,7 +171,7 @@ class Training:
                 order = self.batch_rng.permutation(n) if shuffle else np.arange(n)
                 if trainer is not None:
                     result = self._epoch_compiled(trainer, X, T, labels, order, batch_size, epoch, saved,
-                                                  x_checked_by_trainer)
+                                                  x_checked_by_trainer, weights)
                     if result is None:  # X holds a NaN/inf: refused, as the check before training does
                         self.batch_rng.bit_generator.state = rng_state
                         self.loss, self.optimizer = previous
@@ -219,10 +219,9 @@ class Training:
     def _training_plan(self, loss, optimizer, n, epochs, batch_size, verbose, weighted=False):
         """The backend's ``(trainer, path)`` for this job; with ``verbose``, its notices and the path."""
         with notices.shown(verbose):
-            if weighted:  # asked before the backend, which might compile a trainer for nothing
+            trainer, path = self.backend.training_plan(self, loss, optimizer, n, epochs, batch_size)
+            if weighted and trainer is not None and not trainer.takes_weights:
                 trainer, path = None, WEIGHTED_PATH
-            else:
-                trainer, path = self.backend.training_plan(self, loss, optimizer, n, epochs, batch_size)
             notices.logger.info(f"fit: backend {self.backend.name}, {path}")
         return trainer, path
 
@@ -284,11 +283,12 @@ class Training:
                                    f"batch {batch + 1}; training stopped before that update")
         return value, Y
 
-    def _epoch_compiled(self, trainer, X, T, labels, order, batch_size, epoch, saved, x_unchecked=False):
+    def _epoch_compiled(self, trainer, X, T, labels, order, batch_size, epoch, saved, x_unchecked=False,
+                        weights=None):
         """One epoch as one call of a backend's compiled trainer: ``(loss_sum, correct)``, or None
         when it stopped at a NaN/inf in X, which fit left to it (``x_unchecked``): then the
         epoch is undone."""
-        loss_sum, correct, bad_batch = trainer(X, T, labels, order, batch_size)
+        loss_sum, correct, bad_batch = trainer(X, T, labels, order, batch_size, weights)
         if bad_batch >= 0 and x_unchecked and not check.all_finite(X):
             self._restore(saved)
             return None

@@ -13,7 +13,7 @@ import fastnn
 from fastnn import MLPClassifier, MLPRegressor
 from fastnn.estimator_base import HAVE_SKLEARN
 from fastnn.layers import Dense, Tanh
-from fastnn.model import WEIGHTED_PATH, Sequential
+from fastnn.model import Sequential
 from fastnn.optim import SGD, Adam
 
 needs_sklearn = pytest.mark.skipif(not HAVE_SKLEARN, reason="scikit-learn is not installed")
@@ -178,18 +178,40 @@ def test_every_backend_weighs_as_numpy(backend_name):
     reference.fit(X, y, epochs=2, batch_size=7, optimizer=Adam(lr=0.05), sample_weight=w, class_weight="balanced")
     history = other.fit(X, y, epochs=2, batch_size=7, optimizer=Adam(lr=0.05), sample_weight=w,
                         class_weight="balanced")
-    assert history.path == WEIGHTED_PATH
+    compiled = {"numba": "compiled whole epoch", "cupy": "layer by layer (sample weights"}
+    assert history.path.startswith(compiled.get(backend_name, "layer by layer")), history.path
     assert_same(reference, other, rtol=1e-9, atol=1e-12)
 
 
-def test_a_weighted_fit_on_numba_says_it_trains_layer_by_layer(backend_status, capsys):
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("loss, n_out", [("cross_entropy", 3), ("mse", 3), ("binary_cross_entropy", 1)])
+def test_the_compiled_epoch_weighs_as_the_layer_path(backend_status, loss, n_out, threads, monkeypatch):
     if not backend_status.get("numba", (False,))[0]:
         pytest.skip(f"backend 'numba' unavailable: {backend_status.get('numba', (False, 'not registered'))[1]}")
-    X, y, w = data()
-    model = Sequential(Dense(N_IN, 8), Tanh(), Dense(8, N_OUT), seed=3, backend="numba")
-    history = model.fit(X, y, epochs=1, batch_size=10, lr=0.1, sample_weight=w, verbose=1)
-    assert history.path == WEIGHTED_PATH and "sample weights" in history.path
-    assert WEIGHTED_PATH in capsys.readouterr().err
+    from fastnn.backends.numba import epoch as numba_epoch
+    monkeypatch.setattr(numba_epoch, "EPOCH_WORK_FACTOR", 0)  # two threads even for this small job
+    monkeypatch.setattr(numba_epoch, "WORK_PER_THREAD", 1)
+    g = np.random.default_rng(5)
+    X, labels = g.standard_normal((203, 12)), g.integers(0, 3, 203)
+    y = labels if n_out > 1 else (labels > 0).astype(int)
+    w = g.random(203) * 2
+    w[:40] = 0  # the first two batches (in order) weigh nothing: no step, no step count
+    w[100:116] = 0.5  # a batch of equal weights: the plain mean
+
+    def trained(backend):
+        model = Sequential(Dense(12, 16), Tanh(), fastnn.Dropout(0.2), Dense(16, n_out), seed=1, backend=backend,
+                           dtype="float64")
+        optimizer = Adam(lr=0.01)
+        history = model.fit(X, y, epochs=3, batch_size=16, loss=loss, optimizer=optimizer, sample_weight=w,
+                            shuffle=False)
+        return model, history, optimizer
+
+    ref, ref_history, ref_opt = trained("numpy")
+    got, history, opt = trained(fastnn.get_backend("numba", num_threads=threads))
+    assert history.path.startswith("compiled whole epoch") and f"{threads} thread" in history.path
+    assert opt.t == ref_opt.t == 3 * (13 - 2)
+    np.testing.assert_allclose(history["loss"], ref_history["loss"], rtol=1e-12)
+    assert_same(ref, got, rtol=1e-10, atol=1e-13)
 
 
 # ---- the estimators: scikit-learn's steps ------------------------------------------------------------

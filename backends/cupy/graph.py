@@ -103,7 +103,9 @@ class GraphTrainer(Trainer):
         return f"CUDA graph: one training step captured once, replayed for each batch of {batch_size}"
 
     # ---- the call ---------------------------------------------------------
-    def __call__(self, X, T, labels, order, batch_size):
+    def __call__(self, X, T, labels, order, batch_size, weights=None):
+        if weights is not None:  # takes_weights is False: fit trains a weighted job layer by layer
+            raise ValueError("graph epoch: takes no sample weights")
         n, bs = X.shape[0], int(batch_size)
         order = np.ascontiguousarray(order, dtype=np.int64)
         if order.shape != (n,) or (n and (order.min() < 0 or order.max() >= n)):

@@ -138,6 +138,7 @@ class EpochTrainer(Trainer):
     #: NaN/inf), so fit leaves that check to it: a pass over the whole set less per fit
     #: (~7 ms of memory traffic for 60,000 MNIST rows).
     checks_finite_x = True
+    takes_weights = True
 
     def __init__(self, backend, net, optimizer, dims, acts, loss_code, drops=None, scale=None):
         self.backend, self.net, self.optimizer = backend, net, optimizer
@@ -157,21 +158,22 @@ class EpochTrainer(Trainer):
                 f"{'s' if P > 1 else ''}{of} at batch {batch_size})")
 
     # ---- the call -------------------------------------------------------------
-    def __call__(self, X, T, labels, order, batch_size):
+    def __call__(self, X, T, labels, order, batch_size, weights=None):
         X, T, labels, order, staged = self._checked(X, T, labels, order)
+        wts = _read_only(np.ascontiguousarray(weights if weights is not None else (), dtype=np.float64))
         n, bs = X.shape[0], int(batch_size)
         kern = codegen.load()
         per_call = max(1, int(CHUNK_WORK / max(1.0, bs * self._macs_per_row)))
         P = self._threads_for(bs, n)
         self._start(kern, n, bs, P)
         total, correct, bad, applied = 0.0, 0, -1, 0
-        for Xp, Tp, Lp, Op, ids, b0 in self._parts(X, T, labels, order, bs, staged):
+        for Xp, Tp, Lp, Op, ids, Wp, b0 in self._parts(X, T, labels, order, wts, bs, staged):
             self.layout.set_rows(Op.shape[0])
-            args, nbatch, done = (Xp.reshape(-1), Tp.reshape(-1), Lp, Op, ids), -(-Op.shape[0] // bs), 0
+            args, nbatch, done = (Xp.reshape(-1), Tp.reshape(-1), Lp, Op, ids, Wp), -(-Op.shape[0] // bs), 0
             while True:
                 chunks = [(first, min(per_call, nbatch - first)) for first in range(done, nbatch, per_call)]
-                loss, hits, bad, done_now, contended = self._run_threads(kern, args, bs, chunks, P)
-                total, correct, done, applied = total + loss, correct + hits, done + done_now, applied + done_now
+                loss, hits, bad, done_now, steps, contended = self._run_threads(kern, args, bs, chunks, P)
+                total, correct, done, applied = total + loss, correct + hits, done + done_now, applied + steps
                 if bad >= 0 or not contended:
                     break
                 self.layout.copy_out(self.net.dense_layers, self.optimizer, applied)
@@ -194,8 +196,8 @@ class EpochTrainer(Trainer):
         self.layout.set_dropout_epoch(self.net.dropout_key, self.net.epochs_trained)
         self.last_threads = P
 
-    def _parts(self, X, T, labels, order, bs, staged):
-        """``(X, T, labels, order, ids, first batch)`` per kernel run: the whole set at once, or,
+    def _parts(self, X, T, labels, order, wts, bs, staged):
+        """``(X, T, labels, order, ids, weights, first batch)`` per kernel run: the whole set at once, or,
         staged, the rows of STAGE_ROWS at a time gathered in batch order and converted to the
         model's dtype (and scaled, under a Rescale) as the layer path converts each batch;
         ``ids`` are their row indices in X (Dropout's masks follow them)."""
@@ -203,7 +205,7 @@ class EpochTrainer(Trainer):
         if not staged:
             if self._ids.shape[0] != n:
                 self._ids = _read_only(np.arange(n, dtype=np.int64))
-            yield X, T, labels, order, self._ids, 0
+            yield X, T, labels, order, self._ids, wts, 0
             return
         step = max(1, STAGE_ROWS // bs) * bs
         for start in range(0, n, step):
@@ -212,7 +214,8 @@ class EpochTrainer(Trainer):
             if self.scale is not None:
                 Xs *= self.dtype.type(self.scale)
             local = _read_only(np.arange(idx.shape[0], dtype=np.int64))
-            yield _read_only(Xs), _read_only(T[idx]), _read_only(labels[idx]), local, _read_only(idx), start // bs
+            Ws = _read_only(wts[idx]) if wts.shape[0] else wts
+            yield _read_only(Xs), _read_only(T[idx]), _read_only(labels[idx]), local, _read_only(idx), Ws, start // bs
 
     def _checked(self, X, T, labels, order):
         """The arrays as the kernel takes them (read-only views), and whether X needs staging:
@@ -233,8 +236,8 @@ class EpochTrainer(Trainer):
         return X, _read_only(T), _read_only(labels), _read_only(order), staged
 
     def _run_threads(self, kern, args, bs, chunks, P):
-        """Run the chunks on P threads: (loss, hits, bad batch, batches applied, contended)."""
-        total, correct, bad, applied, status = 0.0, 0, -1, 0, kern.STATUS_DONE
+        """Run the chunks on P threads: (loss, hits, bad batch, batches done, steps taken, contended)."""
+        total, correct, bad, done, applied, status = 0.0, 0, -1, 0, 0, kern.STATUS_DONE
         errors, workers, buf = [], [], self.layout
         buf.sync[:] = 0
         buf.out[:] = 0
@@ -266,6 +269,7 @@ class EpochTrainer(Trainer):
                 o = call(0, first, count)
                 total += o[kern.OUT_LOSS]
                 correct += int(o[kern.OUT_CORRECT])
+                done += int(o[kern.OUT_DONE])
                 applied += int(o[kern.OUT_APPLIED])
                 status, bad = int(o[kern.OUT_STATUS]), int(o[kern.OUT_BAD])
                 if status != kern.STATUS_DONE or bad >= 0:
@@ -277,7 +281,7 @@ class EpochTrainer(Trainer):
             _join(workers, buf.sync, P)
         if errors or status == kern.STATUS_ABORTED:
             raise RuntimeError(f"compiled epoch: a worker thread failed: {errors[0] if errors else 'aborted'}")
-        return total, correct, bad, applied, status == kern.STATUS_CONTENDED
+        return total, correct, bad, done, applied, status == kern.STATUS_CONTENDED
 
     # ---- threads --------------------------------------------------------------
     @property
@@ -334,7 +338,8 @@ def warmup(dtypes=("float32", "float64")):
         flat = np.zeros(1, dtype=dtype)
         ints = np.zeros(1, dtype=np.int64)
         data, rows = _read_only(flat), _read_only(ints)  # X, T and labels, order: as _checked passes them
-        kern.epoch(data, data, rows, rows, rows, 0, 0, 1, flat, flat, flat, flat, ints,
+        weights = _read_only(np.zeros(0))
+        kern.epoch(data, data, rows, rows, rows, weights, 0, 0, 1, flat, flat, flat, flat, ints,
                    np.zeros(kern.REC0 + kern.REC, dtype=np.int64), np.zeros(16), np.zeros(16, dtype=np.int64),
                    np.zeros(8), 0, 1)
         _built.add(dtype.name)  # loaded in this process, and kept on disk for later ones

@@ -63,7 +63,7 @@ MIX1, MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 # the codes of the op tables and the row h (float64, one per thread): generated
 # <<CODES>>
 # out (float64, 8 per thread)
-OUT_LOSS, OUT_CORRECT, OUT_BAD, OUT_APPLIED, OUT_STATUS = range(5)
+OUT_LOSS, OUT_CORRECT, OUT_BAD, OUT_APPLIED, OUT_STATUS, OUT_DONE = range(6)  # OUT_APPLIED: steps taken
 # OUT_STATUS: all batches done (or a bad one); Python raised the abort flag; the threads stopped
 # early because another process takes the cores (Python goes on with one thread)
 STATUS_DONE, STATUS_ABORTED, STATUS_CONTENDED = range(3)
@@ -228,13 +228,32 @@ def bias_step(work, dbase, ld, nrows, v0, v1, P, S1, S2, bbase, h, gbase):
 
 
 @njit(**_JIT)
-def batch_loss(work, ybase, dbase, tbase, nbase, ld, nv, nO, R, Rp, kind, code, labels, rows, vbase, prm):
-    """(mean loss, correct rows) of the batch; writes dZ of the last layer (rows R:Rp zero)."""
+def _batch_weight(wts, rows, R):
+    """(Σw, wscale) of the batch's R rows: the unweighted mean (Σw = R, wscale 0) without weights
+    or where they are all alike, as the layer path does; else wscale = R / Σw."""
+    if wts.shape[0] == 0:
+        return float(R), 0.0
+    total, alike = 0.0, True
+    for r in range(R):
+        total += wts[rows[r]]
+        alike = alike and wts[rows[r]] == wts[rows[0]]
+    if alike or total == 0.0:
+        return total, 0.0
+    return total, R / total
+
+
+@njit(**_JIT)
+def batch_loss(work, ybase, dbase, tbase, nbase, ld, nv, nO, R, Rp, kind, code, labels, rows, vbase, prm,
+               wts, wscale):
+    """(mean loss, correct rows) of the batch; writes dZ of the last layer (rows R:Rp zero).
+    ``wscale > 0``: row r's loss and dZ count ``wts[rows[r]] · wscale`` times (wscale = R / Σw:
+    the weighted mean, as the layer path weighs a batch)."""
     VW = vwidth(work)
     zero, inv = vsplat(work, 0.0), vsplat(work, 1.0 / R)
     total, correct = 0.0, 0
     for r in range(R):
         y0, t0, d0 = ybase + r * ld, tbase + r * ld, dbase + r * ld
+        before = total
         if kind == LOSS_MSE:  # ½‖y − t‖², dY = (y − t) / R
             acc = zero
             for v in range(nv):
@@ -267,6 +286,11 @@ def batch_loss(work, ybase, dbase, tbase, nbase, ld, nv, nO, R, Rp, kind, code, 
                 z, t = work[y0 + j], work[t0 + j]
                 total += max(z, 0.0) + math.log1p(math.exp(-abs(z))) - t * z
                 work[d0 + j] = (1.0 / (1.0 + math.exp(-z)) - t) / R
+        if wscale > 0.0:  # this row's share of the weighted mean
+            s = wts[rows[r]] * wscale
+            total = before + (total - before) * s
+            for v in range(nv):
+                vstore(work, d0 + v * VW, vmul(vload(work, d0 + v * VW), vsplat(work, s)))
         if nO == 1:  # as Sequential._n_correct
             guess = 1 if work[y0] > (0.5 if kind == LOSS_MSE else 0.0) else 0
         else:
@@ -322,9 +346,10 @@ def _own(n, tid, P):
 
 
 @njit(**_ENTRY)
-def epoch(X, T, labels, order, ids, first, nbatch, bs, params, S1, S2, work, iwork, lay, h, sync, out, tid, P):
+def epoch(X, T, labels, order, ids, wts, first, nbatch, bs, params, S1, S2, work, iwork, lay, h, sync, out, tid, P):
     """Train batches first .. first+nbatch-1 (batch b: rows order[b·bs : (b+1)·bs]) as thread tid of P;
-    ``ids[row]``: the row's index in the whole training set (Dropout's masks follow it).
+    ``ids[row]``: the row's index in the whole training set (Dropout's masks follow it); ``wts``:
+    the rows' sample weights (float64), or empty (unweighted).
 
     X (N·nI,), T (N·nO,) flat rows; ``h`` and ``out`` are this thread's rows. Stops
     before applying a batch whose loss is NaN/inf, or whose first layer's sums are (a NaN/inf
@@ -345,7 +370,7 @@ def epoch(X, T, labels, order, ids, first, nbatch, bs, params, S1, S2, work, iwo
     wt_at = lay[H_WT] + priv  # scratch for a transposed block of W (backward_x)
     sgd = lay[H_OPT] == OPT_SGD
     nb = atomic_load(sync, 8 * tid)  # barriers passed so far: the numbering goes on across calls
-    loss_sum, correct, bad, applied, status = 0.0, 0, -1, 0, STATUS_DONE
+    loss_sum, correct, bad, applied, done, status = 0.0, 0, -1, 0, 0, STATUS_DONE
     started, long_waits, waited = cycles(), 0, 0  # long waits at barriers: another process took a core
     for b in range(first, first + nbatch):
         if long_waits >= LONG_WAITS_TO_STOP and 4 * waited > cycles() - started:
@@ -436,11 +461,16 @@ def epoch(X, T, labels, order, ids, first, nbatch, bs, params, S1, S2, work, iwo
             bad = b
             break
         # ---- loss: every thread alike, so every thread agrees on a bad batch
+        weight, wscale = _batch_weight(wts, rows, R)
         value, hits = batch_loss(work, y_l, dz_l, tp, lay[H_NINF], npo_l, nv_l, nO, R, Rp,
-                                 lay[H_LOSS], act_l, labels, rows, v_l, prm_l)
+                                 lay[H_LOSS], act_l, labels, rows, v_l, prm_l, wts, wscale)
         if not math.isfinite(value):
             bad = b
             break
+        done += 1
+        correct += hits
+        if weight == 0.0:  # every row weighs zero: no step, and no step counted
+            continue
         step_scalars(h, h[HY_T0] + applied + 1)
         # ---- backward: the last layer (its dX first: it needs the old W)
         if tid == 0:
@@ -491,10 +521,11 @@ def epoch(X, T, labels, order, ids, first, nbatch, bs, params, S1, S2, work, iwo
                 update(work, lay[prev + F_Y], iota, ldp, Rp, q0 * VW, q1 * VW, work, du, npo,
                        rt(0), lay[rec + F_NV], params, S1, S2, lay[rec + F_W], npo, h, rt(True), work, g_at)
         if status:
+            done -= 1  # stopped inside the batch: none of it counts
+            correct -= hits
             break
-        loss_sum += value * R
-        correct += hits
+        loss_sum += value * weight
         applied += 1
     out[OUT_LOSS], out[OUT_CORRECT], out[OUT_BAD] = loss_sum, correct, bad
-    out[OUT_APPLIED], out[OUT_STATUS] = applied, status
+    out[OUT_APPLIED], out[OUT_STATUS], out[OUT_DONE] = applied, status, done
     h[HY_T0] += applied  # the step count for the next call of this run (per-step scalars)
