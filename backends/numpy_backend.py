@@ -1,4 +1,8 @@
 """The NumPy backend: the reference :class:`~fastnn.backend.Backend` as it is."""
+from __future__ import annotations
+
+from typing import Any
+
 from fastnn.backend import Backend
 
 
@@ -8,9 +12,9 @@ class NumpyBackend(Backend):
     name = "numpy"
 
     @staticmethod
-    def unavailable_reason():
+    def unavailable_reason() -> str | None:
         return None
 
-    def info(self):
+    def info(self) -> dict[str, Any]:
         import numpy as np
         return {"numpy": np.__version__}

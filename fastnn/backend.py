@@ -23,12 +23,28 @@ import contextvars
 import importlib
 import importlib.util
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .ops import ArrayMath
 from .ops import activations as _activations
+
+if TYPE_CHECKING:
+    from .losses import Loss
+    from .model import Sequential
+    from .ops.optimizers import UpdateRule
+    from .optim import Optimizer
+    from .trainer import Trainer
+
+#: A backend's array: a NumPy array, a CuPy array, ... (each backend has its own type).
+Array = Any
+#: What names a backend: a registered name (``"numba"``, ``"cupy:1"``, ``"auto"``), an instance, or
+#: None for the default (a string alias, so it works at run time on Python 3.10 too).
+BackendLike = Union[str, "Backend", None]
 
 #: The closed set of activation names (``fastnn.ops.activations``); kernels take their codes.
 ACTIVATIONS = tuple(_activations.BY_NAME)
@@ -40,7 +56,7 @@ class BackendUnavailable(RuntimeError):
     ``reason``: why, with what to install, without the backend's name in front.
     """
 
-    def __init__(self, message, reason=None):
+    def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.reason = reason or message
 
@@ -56,22 +72,22 @@ def _check_act(act, params=()):
 class Backend:
     """The op contract and the reference implementation, on ``self.xp``."""
 
-    name = "numpy"
+    name: str = "numpy"
     #: Check the loss for NaN/inf after every batch (cheap on the host; a sync on a GPU).
-    check_every_batch = True
+    check_every_batch: bool = True
 
-    def __init__(self, xp=None):
-        self.xp = numpy_namespace() if xp is None else xp
+    def __init__(self, xp: Any = None) -> None:
+        self.xp: Any = numpy_namespace() if xp is None else xp
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<fastnn backend {self.name!r}>"
 
     # ---- data movement -------------------------------------------------
-    def dtype(self, name):
+    def dtype(self, name: str) -> Any:
         """The namespace's dtype object for ``"float32"`` / ``"float64"``."""
         return getattr(self.xp, str(name))
 
-    def asarray(self, a, dtype=None):
+    def asarray(self, a: Any, dtype: Any = None) -> Array:
         """``a`` (array-like, host or device) as this backend's array, C-ordered."""
         if dtype is not None and isinstance(dtype, str):
             dtype = self.dtype(dtype)
@@ -80,7 +96,7 @@ class Backend:
             a = np.ascontiguousarray(a)
         return self.xp.asarray(a, dtype=dtype)
 
-    def training_set(self, X, dtype):
+    def training_set(self, X: NDArray[Any], dtype: Any) -> Array:
         """``fit``'s training rows on this backend, moved once: ``X`` is the checked host array,
         floats or the integers the caller gave. The reference makes them ``dtype``; a backend
         short of memory may keep uint8 pixels as they are, and ``fit`` then converts each batch
@@ -89,24 +105,25 @@ class Backend:
             return X
         return self.asarray(X, dtype=dtype)
 
-    def to_numpy(self, a):
+    def to_numpy(self, a: Any) -> NDArray[Any]:
         """``a`` as a host NumPy array (a copy for device arrays)."""
         try:
             return np.asarray(a)
         except (TypeError, ValueError, RuntimeError):
             return np.from_dlpack(a)
 
-    def synchronize(self):
+    def synchronize(self) -> None:
         """Wait until queued work is done (a no-op on the CPU); timings call it."""
 
-    def scope(self, net=None):
+    def scope(self, net: Sequential | None = None) -> contextlib.AbstractContextManager[Any]:
         """The context a model's work runs in (``with backend.scope(net):``, once per call of
         ``fit``, ``predict``, ...): a GPU backend's own device, so arrays made inside land beside
         its parameters; nothing on the CPU's reference."""
         return contextlib.nullcontext()
 
     # ---- dense algebra -------------------------------------------------
-    def gemm(self, A, B, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, C=None):
+    def gemm(self, A: Array, B: Array, trans_a: bool = False, trans_b: bool = False, alpha: float = 1.0,
+             beta: float = 0.0, C: Array | None = None) -> Array:
         """``alpha·op(A) @ op(B) + beta·C``, ``op`` transposing when asked.
 
         Without ``C`` it returns a new array; with ``C`` it accumulates into
@@ -138,12 +155,12 @@ class Backend:
         C += product
         return C
 
-    def sum_rows(self, X):
+    def sum_rows(self, X: Array) -> Array:
         """Sum over the batch: ``(B, n) -> (n,)`` (the bias gradient)."""
         return self.xp.sum(X, axis=0)
 
     # ---- activations (their formulas: fastnn.ops.activations) ------------
-    def bias_act(self, Z, b, act, params=()):
+    def bias_act(self, Z: Array, b: Array | None, act: str, params: Sequence[float] = ()) -> Array:
         """``act(Z + b)``, fused: ``Z (B, n)``, ``b (n,)`` or None -> ``Y (B, n)``; ``params``: the
         activation's settings (LeakyReLU's alpha), in the order of its table entry."""
         rule = _check_act(act, params)
@@ -151,7 +168,7 @@ class Backend:
             Z = Z + b
         return rule.forward(ArrayMath(self.xp, Z), Z, *params)
 
-    def act_backward(self, V, dY, act, params=()):
+    def act_backward(self, V: Array, dY: Array, act: str, params: Sequence[float] = ()) -> Array:
         """``dZ`` from ``dY`` and ``V``, both ``(B, n)``: the activation's output ``Y``, or its input
         ``Z`` for one whose entry ``needs`` Z (GELU, SiLU, ...)."""
         rule = _check_act(act, params)
@@ -159,7 +176,7 @@ class Backend:
         return dY if isinstance(slope, float) and slope == 1.0 else dY * slope
 
     # ---- losses on logits (summed over outputs, averaged over the batch) -
-    def softmax_xent(self, Z, T):
+    def softmax_xent(self, Z: Array, T: Array) -> tuple[Array, Array]:
         """Softmax cross-entropy on logits ``Z (B, n)`` vs targets ``T (B, n)``.
 
         Returns ``(loss, dZ)``: ``loss`` a 0-d array, ``dZ = (softmax(Z) - T) / B``
@@ -176,7 +193,7 @@ class Backend:
         dZ = (P * xp.sum(T, axis=1, keepdims=True) - T) / B
         return loss, dZ
 
-    def sigmoid_xent(self, Z, T):
+    def sigmoid_xent(self, Z: Array, T: Array) -> tuple[Array, Array]:
         """Sigmoid (binary) cross-entropy on logits: ``-Σ[T ln σ(Z) + (1-T) ln(1-σ(Z))]``.
 
         Returns ``(loss, dZ)`` with ``dZ = (σ(Z) - T) / B``; stable for large |Z|.
@@ -190,7 +207,8 @@ class Backend:
         return loss, dZ
 
     # ---- optimizer steps (their formulas: fastnn.ops.optimizers) --------
-    def update(self, rule, W, dW, slots, hyper):
+    def update(self, rule: UpdateRule, W: Array, dW: Array, slots: dict[str, Array],
+               hyper: Mapping[str, float]) -> tuple[Array, dict[str, Array]]:
         """One step of update rule ``rule`` (an entry of ``fastnn.ops.optimizers``) on parameter
         ``W`` with gradient ``dW``: ``slots`` ({name: array like W}) its state, ``hyper`` ({name:
         float}) every input the rule reads (``rule.inputs``). Updates W and the slots in place and
@@ -202,7 +220,7 @@ class Backend:
         return W, slots
 
     # ---- whole-epoch training ------------------------------------------
-    def epoch_trainer(self, net, loss, optimizer):
+    def epoch_trainer(self, net: Sequential, loss: Loss, optimizer: Optimizer) -> Trainer | None:
         """A callable that trains one whole epoch in one call, or None.
 
         None (the reference) means: ``fit`` runs layer by layer with the ops above.
@@ -220,7 +238,8 @@ class Backend:
         """
         return None
 
-    def training_plan(self, net, loss, optimizer, rows, epochs, batch_size):
+    def training_plan(self, net: Sequential, loss: Loss, optimizer: Optimizer, rows: int, epochs: int,
+                      batch_size: int) -> tuple[Trainer | None, str]:
         """``(trainer, path)`` for a ``fit`` of ``epochs`` over ``rows`` rows: the
         :meth:`epoch_trainer` (None: layer by layer) and, in words, the path that trains.
 
@@ -234,7 +253,7 @@ class Backend:
         reason = self.layer_path_reason(net, loss, optimizer)
         return None, "layer by layer" + (f" ({reason})" if reason else "")
 
-    def layer_path_reason(self, net, loss, optimizer):
+    def layer_path_reason(self, net: Sequential, loss: Loss, optimizer: Optimizer) -> str | None:
         """Why ``fit`` trains ``net`` layer by layer here, for ``verbose``; None: nothing to say.
 
         A backend with an :meth:`epoch_trainer` says why it returned None (an option
@@ -242,12 +261,12 @@ class Backend:
         """
         return None
 
-    def info(self):
+    def info(self) -> dict[str, Any]:
         """A dict describing this backend for ``fastnn info``."""
         return {"namespace": getattr(self.xp, "__name__", str(self.xp))}
 
 
-def numpy_namespace():
+def numpy_namespace() -> Any:
     """NumPy's array-API namespace: NumPy itself from 2.1 on (its main namespace implements the
     2023.12 standard), else ``array_api_compat.numpy``. Not the wrapper where NumPy needs none:
     importing it star-imports NumPy's lazy submodules (f2py, testing, ...), 0.15 s of every
@@ -268,7 +287,7 @@ def _sigmoid(xp, Z):
 # ---- the registry ----------------------------------------------------------
 
 #: name -> "module:Class", imported on first use.
-_BUILTIN = {
+_BUILTIN: dict[str, str | type[Backend]] = {
     "numpy": "fastnn.backends.numpy_backend:NumpyBackend",
     "numba": "fastnn.backends.numba.backend:NumbaBackend",
     "cupy": "fastnn.backends.cupy.backend:CupyBackend",
@@ -279,11 +298,11 @@ _INSTALL_HINTS = {
     "cupy": "pip install 'fastnn[cuda12]' (or 'fastnn[cuda13]', matching your CUDA)",
 }
 _ENTRY_POINT_GROUP = "fastnn.backends"
-_instances: dict = {}
-_current: contextvars.ContextVar = contextvars.ContextVar("fastnn_backend", default=None)
+_instances: dict[tuple[str, tuple[tuple[str, Any], ...]], Backend] = {}
+_current: contextvars.ContextVar[str | Backend | None] = contextvars.ContextVar("fastnn_backend", default=None)
 
 
-def register_backend(name, target):
+def register_backend(name: str, target: str | type[Backend]) -> None:
     """Register ``"module:Class"`` (or a class) as backend ``name``."""
     _BUILTIN[name] = target
     for key in [key for key in _instances if key[0] == "auto"]:
@@ -300,7 +319,7 @@ def _known():
     return known
 
 
-def backend_names():
+def backend_names() -> list[str]:
     """The names ``get_backend`` knows (built in, registered, from entry points), and ``"auto"``;
     imports no backend."""
     return sorted(_known()) + ["auto"]
@@ -350,7 +369,7 @@ def _auto_choice():
     return "numba", "numba is installed (the GPU backend, cupy, is used only when named)"
 
 
-def default_backend():
+def default_backend() -> tuple[str, str]:
     """``(name, why)``: the backend an unspecified ``backend=`` resolves to here, and why.
 
     The scoped default (``use_backend``/``set_backend``) wins, then ``FASTNN_BACKEND``, then
@@ -372,7 +391,7 @@ def default_backend():
     return name, source
 
 
-def get_backend(name=None, **options):
+def get_backend(name: BackendLike = None, **options: Any) -> Backend:
     """The backend ``name`` (default: the current one), created on first use.
 
     ``name`` may be a :class:`Backend` instance (returned as is), a registered
@@ -423,7 +442,7 @@ def _unavailable_reason(base, cls):
     return _with_hint(base, reason) if reason else None
 
 
-def set_backend(name):
+def set_backend(name: str | Backend) -> Backend:
     """Make ``name`` the default backend of this context; returns the backend."""
     backend = get_backend(name)
     _current.set(name if isinstance(name, str) else backend)
@@ -431,7 +450,7 @@ def set_backend(name):
 
 
 @contextlib.contextmanager
-def use_backend(name):
+def use_backend(name: str | Backend) -> Iterator[Backend]:
     """``with use_backend("numba"):`` scopes the default backend; nests."""
     backend = get_backend(name)
     token = _current.set(name if isinstance(name, str) else backend)
@@ -441,7 +460,7 @@ def use_backend(name):
         _current.reset(token)
 
 
-def available_backends():
+def available_backends() -> dict[str, tuple[bool, str]]:
     """``{name: (available, reason)}`` for every known backend; imports nothing heavy."""
     status = {}
     for base in sorted(_known()):

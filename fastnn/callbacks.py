@@ -25,6 +25,8 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -35,21 +37,22 @@ from .validation import count
 class Callback:
     """The hooks ``fit`` calls; each does nothing here. ``self.model``: the model in training."""
 
-    model = None
+    #: the Sequential in training (``fit`` sets it; Any, so a subclass reads and sets what it needs)
+    model: Any = None
 
-    def set_model(self, model):
+    def set_model(self, model: Any) -> None:
         self.model = model
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         pass
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         pass
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         pass
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         pass
 
 
@@ -59,7 +62,10 @@ class LambdaCallback(Callback):
     ``fit(on_epoch_end=f)`` is ``fit(callbacks=[LambdaCallback(on_epoch_end=f)])``.
     """
 
-    def __init__(self, on_train_begin=None, on_epoch_end=None, on_train_end=None, on_epoch_begin=None):
+    def __init__(self, on_train_begin: Callable[..., Any] | None = None,
+                 on_epoch_end: Callable[..., Any] | None = None,
+                 on_train_end: Callable[..., Any] | None = None,
+                 on_epoch_begin: Callable[..., Any] | None = None) -> None:
         for name, function in (("on_train_begin", on_train_begin), ("on_epoch_begin", on_epoch_begin),
                                ("on_epoch_end", on_epoch_end), ("on_train_end", on_train_end)):
             if function is not None:
@@ -68,7 +74,8 @@ class LambdaCallback(Callback):
                 setattr(self, name, function)
 
 
-def checked(callbacks, on_epoch_end=None):
+def checked(callbacks: Callback | Iterable[Callback] | None,
+            on_epoch_end: Callable[..., Any] | None = None) -> list[Callback]:
     """``fit``'s callbacks as a list (``on_epoch_end`` last, as its own LambdaCallback)."""
     if callbacks is None:
         callbacks = []
@@ -165,7 +172,7 @@ class EarlyStopping(Callback):
 
     def __init__(self, monitor: str = "val_loss", patience: int = 0, min_delta: float = 0.0,
                  mode: str = "auto", restore_best_weights: bool = False, start_from_epoch: int = 0,
-                 baseline: float | None = None, verbose: int = 0):
+                 baseline: float | None = None, verbose: int = 0) -> None:
         self.monitor = _Monitor("EarlyStopping", monitor, mode, min_delta)
         self.patience = count("EarlyStopping: patience", patience, minimum=0)
         self.start_from_epoch = count("EarlyStopping: start_from_epoch", start_from_epoch, minimum=0)
@@ -174,12 +181,12 @@ class EarlyStopping(Callback):
         self.baseline, self.restore_best_weights, self.verbose = baseline, bool(restore_best_weights), verbose
         self.on_train_begin()
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self.wait = self.stopped_epoch = self.best_epoch = 0
         self.best = self.monitor.worst()
         self.best_weights = None
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         current = self.monitor.value(logs)
         if epoch <= self.start_from_epoch:
             return
@@ -197,7 +204,7 @@ class EarlyStopping(Callback):
             self.stopped_epoch = epoch
             self.model.stop_training = True
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         if self.stopped_epoch:
             _say(self.verbose, f"EarlyStopping: stopped after epoch {self.stopped_epoch}")
         if self.restore_best_weights and self.best_weights is not None:
@@ -217,8 +224,8 @@ class ModelCheckpoint(Callback):
     interrupted run use ``fit(checkpoint=...)``, which also keeps the optimizer and batch order.
     """
 
-    def __init__(self, path, monitor: str = "val_loss", save_best_only: bool = False, mode: str = "auto",
-                 verbose: int = 0):
+    def __init__(self, path: str | os.PathLike[str], monitor: str = "val_loss", save_best_only: bool = False,
+                 mode: str = "auto", verbose: int = 0) -> None:
         try:
             self.path = os.fspath(path)
         except TypeError:
@@ -227,7 +234,7 @@ class ModelCheckpoint(Callback):
         self.save_best_only, self.verbose = bool(save_best_only), verbose
         self.best = self.monitor.worst()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
         if self.save_best_only:
             current = self.monitor.value(logs)
@@ -259,13 +266,13 @@ class LearningRateScheduler(Callback):
     >>> net.fit(X, y, epochs=30, lr=0.1, callbacks=[LearningRateScheduler(lambda epoch, lr: lr * 0.95)])
     """
 
-    def __init__(self, schedule, verbose: int = 0):
+    def __init__(self, schedule: Callable[[int, float], float], verbose: int = 0) -> None:
         if not callable(schedule):
             raise TypeError(f"LearningRateScheduler: schedule must be callable (epoch, lr) -> lr, "
                             f"got {type(schedule).__name__}")
         self.schedule, self.verbose = schedule, verbose
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         optimizer = self.model.optimizer
         lr = self.schedule(epoch - 1, float(optimizer.lr))
         if not _number(lr) or not math.isfinite(lr) or lr <= 0:
@@ -289,7 +296,7 @@ class ReduceLROnPlateau(Callback):
 
     def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10,
                  min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0, mode: str = "auto",
-                 verbose: int = 0):
+                 verbose: int = 0) -> None:
         self.monitor = _Monitor("ReduceLROnPlateau", monitor, mode, min_delta)
         if not _number(factor) or not 0 < factor < 1:
             raise ValueError(f"ReduceLROnPlateau: factor must be in (0, 1), got {factor!r}")
@@ -299,11 +306,11 @@ class ReduceLROnPlateau(Callback):
         self.min_lr, self.verbose = _non_negative("min_lr", min_lr, "ReduceLROnPlateau"), verbose
         self.on_train_begin()
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self.wait = self.cooldown_counter = 0
         self.best = self.monitor.worst()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         current = self.monitor.value(logs)
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1

@@ -32,7 +32,10 @@ weights, what is not supported) and where that differs from scikit-learn:
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 # the scikit-learn names stay importable from here, as before the split
 from .estimator_base import (HAVE_SKLEARN, BaseEstimator, ClassifierMixin, ConvergenceWarning,  # noqa: F401
@@ -51,12 +54,13 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     """
 
     # ---- fitting ------------------------------------------------------------
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> MLPClassifier:
         """Train on ``X (n_samples, n_features)`` and labels ``y``, each row weighted by
         ``sample_weight`` (>= 0, None: all 1); returns self."""
         return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 
-    def partial_fit(self, X, y, sample_weight=None, classes=None):
+    def partial_fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None,
+                    classes: ArrayLike | None = None) -> MLPClassifier:
         """One epoch over ``(X, y)`` (rows weighted by ``sample_weight``); the first call needs
         ``classes`` (all labels there will be)."""
         return self._fit(X, y, incremental=True, classes=classes, sample_weight=sample_weight)
@@ -129,13 +133,13 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         hits = predicted == codes if predicted.ndim == 1 else np.all(predicted == codes, axis=1)
         return float(np.average(hits, weights=sample_weight))
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> NDArray[Any]:
         """The predicted labels (from ``classes_``), or the 0/1 matrix for multilabel."""
         self._check_fitted()
         codes = self._predict_codes(self._check_input(X, reset=False))
         return codes if self._label_kind == "multilabel" else self.classes_[codes]
 
-    def predict_proba(self, X):
+    def predict_proba(self, X: ArrayLike) -> NDArray[Any]:
         """Class probabilities ``(n_samples, n_classes)``, columns in the order of ``classes_``."""
         self._check_fitted()
         P = self._net.predict_proba(self._check_input(X, reset=False))
@@ -143,7 +147,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return np.hstack([1 - P, P])
         return P
 
-    def predict_log_proba(self, X):
+    def predict_log_proba(self, X: ArrayLike) -> NDArray[Any]:
         """``log(predict_proba(X))``."""
         return np.log(self.predict_proba(X))
 

@@ -42,7 +42,7 @@ class UndefinedMetricWarning(UserWarning):
     """A score is not defined for the data (e.g. R² of fewer than two samples)."""
 
 
-_BOTH = {}
+_BOTH: dict[type, type] = {}
 
 
 def raised(cls):

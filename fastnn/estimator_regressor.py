@@ -22,6 +22,10 @@ it differs from scikit-learn: ``fastnn.estimator_mlp``.
 """
 from __future__ import annotations
 
+from typing import Any
+
+from numpy.typing import ArrayLike, NDArray
+
 from .estimator_base import RegressorMixin, r2_score
 from .estimator_checks import _check_targets
 from .estimator_mlp import _BaseMLP
@@ -53,12 +57,12 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                          backend=backend)
 
     # ---- fitting ------------------------------------------------------------
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> MLPRegressor:
         """Train on ``X (n_samples, n_features)`` and targets ``y`` (1-D, or 2-D for several outputs),
         each row weighted by ``sample_weight`` (>= 0, None: all 1)."""
         return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 
-    def partial_fit(self, X, y, sample_weight=None):
+    def partial_fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> MLPRegressor:
         """One epoch over ``(X, y)`` (rows weighted by ``sample_weight``), continuing from the weights so far."""
         return self._fit(X, y, incremental=True, sample_weight=sample_weight)
 
@@ -94,7 +98,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         """The network's output ``(n, n_outputs_)`` on host."""
         return self._net.backend.to_numpy(self._net.forward(X))
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> NDArray[Any]:
         """The predicted targets: ``(n_samples,)`` for one output, else ``(n_samples, n_outputs_)``."""
         self._check_fitted()
         Y = self._predict_rows(self._check_input(X, reset=False))

@@ -1,13 +1,19 @@
 """``gradcheck``: backpropagation checked against central finite differences."""
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
 
-from .losses import get_loss
+import numpy as np
+from numpy.typing import ArrayLike
+
+from .losses import Loss, LossName, get_loss
 from . import validation as check
 
+if TYPE_CHECKING:
+    from .model import Sequential
 
-def gradcheck(net, X, y, loss="mse", eps=1e-6):
+
+def gradcheck(net: Sequential, X: ArrayLike, y: ArrayLike, loss: LossName | Loss = "mse", eps: float = 1e-6) -> float:
     """The largest relative error between backprop and finite differences.
 
     Every parameter of every Dense layer is perturbed by ±eps and the loss

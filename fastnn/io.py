@@ -32,6 +32,11 @@ so a file written on one backend loads on any other.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .backend import BackendLike
+    from .model import Sequential
 
 from . import io_npz, io_safetensors
 
@@ -47,7 +52,7 @@ def _format(path):
     return io_safetensors if os.fsdecode(path).lower().endswith(".safetensors") else io_npz
 
 
-def save(net, path):
+def save(net: Sequential, path: str | os.PathLike[str]) -> None:
     """Write ``net`` to ``path`` atomically: safetensors for a ``.safetensors`` path, else ``.npz``."""
     _format(path)._write_atomic(path, _param_arrays(net), _describe(net))
 
@@ -62,7 +67,7 @@ def _set_params(net, arrays, path):
             raise ModelFileError(f"{path}: {exc}") from None
 
 
-def load(path, backend=None, max_bytes=None):
+def load(path: str | os.PathLike[str], backend: BackendLike = None, max_bytes: int | None = None) -> Sequential:
     """A :class:`~fastnn.Sequential` from a file written by ``save`` (any backend -> any backend).
 
     >>> net = fastnn.load("model.npz", backend="numpy")       # or "model.safetensors"

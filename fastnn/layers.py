@@ -14,10 +14,20 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from .backend import ACTIVATIONS, get_backend
+from .backend import ACTIVATIONS, Array, get_backend
+
+if TYPE_CHECKING:
+    from .backend import Backend
+    from .ops.activations import ActivationRule
+
+#: The names of Dense's weight initializers (``INITIALIZERS``).
+Init = Literal["normal", "lecun_normal", "glorot_uniform", "he_normal"]
 from .ops import activations as _activations
 from .ops import dropout as _dropout
 
@@ -55,10 +65,10 @@ INITIALIZERS = {
 class Layer:
     """Base class: a layer is bound to a backend and a dtype by ``initialize``."""
 
-    backend = None
-    dtype = "float32"
+    backend: Backend | None = None
+    dtype: str = "float32"
 
-    def initialize(self, backend, dtype, rng):
+    def initialize(self, backend: Backend, dtype: str, rng: np.random.Generator) -> None:
         """Bind to ``backend``/``dtype``; draw parameters from ``rng`` (host)."""
         self.backend = backend
         self.dtype = dtype
@@ -68,14 +78,14 @@ class Layer:
             self.initialize(get_backend(), "float32", np.random.default_rng())
         return self.backend
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         """A JSON-able description (saved in model files)."""
         return {"type": type(self).__name__}
 
-    def forward(self, X):
+    def forward(self, X: Array) -> Array:
         raise NotImplementedError
 
-    def backward(self, dY):
+    def backward(self, dY: Array) -> Array:
         raise NotImplementedError
 
 
@@ -85,7 +95,12 @@ class Dense(Layer):
     >>> layer = Dense(784, 30, init="normal")   # W (784, 30), b (30,)
     """
 
-    def __init__(self, n_in, n_out, init="glorot_uniform"):
+    #: after a forward in training: its input; after a backward: the gradients (backend arrays)
+    X: Array | None
+    dW: Array | None
+    db: Array | None
+
+    def __init__(self, n_in: int, n_out: int, init: Init = "glorot_uniform") -> None:
         for name, value in (("n_in", n_in), ("n_out", n_out)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"Dense: {name} must be a positive integer, got {value!r}")
@@ -96,13 +111,13 @@ class Dense(Layer):
         self.dW = self.db = None
         self.X = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Dense({self.n_in}, {self.n_out}, init={self.init!r})"
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"type": "Dense", "n_in": self.n_in, "n_out": self.n_out, "init": self.init}
 
-    def initialize(self, backend, dtype, rng):
+    def initialize(self, backend: Backend, dtype: str, rng: np.random.Generator) -> None:
         super().initialize(backend, dtype, rng)
         W, b = INITIALIZERS[self.init](rng, self.n_in, self.n_out)
         self.W, self.b = W, b
@@ -110,19 +125,19 @@ class Dense(Layer):
     # W and b are plain to read and to assign; assignment checks the shape and
     # converts to the layer's backend and dtype, so weights trained elsewhere work.
     @property
-    def W(self):
+    def W(self) -> Array:
         return self._W
 
     @W.setter
-    def W(self, value):
+    def W(self, value: ArrayLike) -> None:
         self._W = self._param("W", value, (self.n_in, self.n_out))
 
     @property
-    def b(self):
+    def b(self) -> Array:
         return self._b
 
     @b.setter
-    def b(self, value):
+    def b(self, value: ArrayLike) -> None:
         self._b = self._param("b", value, (self.n_out,))
 
     def _param(self, name, value, shape):
@@ -144,14 +159,14 @@ class Dense(Layer):
             P = backend.xp.asarray(P, copy=True)  # training updates P in place: never the caller's array
         return P
 
-    def forward(self, X, act="identity", params=()):
+    def forward(self, X: Array, act: str = "identity", params: Sequence[float] = ()) -> Array:
         """``act(X @ W + b)``: ``X (B, n_in) -> (B, n_out)``; keeps X for backward."""
         backend = self._bound()
         self.X = X
         Z = backend.gemm(X, self._W)  # (B, n_in) @ (n_in, n_out) -> (B, n_out)
         return backend.bias_act(Z, self._b, act, params)
 
-    def backward(self, dZ):
+    def backward(self, dZ: Array) -> Array:
         """From ``dZ (B, n_out)``: sets ``dW``, ``db``; returns ``dX (B, n_in)``."""
         backend = self._bound()
         self.dW = backend.gemm(self.X, dZ, trans_a=True)  # (n_in, B) @ (B, n_out)
@@ -159,7 +174,7 @@ class Dense(Layer):
         return backend.gemm(dZ, self._W, trans_b=True)  # (B, n_out) @ (n_out, n_in)
 
 
-def is_plain(layer, cls):
+def is_plain(layer: Layer, cls: type[Layer]) -> bool:
     """``layer`` is a ``cls`` that computes with the library's own ``forward``/``backward``.
 
     A subclass or an instance that overrides either is a user's layer: compiled
@@ -211,33 +226,36 @@ def dense_stack(layers, dropout=False):
 class Activation(Layer):
     """An element-wise activation; ``act`` names its entry in ``fastnn.ops.activations``."""
 
-    act = "identity"
+    act: str = "identity"
+    #: the output and (for an entry that ``needs`` it) the input of the last forward
+    Y: Array | None
+    Z: Array | None
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.Y = self.Z = None
 
     @property
-    def params(self):
+    def params(self) -> tuple[float, ...]:
         """The entry's settings, in its order (LeakyReLU: ``(alpha,)``)."""
         return tuple(float(getattr(self, name)) for name in self.rule.params)
 
     @property
-    def rule(self):
+    def rule(self) -> ActivationRule:
         return _activations.BY_NAME[self.act]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         settings = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.rule.params)
         return f"{type(self).__name__}({settings})"
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"type": type(self).__name__, **{name: getattr(self, name) for name in self.rule.params}}
 
-    def forward(self, X):
+    def forward(self, X: Array) -> Array:
         self.Z = X if self.rule.needs == "Z" else None
         self.Y = self._bound().bias_act(X, None, self.act, self.params)
         return self.Y
 
-    def backward(self, dY):
+    def backward(self, dY: Array) -> Array:
         V = self.Z if self.rule.needs == "Z" else self.Y
         return self._bound().act_backward(V, dY, self.act, self.params)
 
@@ -271,7 +289,7 @@ class LeakyReLU(Activation):
 
     act = "leaky_relu"
 
-    def __init__(self, alpha=0.01):
+    def __init__(self, alpha: float = 0.01) -> None:
         super().__init__()
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)) \
                 or not math.isfinite(alpha):
@@ -305,19 +323,21 @@ class Softmax(Layer):
     the loss, so the same model serves training and inference.
     """
 
-    def __init__(self):
+    Y: Array | None  # the output of the last forward
+
+    def __init__(self) -> None:
         self.Y = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "Softmax()"
 
-    def forward(self, X):
+    def forward(self, X: Array) -> Array:
         xp = self._bound().xp
         E = xp.exp(X - xp.max(X, axis=1, keepdims=True))
         self.Y = E / xp.sum(E, axis=1, keepdims=True)
         return self.Y
 
-    def backward(self, dY):
+    def backward(self, dY: Array) -> Array:
         xp = self._bound().xp
         # Jacobian-vector product of softmax: Y ⊙ (dY − Σ_j dY_j Y_j)
         return self.Y * (dY - xp.sum(dY * self.Y, axis=1, keepdims=True))
@@ -337,20 +357,24 @@ class Dropout(Layer):
     batched, and a resumed fit continues the sequence.
     """
 
-    def __init__(self, p=0.5):
+    p: float
+    batch: tuple[int, Array] | None  # (hash base, row indices), while fit trains
+    M: Array | None
+
+    def __init__(self, p: float = 0.5) -> None:
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
             raise ValueError(f"Dropout: p must be a probability in [0, 1), got {p!r}")
         self.p = float(p)
         self.batch = None  # (hash base, row indices) of the batch in training, set by the model
         self.M = None  # the mask of the last forward in training (B, n)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Dropout(p={self.p})"
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"type": "Dropout", "p": self.p}
 
-    def forward(self, X):
+    def forward(self, X: Array) -> Array:
         if self.batch is None or self.p == 0.0:  # not training: the identity
             self.M = None
             return X
@@ -358,7 +382,7 @@ class Dropout(Layer):
         self.M = _dropout.mask(self._bound().xp, base, rows, X.shape[1], self.p, X.dtype)  # (B, n)
         return X * self.M
 
-    def backward(self, dY):
+    def backward(self, dY: Array) -> Array:
         return dY if self.M is None else dY * self.M
 
 
@@ -372,25 +396,25 @@ class Rescale(Layer):
     >>> net.fit(np.load("pixels.npy", mmap_mode="r"), y)    # uint8, never converted whole
     """
 
-    def __init__(self, factor):
+    def __init__(self, factor: float) -> None:
         if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not math.isfinite(factor) \
                 or factor == 0:
             raise ValueError(f"Rescale: factor must be a finite number other than 0, got {factor!r}")
-        self.factor = float(factor)
+        self.factor: float = float(factor)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Rescale(factor={self.factor!r})"
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"type": "Rescale", "factor": self.factor}
 
-    def forward(self, X):
-        xp = self._bound().xp
-        if X.dtype != self.backend.dtype(self.dtype):  # stored pixels: to the model's dtype, then scaled
-            X = xp.astype(X, self.backend.dtype(self.dtype))
+    def forward(self, X: Array) -> Array:
+        backend = self._bound()
+        if X.dtype != backend.dtype(self.dtype):  # stored pixels: to the model's dtype, then scaled
+            X = backend.xp.astype(X, backend.dtype(self.dtype))
         return X * self.factor
 
-    def backward(self, dY):
+    def backward(self, dY: Array) -> Array:
         return dY * self.factor
 
 

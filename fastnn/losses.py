@@ -18,21 +18,29 @@ folds the layer into the loss for training.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from .backend import Array, Backend
+
+#: The names :func:`get_loss` takes.
+LossName = Literal["mse", "cross_entropy", "binary_cross_entropy"]
+
 
 class Loss:
-    name = ""
+    name: str = ""
     #: The activation that turns raw outputs into probabilities (None: outputs already are).
-    output_activation = None
+    output_activation: str | None = None
 
-    def __call__(self, backend, Y, T):
+    def __call__(self, backend: Backend, Y: Array, T: Array) -> tuple[Array, Array]:
         raise NotImplementedError
 
-    def rows(self, backend, Y, T):
+    def rows(self, backend: Backend, Y: Array, T: Array) -> Array:
         """Each row's loss ``(B,)``, summed over the outputs, as a backend array."""
         raise NotImplementedError(f"{type(self).__name__} gives no per-row losses (Loss.rows), which "
                                   f"fit(sample_weight=...) needs")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
@@ -41,13 +49,13 @@ class MSE(Loss):
 
     name = "mse"
 
-    def __call__(self, backend, Y, T):
+    def __call__(self, backend: Backend, Y: Array, T: Array) -> tuple[Array, Array]:
         xp = backend.xp
         B = Y.shape[0]
         D = Y - T
         return xp.sum(D * D) / (2 * B), D / B
 
-    def rows(self, backend, Y, T):
+    def rows(self, backend: Backend, Y: Array, T: Array) -> Array:
         D = Y - T
         return backend.xp.sum(D * D, axis=1) / 2
 
@@ -58,10 +66,10 @@ class CrossEntropy(Loss):
     name = "cross_entropy"
     output_activation = "softmax"
 
-    def __call__(self, backend, Z, T):
+    def __call__(self, backend: Backend, Z: Array, T: Array) -> tuple[Array, Array]:
         return backend.softmax_xent(Z, T)
 
-    def rows(self, backend, Z, T):
+    def rows(self, backend: Backend, Z: Array, T: Array) -> Array:
         xp = backend.xp
         M = xp.max(Z, axis=1, keepdims=True)
         logsumexp = M + xp.log(xp.sum(xp.exp(Z - M), axis=1, keepdims=True))  # (B, 1)
@@ -74,10 +82,10 @@ class BinaryCrossEntropy(Loss):
     name = "binary_cross_entropy"
     output_activation = "sigmoid"
 
-    def __call__(self, backend, Z, T):
+    def __call__(self, backend: Backend, Z: Array, T: Array) -> tuple[Array, Array]:
         return backend.sigmoid_xent(Z, T)
 
-    def rows(self, backend, Z, T):
+    def rows(self, backend: Backend, Z: Array, T: Array) -> Array:
         xp = backend.xp
         softplus = xp.maximum(Z, xp.zeros_like(Z)) + xp.log1p(xp.exp(-xp.abs(Z)))  # stable for large |Z|
         return xp.sum(softplus - T * Z, axis=1)
@@ -88,7 +96,7 @@ LOSSES = {cls.name: cls for cls in (MSE, CrossEntropy, BinaryCrossEntropy)}
 CODES = {name: code for code, name in enumerate(LOSSES)}
 
 
-def get_loss(loss):
+def get_loss(loss: LossName | Loss) -> Loss:
     """A :class:`Loss` from a name (``"mse"``, ``"cross_entropy"``, ...) or an instance."""
     if isinstance(loss, Loss):
         return loss

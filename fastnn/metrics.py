@@ -188,7 +188,7 @@ class Scores:
         self.names, self.kind = names, kind
         self.n_classes = n_classes(n_out)
         self.threshold = 0.0 if loss.output_activation is not None else 0.5
-        self.top_ks = sorted({int(_TOP_K.fullmatch(name).group(1)) for name in names if _TOP_K.fullmatch(name)})
+        self.top_ks = sorted({int(_TOP_K.fullmatch(name).group(1)) for name in names if _TOP_K.fullmatch(name)})  # type: ignore[union-attr]
         self.row_losses = None
         if weighted and "loss" in names:
             self.row_losses = ROW_LOSSES.get(type(loss))
@@ -221,10 +221,10 @@ class Scores:
         Y = np.asarray(Y, dtype=np.float64)
         T = np.asarray(T, dtype=np.float64)
         ones = w is None
-        w = np.ones(Y.shape[0]) if ones else w
+        w = np.ones(Y.shape[0]) if w is None else w
         batch_weight = float(np.sum(w))
         if "loss" in self.names:
-            self.loss_sum += mean_loss * Y.shape[0] if ones else float(w @ self.row_losses(Y, T))
+            self.loss_sum += mean_loss * Y.shape[0] if ones else float(w @ self.row_losses(Y, T))  # type: ignore[misc]  # set where 'loss' is weighted
         if self.kind == "classification":
             self._add_classes(Y, labels, w)
         else:

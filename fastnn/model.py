@@ -12,16 +12,25 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from .backend import get_backend
 from .layers import Activation, Dense, Dropout, Layer, Rescale, Softmax
 from .ops import dropout as _dropout
-from .losses import get_loss
+from .losses import Loss, LossName, get_loss
 from . import validation as check
 # TrainingDiverged and WEIGHTED_PATH stay importable from here
 from .training import WEIGHTED_PATH, Training, TrainingDiverged, _in_backend_scope, _one_thread_at_a_time  # noqa: F401
+
+if TYPE_CHECKING:
+    import os
+
+    from .backend import Array, Backend, BackendLike
+    from .optim import Optimizer
 
 
 
@@ -40,7 +49,8 @@ class Sequential(Training):
     backend (both are drawn on the host with NumPy, then moved).
     """
 
-    def __init__(self, *layers, backend=None, seed=None, dtype="float32"):
+    def __init__(self, *layers: Layer | Sequence[Layer], backend: BackendLike = None, seed: int | None = None,
+                 dtype: Literal["float32", "float64"] = "float32") -> None:
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
         if not layers:
@@ -54,7 +64,7 @@ class Sequential(Training):
         if not dense:
             raise ValueError("Sequential: the model needs at least one Dense layer")
         check.layers_chain(layers)
-        self.layers = list(layers)
+        self.layers: list[Layer] = list(layers)  # type: ignore[arg-type]  # each checked above
         self.dtype = dtype
         self.backend = get_backend(backend)
         self.seed = seed
@@ -70,35 +80,35 @@ class Sequential(Training):
         init_rng = np.random.default_rng(init_seed)
         for layer in self.layers:
             layer.initialize(self.backend, dtype, init_rng)
-        self.loss = None  # the loss of the last fit/backprop, kept for predict_proba and save
-        self.optimizer = None
+        self.loss: Loss | None = None  # the loss of the last fit/backprop, kept for predict_proba and save
+        self.optimizer: Optimizer | None = None
         self.stop_training = False  # a callback sets it to end fit after the current epoch
         self._training = threading.RLock()  # held by the thread in fit or backprop
         self._training_thread = None
 
     # ---- shape -----------------------------------------------------------
     @property
-    def dense_layers(self):
+    def dense_layers(self) -> list[Dense]:
         return [layer for layer in self.layers if isinstance(layer, Dense)]
 
     @property
-    def input_scale(self):
+    def input_scale(self) -> float:
         """The factor of a leading :class:`~fastnn.Rescale` layer (what the input checks judge), else 1."""
         return self.layers[0].factor if isinstance(self.layers[0], Rescale) else 1.0
 
     @property
-    def n_in(self):
+    def n_in(self) -> int:
         return self.dense_layers[0].n_in
 
     @property
-    def n_out(self):
+    def n_out(self) -> int:
         return self.dense_layers[-1].n_out
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         inner = ", ".join(repr(layer) for layer in self.layers)
         return f"Sequential({inner}, backend={self.backend.name!r}, dtype={self.dtype!r})"
 
-    def summary(self, print_fn=print):
+    def summary(self, print_fn: Callable[[str], Any] = print) -> None:
         """Print a table of layers, output shapes and parameter counts, a line per call of
         ``print_fn`` (Keras's rule: ``summary(print_fn=lines.append)`` collects the text).
         Returns None, so ``print(net.summary())`` does not show the table twice."""
@@ -114,7 +124,7 @@ class Sequential(Training):
         print_fn(f"{'total':<40}{'':>12}{total:>12,}")
 
     # ---- moving between backends -----------------------------------------
-    def to(self, backend):
+    def to(self, backend: BackendLike) -> Sequential:
         """Move the parameters (and optimizer state) to ``backend``; returns self."""
         target = get_backend(backend)
         if target is self.backend:
@@ -153,7 +163,7 @@ class Sequential(Training):
         return X
 
     @_in_backend_scope
-    def forward(self, X):
+    def forward(self, X: ArrayLike) -> Array:
         """The network's output for ``X (B, n_in)``, as a backend array ``(B, n_out)``."""
         X = check.batch(self, X)
         if X.dtype == self.backend.dtype(self.dtype):
@@ -165,7 +175,7 @@ class Sequential(Training):
     __call__ = forward
 
     @_in_backend_scope
-    def predict_proba(self, X):
+    def predict_proba(self, X: ArrayLike) -> NDArray[Any]:
         """Probabilities (host NumPy): the output activation of the loss applied.
 
         After training with ``cross_entropy`` that is the softmax of the logits;
@@ -178,7 +188,7 @@ class Sequential(Training):
             Y = self._apply_head(head, Y)
         return self.backend.to_numpy(Y)
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> NDArray[np.int64]:
         """Class indices (host NumPy, int64): argmax of the output (threshold 0.5 for one output)."""
         P = self.predict_proba(X)
         if P.shape[1] == 1:
@@ -199,7 +209,7 @@ class Sequential(Training):
         return E / xp.sum(E, axis=1, keepdims=True)
 
     # ---- training --------------------------------------------------------
-    def training_layers(self, loss):
+    def training_layers(self, loss: Loss) -> list[Layer]:
         """The layers fit runs: a last layer equal to the loss's activation is folded in."""
         head = loss.output_activation
         if head and self._last_activation() == head:
@@ -224,7 +234,7 @@ class Sequential(Training):
 
     @_one_thread_at_a_time
     @_in_backend_scope
-    def backprop(self, X, y, loss="mse"):
+    def backprop(self, X: ArrayLike, y: ArrayLike, loss: LossName | Loss = "mse") -> float:
         """Backpropagation as one call: forward, loss, backward.
 
         Leaves ``dW``, ``db`` on every Dense layer, updates nothing, returns the
@@ -257,7 +267,8 @@ class Sequential(Training):
                 layer.batch = layer.M = None
 
     @_in_backend_scope
-    def evaluate(self, X, y, loss=None, batch_size=4096, metrics=None, sample_weight=None):
+    def evaluate(self, X: ArrayLike, y: ArrayLike, loss: LossName | Loss | None = None, batch_size: int = 4096,
+                 metrics: Sequence[str] | None = None, sample_weight: ArrayLike | None = None) -> dict[str, Any]:
         """Scores on ``(X, y)``, in batches: ``{name: value}`` for the names in ``metrics``.
 
         >>> net.evaluate(X_test, y_test)                       # {"loss": ..., "accuracy": ...}
@@ -304,7 +315,7 @@ class Sequential(Training):
         return xp.sum(xp.astype(guess == labels, xp.int64))
 
     # ---- files -----------------------------------------------------------
-    def save(self, path):
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the model to ``path`` (atomic, no pickle): a ``.safetensors`` path as safetensors
         (weights + the description as metadata), any other as .npz + JSON description.
 
@@ -313,7 +324,7 @@ class Sequential(Training):
         from . import io
         io.save(self, path)
 
-    def export_onnx(self, path, opset=None):
+    def export_onnx(self, path: str | os.PathLike[str], opset: int | None = None) -> None:
         """Write an ONNX graph computing ``predict_proba`` (``pip install 'fastnn[onnx]'``):
         input ``"input"`` ``(batch, n_in)`` in the model's dtype, output ``"output"``.
 

@@ -7,10 +7,17 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .ops import optimizers as _rules
+
+if TYPE_CHECKING:
+    from .backend import Array, Backend
+    from .layers import Dense
 
 
 def _shown(value, width=60):
@@ -49,12 +56,15 @@ class Optimizer:
     A subclass picks its update rule (an entry of ``fastnn.ops.optimizers``) and lists its
     settings; the step itself is the rule's, on every backend."""
 
-    kind = ""  # the name in config() and checkpoints
-    slots = ()  # every state array it may keep per parameter (a checkpoint holds no others)
-    counts_steps = False  # keeps the step number ``t`` (rules with per-step scalars)
+    kind: str = ""  # the name in config() and checkpoints
+    slots: tuple[str, ...] = ()  # every state array it may keep per parameter (a checkpoint holds no others)
+    counts_steps: bool = False  # keeps the step number ``t`` (rules with per-step scalars)
+    settings: tuple[str, ...]  # the constructor's arguments, in config() and repr
+    lr: float
+    weight_decay: float
 
-    def __init__(self):
-        self.state = {}
+    def __init__(self) -> None:
+        self.state: dict[str, dict[str, Array]] = {}
         self.t = 0
 
     @staticmethod
@@ -71,23 +81,23 @@ class Optimizer:
         return entry[slot]
 
     @property
-    def rule(self):
+    def rule(self) -> _rules.UpdateRule:
         """The update rule (``fastnn.ops.optimizers``) this optimizer steps with: its kind's, unless
         its settings pick a variant."""
         return _rules.BY_NAME[self.kind]
 
-    def hyper(self):
+    def hyper(self) -> dict[str, float]:
         """``{name: float}``: the settings the rule reads, without the per-step scalars."""
         rule = self.rule
         return {name: float(getattr(self, name)) for name in ("lr", "weight_decay") + rule.hyper}
 
-    def step_inputs(self, t):
+    def step_inputs(self, t: int) -> dict[str, float]:
         """Every input of the rule at step ``t`` (from 1): the settings and the per-step scalars."""
         h = self.hyper()
         h.update((name, float(f(h, t))) for name, f in self.rule.step_scalars)
         return h
 
-    def step(self, backend, dense_layers):
+    def step(self, backend: Backend, dense_layers: Iterable[Dense]) -> None:
         rule = self.rule
         if self.counts_steps:
             self.t += 1
@@ -101,24 +111,25 @@ class Optimizer:
             if slots:
                 self.state[key].update(slots)
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"kind": self.kind, **{name: _json(getattr(self, name)) for name in self.settings}}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         args = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.settings)
         return f"{type(self).__name__}({args})"
 
     # ---- checkpoints: host arrays, so a checkpoint loads on any backend ----
-    def state_arrays(self, backend):
+    def state_arrays(self, backend: Backend) -> tuple[dict[str, NDArray[Any]], dict[str, int]]:
         arrays = {f"{key}.{slot}": backend.to_numpy(value)
                   for key, entry in self.state.items() for slot, value in entry.items()}
         return arrays, self._counters()
 
-    def load_state_arrays(self, backend, arrays, counters, dtype):
+    def load_state_arrays(self, backend: Backend, arrays: Mapping[str, Any], counters: Mapping[str, int],
+                          dtype: Any) -> None:
         """Take ``arrays`` (``"0.W.V"`` -> host array) and ``counters`` as this optimizer's state.
         The counters are checked first (see :meth:`checked_counters`); nothing changes on a refusal."""
         counters = self.checked_counters(counters)
-        state = {}
+        state: dict[str, dict[str, Array]] = {}
         for name, value in arrays.items():
             key, slot = name.rsplit(".", 1)
             state.setdefault(key, {})[slot] = backend.asarray(np.ascontiguousarray(value), dtype=dtype)
@@ -129,7 +140,7 @@ class Optimizer:
     def _counters(self):
         return {"t": self.t} if self.counts_steps else {}
 
-    def checked_counters(self, counters):
+    def checked_counters(self, counters: Any) -> dict[str, int]:
         """``counters`` if they name exactly this optimizer's counters, each a step count (an
         integer >= 0); else ValueError. A checkpoint restores these and no other attribute."""
         names = sorted(self._counters())
@@ -138,12 +149,12 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__} keeps the counters {names or 'none'}, got {_shown(found)}")
         for name, value in counters.items():
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
-                    or not 0 <= value < 2**62:
+                    or not 0 <= value < 2**62:  # type: ignore[operator]  # typeshed: Integral has no <
                 raise ValueError(f"{type(self).__name__}: counter {name} must be a step count (an integer "
                                  f">= 0), got {_shown(value)}")
         return {name: int(value) for name, value in counters.items()}
 
-    def state_slots(self):
+    def state_slots(self) -> tuple[str, ...]:
         """The state arrays this optimizer keeps per parameter once it has stepped."""
         return self.rule.slots
 
@@ -162,7 +173,7 @@ class SGD(Optimizer):
     slots = ("V",)
     settings = ("lr", "momentum", "nesterov", "weight_decay")
 
-    def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+    def __init__(self, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0) -> None:
         super().__init__()
         self.lr = _positive("lr", lr, "SGD")
         self.momentum = _in_unit("momentum", momentum, "SGD")
@@ -172,7 +183,7 @@ class SGD(Optimizer):
         self.weight_decay = _non_negative("weight_decay", weight_decay, "SGD")
 
     @property
-    def rule(self):
+    def rule(self) -> _rules.UpdateRule:
         return _rules.BY_NAME["nesterov" if self.nesterov else "momentum" if self.momentum else "sgd"]
 
 
@@ -185,7 +196,8 @@ class Adam(Optimizer):
     settings = ("lr", "betas", "eps", "weight_decay")
     counts_steps = True
 
-    def __init__(self, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, lr: float = 0.001, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
         super().__init__()
         name = type(self).__name__
         self.lr = _positive("lr", lr, name)
@@ -196,11 +208,11 @@ class Adam(Optimizer):
         self.weight_decay = _non_negative("weight_decay", weight_decay, name)
 
     @property
-    def beta1(self):
+    def beta1(self) -> float:
         return self.betas[0]
 
     @property
-    def beta2(self):
+    def beta2(self) -> float:
         return self.betas[1]
 
 
@@ -210,7 +222,8 @@ class AdamW(Adam):
 
     kind = "adamw"
 
-    def __init__(self, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+    def __init__(self, lr: float = 0.001, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01) -> None:
         super().__init__(lr, betas, eps, weight_decay)
 
 
@@ -223,7 +236,8 @@ class RMSprop(Optimizer):
     slots = ("V", "B")
     settings = ("lr", "alpha", "eps", "momentum", "weight_decay")
 
-    def __init__(self, lr=0.01, alpha=0.99, eps=1e-8, momentum=0.0, weight_decay=0.0):
+    def __init__(self, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8, momentum: float = 0.0,
+                 weight_decay: float = 0.0) -> None:
         super().__init__()
         self.lr = _positive("lr", lr, "RMSprop")
         self.alpha = _in_unit("alpha", alpha, "RMSprop")
@@ -232,20 +246,20 @@ class RMSprop(Optimizer):
         self.weight_decay = _non_negative("weight_decay", weight_decay, "RMSprop")
 
     @property
-    def rule(self):
+    def rule(self) -> _rules.UpdateRule:
         return _rules.BY_NAME["rmsprop_momentum" if self.momentum else "rmsprop"]
 
 
 OPTIMIZERS = {cls.kind: cls for cls in (SGD, Adam, AdamW, RMSprop)}
 
 
-def is_plain(optimizer):
+def is_plain(optimizer: Optimizer) -> bool:
     """``optimizer`` is one of the library's optimizers, stepping as it does (no subclass, no ``step``
     replaced on the instance): what a compiled trainer may compute in its kernels instead."""
     return type(optimizer) in OPTIMIZERS.values() and "step" not in vars(optimizer)
 
 
-def optimizer_from_config(config):
+def optimizer_from_config(config: dict[str, Any]) -> Optimizer:
     """Rebuild an optimizer from :meth:`Optimizer.config` (checkpoints).
 
     Only a config that comes back the same is taken: the keys ``config()`` writes,

@@ -12,14 +12,23 @@ import math
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import notices
 from . import validation as check
 from .callbacks import checked as checked_callbacks
 from .history import History
-from .losses import get_loss
+from .losses import Loss, LossName, get_loss
+
+if TYPE_CHECKING:
+    import os
+
+    from .callbacks import Callback
+    from .optim import Optimizer
 
 
 #: ``History.path`` of a weighted fit on a compiled trainer that takes no weights (CuPy's graph)
@@ -30,17 +39,20 @@ class TrainingDiverged(FloatingPointError):
     """The loss became NaN or inf during ``fit``; the weights were restored."""
 
 
-def _in_backend_scope(method):
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _in_backend_scope(method: _Method) -> _Method:
     """Run ``method`` inside ``self.backend.scope(self)``: on a GPU backend, its own device, so
     every array the model makes lands where the parameters are (``"cupy:1"`` beside ``"cupy:0"``)."""
     @functools.wraps(method)
     def run(self, *args, **kwargs):
         with self.backend.scope(self):
             return method(self, *args, **kwargs)
-    return run
+    return cast(_Method, run)  # the same signature: typed callers see the method's own
 
 
-def _one_thread_at_a_time(method):
+def _one_thread_at_a_time(method: _Method) -> _Method:
     """Refuse ``method`` (fit, backprop) while another thread runs either on the same model: both
     would update the same weights, gradients and optimizer state, and lose or mix updates. The
     thread already training may call them again (a callback's backprop); nobody waits."""
@@ -55,17 +67,45 @@ def _one_thread_at_a_time(method):
             return method(self, *args, **kwargs)
         finally:
             self._training.release()
-    return run
+    return cast(_Method, run)
 
 
 class Training:
     """fit and its epochs (mixed into Sequential)."""
 
+    if TYPE_CHECKING:  # what fit reads of the model (Sequential sets them)
+        from .backend import Backend
+        from .layers import Dense, Layer
+
+        backend: Backend
+        dtype: str
+        loss: Loss | None
+        optimizer: Optimizer | None
+        batch_rng: np.random.Generator
+        epochs_trained: int
+        stop_training: bool
+        layers: list[Layer]
+
+        @property
+        def dense_layers(self) -> list[Dense]: ...
+
+        @property
+        def n_out(self) -> int: ...
+
+        def evaluate(self, X: ArrayLike, y: ArrayLike, loss: LossName | Loss | None = None, batch_size: int = 4096,
+                     metrics: Any = None, sample_weight: ArrayLike | None = None) -> dict[str, Any]: ...
+
+        def training_layers(self, loss: Loss) -> list[Layer]: ...
+
     @_one_thread_at_a_time
     @_in_backend_scope
-    def fit(self, X, y, epochs=1, batch_size=32, loss=None, optimizer=None, lr=None,
-            shuffle=True, validation_data=None, validation_split=0.0, verbose=0, checkpoint=None,
-            resume=False, on_epoch_end=None, callbacks=None, sample_weight=None, class_weight=None):
+    def fit(self, X: ArrayLike, y: ArrayLike, epochs: int = 1, batch_size: int = 32, loss: LossName | Loss | None = None,
+            optimizer: Optimizer | None = None, lr: float | None = None,
+            shuffle: bool = True, validation_data: tuple[ArrayLike, ArrayLike] | None = None,
+            validation_split: float = 0.0, verbose: int = 0, checkpoint: str | os.PathLike[str] | None = None,
+            resume: bool = False, on_epoch_end: Callable[[int, dict[str, Any]], Any] | None = None,
+            callbacks: Callback | list[Callback] | None = None, sample_weight: ArrayLike | None = None,
+            class_weight: dict[int, float] | Literal["balanced"] | None = None) -> History:
         """Train by mini-batch gradient descent; returns a :class:`History`.
 
         - ``loss``: ``"mse"``, ``"cross_entropy"``, ``"binary_cross_entropy"`` or a Loss

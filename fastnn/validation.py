@@ -40,7 +40,7 @@ SCALE_SAMPLE_ROWS = 1000
 _PACKAGE_FOLDER = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # Validation arrays fit has checked (by id; weak, so they are not kept alive): fit scores them
 # every epoch through batch(), and one warning per fit is enough.
-_scale_checked = weakref.WeakValueDictionary()
+_scale_checked: weakref.WeakValueDictionary[int, object] = weakref.WeakValueDictionary()
 
 
 def layers_chain(layers):

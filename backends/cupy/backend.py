@@ -21,20 +21,31 @@ training step as a CUDA graph (``graph.py``).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
-from fastnn.backend import Backend, _check_act
+from fastnn.backend import Array, Backend, _check_act
+
+if TYPE_CHECKING:
+    from fastnn.losses import Loss
+    from fastnn.model import Sequential
+    from fastnn.ops.optimizers import UpdateRule
+    from fastnn.optim import Optimizer
+    from fastnn.trainer import Trainer
 
 #: Copies from the host at least this large are checked against the GPU's free memory first.
 CHECK_FIT_BYTES = 16 * 2**20
 
-_kernels = None  # backends/cupy/kernels.py, imported by the first CupyBackend (it needs CuPy)
+_kernels: Any = None  # backends/cupy/kernels.py, imported by the first CupyBackend (it needs CuPy)
 #: DLPack device types of GPU memory ``cupy.from_dlpack`` takes as a view: CUDA, ROCm, CUDA managed.
 DLPACK_GPU = (2, 10, 13)
 
@@ -99,7 +110,7 @@ class CupyBackend(Backend):
     check_every_batch = False
 
     @staticmethod
-    def unavailable_reason():
+    def unavailable_reason() -> str | None:
         """Why this machine cannot run the backend (None when it can); never raises."""
         if "cupy" not in sys.modules and importlib.util.find_spec("cupy") is None:
             return "CuPy is not installed"
@@ -107,7 +118,7 @@ class CupyBackend(Backend):
             import cupy
         except Exception as exc:  # a broken install or missing CUDA libraries: say which
             return f"CuPy is installed but does not import ({type(exc).__name__}: {exc})"
-        runtime = getattr(getattr(cupy, "cuda", None), "runtime", None)
+        runtime: Any = getattr(getattr(cupy, "cuda", None), "runtime", None)
         try:
             count = runtime.getDeviceCount()
         except Exception as exc:  # CUDARuntimeError: no driver, driver too old for this CuPy, ...
@@ -123,7 +134,7 @@ class CupyBackend(Backend):
                     f"or its libraries from PyPI: pip install 'cupy-cuda12x[ctk]' (or 'cupy-cuda13x[ctk]')")
         return None
 
-    def __init__(self, device=None, graphs=True):
+    def __init__(self, device: int | None = None, graphs: bool = True) -> None:
         global _kernels
         _keep_kernel_cache_in_memory_if_unwritable()
         import array_api_compat.cupy as xp
@@ -148,14 +159,14 @@ class CupyBackend(Backend):
         self.graphs = bool(graphs)
 
     @property
-    def device_id(self):
+    def device_id(self) -> int:
         return self.device.id
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<fastnn backend 'cupy' device={self.device_id} graphs={self.graphs}>"
 
     # ---- data movement -------------------------------------------------
-    def asarray(self, a, dtype=None):
+    def asarray(self, a: Any, dtype: Any = None) -> Array:
         cp = self._cp
         if isinstance(dtype, str):
             dtype = self.dtype(dtype)
@@ -190,7 +201,7 @@ class CupyBackend(Backend):
         if nbytes > free:
             raise MemoryError(too_big_message(nbytes, free, total, self.device_id))
 
-    def training_set(self, X, dtype):
+    def training_set(self, X: NDArray[Any], dtype: Any) -> Array:
         """On the GPU once, as ``dtype`` where that fits; uint8 pixels that fit only as they are
         stay uint8 (a quarter of float32's bytes) and batches are converted on the GPU."""
         float_bytes = X.size * np.dtype(self.dtype(dtype) if isinstance(dtype, str) else dtype).itemsize
@@ -203,16 +214,16 @@ class CupyBackend(Backend):
                     return self._cp.asarray(X)
         return self.asarray(X, dtype=dtype)
 
-    def to_numpy(self, a):
+    def to_numpy(self, a: Any) -> NDArray[Any]:
         a = self._from_gpu_dlpack(a)  # targets and sample weights given as torch/JAX CUDA tensors
         if isinstance(a, self._cp.ndarray):
             return self._cp.asnumpy(a)  # a device -> host copy (synchronous)
         return np.asarray(a)
 
-    def synchronize(self):
+    def synchronize(self) -> None:
         self.device.synchronize()
 
-    def scope(self, net=None):
+    def scope(self, net: Sequential | None = None) -> contextlib.AbstractContextManager[Any]:
         return self.device  # a cupy.cuda.Device is a context manager that makes itself current
 
     def _on_device(self, op, *arrays):
@@ -227,7 +238,8 @@ class CupyBackend(Backend):
             a is None or (isinstance(a, cp.ndarray) and a.dtype == dtype) for a in arrays)
 
     # ---- dense algebra -------------------------------------------------
-    def gemm(self, A, B, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, C=None):
+    def gemm(self, A: Array, B: Array, trans_a: bool = False, trans_b: bool = False, alpha: float = 1.0,
+             beta: float = 0.0, C: Array | None = None) -> Array:
         if not (self._on_device("gemm", A, B, C) and A.ndim == 2 and B.ndim == 2):
             return super().gemm(A, B, trans_a, trans_b, alpha, beta, C)
         M, K = (A.shape[1], A.shape[0]) if trans_a else A.shape
@@ -246,12 +258,12 @@ class CupyBackend(Backend):
         return self._cublas.gemm("T" if trans_a else "N", "T" if trans_b else "N", A, B, out=C,
                                  alpha=alpha, beta=beta)
 
-    def sum_rows(self, X):
+    def sum_rows(self, X: Array) -> Array:
         self._on_device("sum_rows", X)  # a NumPy array is refused, not summed on the host
         return super().sum_rows(X)
 
     # ---- activations (generated from fastnn.ops.activations: ops_source.py) --
-    def bias_act(self, Z, b, act, params=()):
+    def bias_act(self, Z: Array, b: Array | None, act: str, params: Sequence[float] = ()) -> Array:
         _check_act(act, params)
         if not (self._on_device("bias_act", Z, b) and Z.ndim == 2
                 and (b is None or b.shape == (Z.shape[1],))):
@@ -263,7 +275,7 @@ class CupyBackend(Backend):
             return _kernels.bias_act(act, False)(Z, p)
         return _kernels.bias_act(act, True)(Z, b, p)
 
-    def act_backward(self, V, dY, act, params=()):
+    def act_backward(self, V: Array, dY: Array, act: str, params: Sequence[float] = ()) -> Array:
         _check_act(act, params)
         if act == "identity":
             self._on_device("act_backward", V, dY)
@@ -273,10 +285,10 @@ class CupyBackend(Backend):
         return _kernels.act_backward(act)(V, dY, V.dtype.type(params[0] if params else 0.0))
 
     # ---- losses --------------------------------------------------------
-    def softmax_xent(self, Z, T):
+    def softmax_xent(self, Z: Array, T: Array) -> tuple[Array, Array]:
         return self._loss("softmax_xent", "cross_entropy", Z, T)
 
-    def sigmoid_xent(self, Z, T):
+    def sigmoid_xent(self, Z: Array, T: Array) -> tuple[Array, Array]:
         return self._loss("sigmoid_xent", "binary_cross_entropy", Z, T)
 
     def _loss(self, op, kind, Z, T):
@@ -290,7 +302,8 @@ class CupyBackend(Backend):
         return loss.reshape(()), dZ
 
     # ---- optimizer steps (generated from fastnn.ops.optimizers: ops_source.py) --
-    def update(self, rule, W, dW, slots, hyper):
+    def update(self, rule: UpdateRule, W: Array, dW: Array, slots: dict[str, Array],
+               hyper: Mapping[str, float]) -> tuple[Array, dict[str, Array]]:
         arrays = [slots[name] for name in rule.slots]
         if not (self._on_device("update", W, dW, *arrays) and all(A.shape == W.shape for A in [dW, *arrays])):
             return super().update(rule, W, dW, slots, hyper)
@@ -298,21 +311,21 @@ class CupyBackend(Backend):
         return W, slots
 
     # ---- whole-epoch training ------------------------------------------
-    def epoch_trainer(self, net, loss, optimizer):
+    def epoch_trainer(self, net: Sequential, loss: Loss, optimizer: Optimizer) -> Trainer | None:
         """The CUDA-graph trainer where the model allows it, else None (layer by layer)."""
         if not self.graphs:
             return None
         from .graph import make_graph_trainer
         return make_graph_trainer(self, net, loss, optimizer)
 
-    def layer_path_reason(self, net, loss, optimizer):
+    def layer_path_reason(self, net: Sequential, loss: Loss, optimizer: Optimizer) -> str | None:
         if not self.graphs:
             return "graphs=False"
         from .graph import unsupported_reason
         reason = unsupported_reason(net, loss, optimizer)
         return reason and f"no CUDA-graph step for it: {reason}"
 
-    def info(self):
+    def info(self) -> dict[str, Any]:
         cp, runtime = self._cp, self._cp.cuda.runtime
         props = runtime.getDeviceProperties(self.device_id)
         name = props["name"]

@@ -26,9 +26,12 @@ by layer on cuBLAS, where launches no longer dominate.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
+from fastnn.backend import Array
 from fastnn.trainer import Trainer, give_params, plain_stack, train_layer_by_layer
 from fastnn.losses import CODES as LOSS_CODES
 from fastnn.ops import activations
@@ -95,7 +98,7 @@ class GraphTrainer(Trainer):
             self.stream = cp.cuda.Stream(non_blocking=True)  # capture needs a stream of its own
             self.pool = cp.cuda.MemoryPool()  # whatever a capture allocates stays the graph's
 
-    def describe(self, batch_size, rows=None):
+    def describe(self, batch_size: int, rows: int | None = None) -> str:
         """The path, for ``fit(verbose=1)`` (``rows``: the training rows, unused here)."""
         if int(batch_size) > GRAPH_BATCH_MAX:
             return (f"layer by layer on cuBLAS (batch {batch_size} is above the CUDA graph's "
@@ -103,7 +106,8 @@ class GraphTrainer(Trainer):
         return f"CUDA graph: one training step captured once, replayed for each batch of {batch_size}"
 
     # ---- the call ---------------------------------------------------------
-    def __call__(self, X, T, labels, order, batch_size, weights=None):
+    def __call__(self, X: Array, T: Array, labels: Array, order: NDArray[Any],
+                 batch_size: int, weights: NDArray[Any] | None = None) -> tuple[float, int, int]:
         if weights is not None:  # takes_weights is False: fit trains a weighted job layer by layer
             raise ValueError("graph epoch: takes no sample weights")
         n, bs = X.shape[0], int(batch_size)

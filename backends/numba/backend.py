@@ -31,16 +31,26 @@ import functools
 import importlib.util
 import os
 import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
+from numpy.typing import NDArray
 
-from fastnn.backend import Backend, _check_act
+from fastnn.backend import Array, Backend, _check_act
 from fastnn.notices import waiting
 
 from . import cache as numba_cache
 from . import layer_ops
 from .blas_threads import _BlasCap, _blas_info
 from .warm import reference_seconds, warm_layers
+
+if TYPE_CHECKING:
+    from fastnn.losses import Loss
+    from fastnn.model import Sequential
+    from fastnn.ops.optimizers import UpdateRule
+    from fastnn.optim import Optimizer
+    from fastnn.trainer import Trainer
 
 #: The dtypes the kernels take. Compared by identity (NumPy's native float dtypes are
 #: singletons): fast, and an unusual equal dtype (byte-swapped, ...) just takes the reference.
@@ -58,8 +68,8 @@ TILE_MIN_WORK = 50_000
 #: Multiply-adds from which a tile product is shared between threads.
 PARALLEL_MIN_WORK = 400_000
 
-_live = weakref.WeakSet()  # every NumbaBackend made, for _recap_blas
-_kernels = None  # backends/numba/kernels.py, imported by the first NumbaBackend
+_live: weakref.WeakSet[NumbaBackend] = weakref.WeakSet()  # every NumbaBackend made, for _recap_blas
+_kernels: Any = None  # backends/numba/kernels.py, imported by the first NumbaBackend
 
 
 def _usable(X, ndim):
@@ -105,7 +115,10 @@ def _gemm_operands(A, B, trans_a, trans_b, C):
     return A, trans_a, B, trans_b, M, N, P
 
 
-def _kernel_op(method):
+_Op = TypeVar("_Op", bound=Callable[..., Any])
+
+
+def _kernel_op(method: _Op) -> _Op:
     """An op that runs its kernels once they are compiled for its dtype, else the reference at once
     (numba would otherwise compile on this call, seconds; see ``NumbaBackend.training_plan``)."""
     name = method.__name__
@@ -115,7 +128,7 @@ def _kernel_op(method):
         if getattr(A, "dtype", None) in self._kernel_dtypes:
             return method(self, A, *args, **kwargs)
         return getattr(Backend, name)(self, A, *args, **kwargs)
-    return op
+    return cast(_Op, op)  # the same signature: typed callers see the op's own
 
 
 def _env_flag(name, default=True):
@@ -145,13 +158,13 @@ class NumbaBackend(Backend):
     name = "numba"
 
     @staticmethod
-    def unavailable_reason():
+    def unavailable_reason() -> str | None:
         missing = [name for name in ("numba", "scipy") if importlib.util.find_spec(name) is None]
         if missing:
             return f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed"
         return None
 
-    def __init__(self, num_threads=None, compiled=True, defer_compile=None):
+    def __init__(self, num_threads: int | None = None, compiled: bool = True, defer_compile: bool | None = None) -> None:
         super().__init__()
         global _kernels
         import numba
@@ -178,10 +191,10 @@ class NumbaBackend(Backend):
         self._blas_threaded = self._one_blas_thread.active  # BLAS runs a pool of its own: no prange beside it
         numba_cache.warn_if_uncached(stacklevel=4)  # no writable cache: once per process, why and what to do
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<fastnn backend 'numba' num_threads={self.num_threads} compiled={self.compiled}>"
 
-    def scope(self, net=None):
+    def scope(self, net: Sequential | None = None) -> contextlib.AbstractContextManager[Any]:
         """While ``net``'s dtype runs on the reference ops (its kernels not compiled yet), BLAS on
         one thread: the other core compiles them meanwhile, and BLAS's threads over a busy core
         made a small-batch epoch several times slower (784-100-10 at batch 16: 0.55 s vs 0.08 s).
@@ -197,7 +210,8 @@ class NumbaBackend(Backend):
                 self._kernel_dtypes.add(dtype)
 
     # ---- dense algebra -------------------------------------------------
-    def gemm(self, A, B, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, C=None):
+    def gemm(self, A: Array, B: Array, trans_a: bool = False, trans_b: bool = False, alpha: float = 1.0,
+             beta: float = 0.0, C: Array | None = None) -> Array:
         if getattr(A, "dtype", None) not in self._kernel_dtypes:
             return super().gemm(A, B, trans_a, trans_b, alpha, beta, C)  # see _kernel_op and scope
         if (C is None and alpha == 1.0 and type(A) is np.ndarray and type(B) is np.ndarray
@@ -246,7 +260,7 @@ class NumbaBackend(Backend):
             numba.set_num_threads(self.num_threads)
 
     @_kernel_op
-    def sum_rows(self, X):
+    def sum_rows(self, X: Array) -> Array:
         if not _usable(X, 2):
             return super().sum_rows(X)
         out = np.empty(X.shape[1], X.dtype)
@@ -255,7 +269,7 @@ class NumbaBackend(Backend):
 
     # ---- activations (generated from fastnn.ops.activations: layer_ops.py) --
     @_kernel_op
-    def bias_act(self, Z, b, act, params=()):
+    def bias_act(self, Z: Array, b: Array | None, act: str, params: Sequence[float] = ()) -> Array:
         rule = _check_act(act, params)
         fits = _usable(Z, 2) and (b is None or (_usable(b, 1) and b.dtype is Z.dtype and b.shape[0] == Z.shape[1]))
         if not fits:
@@ -267,7 +281,7 @@ class NumbaBackend(Backend):
         return Y
 
     @_kernel_op
-    def act_backward(self, V, dY, act, params=()):
+    def act_backward(self, V: Array, dY: Array, act: str, params: Sequence[float] = ()) -> Array:
         rule = _check_act(act, params)
         if act == "identity":
             return dY  # as the reference
@@ -282,7 +296,7 @@ class NumbaBackend(Backend):
         return _usable(Z, 2) and _usable(T, 2) and T.dtype is Z.dtype and T.shape == Z.shape
 
     @_kernel_op
-    def softmax_xent(self, Z, T):
+    def softmax_xent(self, Z: Array, T: Array) -> tuple[Array, Array]:
         if not self._loss_operands_fit(Z, T):
             return super().softmax_xent(Z, T)
         dZ = np.empty_like(Z)
@@ -290,7 +304,7 @@ class NumbaBackend(Backend):
         return Z.dtype.type(loss), dZ
 
     @_kernel_op
-    def sigmoid_xent(self, Z, T):
+    def sigmoid_xent(self, Z: Array, T: Array) -> tuple[Array, Array]:
         if not self._loss_operands_fit(Z, T):
             return super().sigmoid_xent(Z, T)
         dZ = np.empty_like(Z)
@@ -298,7 +312,8 @@ class NumbaBackend(Backend):
         return Z.dtype.type(loss), dZ
 
     # ---- optimizer steps (generated from fastnn.ops.optimizers: layer_ops.py) --
-    def update(self, rule, W, dW, slots, hyper):
+    def update(self, rule: UpdateRule, W: Array, dW: Array, slots: dict[str, Array],
+               hyper: Mapping[str, float]) -> tuple[Array, dict[str, Array]]:
         arrays = [slots[name] for name in rule.slots]
         if not (type(W) is np.ndarray and W.dtype in self._kernel_dtypes  # (see _kernel_op: W comes second)
                 and _usable(W, W.ndim) and all(_same(W, A) for A in [dW, *arrays])):
@@ -310,21 +325,22 @@ class NumbaBackend(Backend):
         return W, slots
 
     # ---- whole-epoch training ------------------------------------------
-    def epoch_trainer(self, net, loss, optimizer):
+    def epoch_trainer(self, net: Sequential, loss: Loss, optimizer: Optimizer) -> Trainer | None:
         """The compiled whole-epoch trainer where the model allows it, else None (layer by layer)."""
         if not self.compiled:
             return None
         from .epoch import make_epoch_trainer
         return make_epoch_trainer(self, net, loss, optimizer)
 
-    def layer_path_reason(self, net, loss, optimizer):
+    def layer_path_reason(self, net: Sequential, loss: Loss, optimizer: Optimizer) -> str | None:
         if not self.compiled:
             return "compiled=False"
         from .epoch import unsupported_reason
         reason = unsupported_reason(net, loss, optimizer)
         return reason and f"no compiled epoch for it: {reason}"
 
-    def training_plan(self, net, loss, optimizer, rows, epochs, batch_size):
+    def training_plan(self, net: Sequential, loss: Loss, optimizer: Optimizer, rows: int, epochs: int,
+                      batch_size: int) -> tuple[Trainer | None, str]:
         """Compile only where it pays: a job whose kernels are not compiled on this machine yet,
         and that the reference ops finish sooner than the compile, trains on them at once while a
         background process compiles for the next run; a longer job compiles first, saying so."""
@@ -369,7 +385,7 @@ class NumbaBackend(Backend):
         from .epoch import is_built
         return not is_built(dtype.name)
 
-    def warm(self, part, dtype):
+    def warm(self, part: str, dtype: str) -> float:
         """Compile (or load from the disk cache) one part of the kernels, ``"epoch"`` or ``"layers"``,
         for ``dtype``, and record it as cached; returns the seconds it took."""
         import time
@@ -384,13 +400,13 @@ class NumbaBackend(Backend):
             numba_cache.mark_cached(part, dtype)
         return time.perf_counter() - started
 
-    def warmup(self, dtypes=("float32", "float64")):
+    def warmup(self, dtypes: Sequence[str] = ("float32", "float64")) -> dict[str, float]:
         """Compile now (or load from numba's disk cache) what ``fit`` runs, so the first
         ``fit`` of a process starts at once: the compiled-epoch kernels and the layer-path
         kernels of every activation and loss. Returns ``{"epoch": s, "layers": s}``."""
         return {part: sum(self.warm(part, str(dtype)) for dtype in dtypes) for part in numba_cache.PARTS}
 
-    def info(self):
+    def info(self) -> dict[str, Any]:
         import numba
         try:
             # numba picks its layer (omp, tbb or workqueue) when it first starts its threads; start

@@ -48,10 +48,10 @@ LOCK, LOG = "background-compile.lock", "background-compile.json"
 _SOURCES = ("kernels.py", "epoch.py", "epoch_template.py", "epoch_codegen.py", "epoch_ops.py", "layer_ops.py",
             "generated.py", "simd.py")
 _key = None
-_spawned = []  # the background processes this one started (kept: no "still running" warning)
-_folders = {}  # cache_dir() -> (the folder used, or None; what was wrong with those refused)
+_spawned: list[tuple[str, subprocess.Popen[bytes]]] = []  # the background processes this one started (kept: no "still running" warning)
+_folders: dict[str, tuple[str | None, list[str]]] = {}  # cache_dir() -> (the folder used, or None; what was wrong with those refused)
 _kernels_cacheable = None  # whether numba has a cache folder for this package's kernels
-_not_cached = {}  # part -> why it could not be cached after all (found while importing it)
+_not_cached: dict[str, str] = {}  # part -> why it could not be cached after all (found while importing it)
 _warned = False
 
 

@@ -22,9 +22,12 @@ import re
 import threading
 import time
 import warnings
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
+from fastnn.backend import Array
 from fastnn.trainer import Trainer, plain_stack
 from fastnn.losses import CODES as LOSS_CODES
 from fastnn.ops import activations
@@ -53,8 +56,8 @@ LONG_WAIT_CYCLES = 5_000_000
 
 
 #: dtype -> why its kernels failed to build in this process (fit then runs layer by layer)
-_build_failures = {}
-_built = set()
+_build_failures: dict[str, str] = {}
+_built: set[str] = set()
 
 
 def make_epoch_trainer(backend, net, loss, optimizer):
@@ -150,7 +153,7 @@ class EpochTrainer(Trainer):
         self._key, self.layout = None, None
         self.last_threads = None
 
-    def describe(self, batch_size, rows=None):
+    def describe(self, batch_size: int, rows: int | None = None) -> str:
         """The path, for ``fit(verbose=1)``."""
         P = self._threads_for(int(batch_size), rows)
         of = "" if self.threads == 1 else f" of {self.threads} (as many as the work pays for)"
@@ -158,7 +161,8 @@ class EpochTrainer(Trainer):
                 f"{'s' if P > 1 else ''}{of} at batch {batch_size})")
 
     # ---- the call -------------------------------------------------------------
-    def __call__(self, X, T, labels, order, batch_size, weights=None):
+    def __call__(self, X: Array, T: Array, labels: Array, order: NDArray[Any],
+                 batch_size: int, weights: NDArray[Any] | None = None) -> tuple[float, int, int]:
         X, T, labels, order, staged = self._checked(X, T, labels, order)
         wts = _read_only(np.ascontiguousarray(weights if weights is not None else (), dtype=np.float64))
         n, bs = X.shape[0], int(batch_size)

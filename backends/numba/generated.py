@@ -22,7 +22,7 @@ from . import cache as numba_cache
 from .quick_load import quick
 
 _lock = threading.Lock()
-_modules = {}  # prefix -> module
+_modules: dict[str, types.ModuleType] = {}  # prefix -> module
 
 
 def load(prefix, part, make_source, depends_on=()):

@@ -40,7 +40,7 @@ KERNEL = dict(cache=CACHE, nogil=True, fastmath=FASTMATH, error_model="numpy", b
 PARALLEL = dict(KERNEL, parallel=True)
 #: simd.py's text, hashed: numba keys its cache of a kernel on the kernel's own file only, and
 #: these kernels inline simd.py's intrinsics, so without it an edit there would load stale code.
-SIMD_DIGEST = hashlib.sha256(simd.__spec__.loader.get_data(simd.__file__)).hexdigest()[:16]
+SIMD_DIGEST = hashlib.sha256(simd.__spec__.loader.get_data(simd.__file__)).hexdigest()[:16]  # type: ignore[union-attr]
 
 
 class _Cache(QuickLoadCache):

@@ -23,14 +23,16 @@ import math
 import os
 import struct
 import zlib
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from ..files import atomic_writer, open_regular, read_into
 from ..validation import count
 
 #: type code -> dtype (big-endian, as stored)
-IDX_TYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
+IDX_TYPES: dict[int, np.dtype] = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
              0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 _CODES = {dtype.newbyteorder("="): code for code, dtype in IDX_TYPES.items()}
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -99,7 +101,7 @@ def parse_idx(data, name="<bytes>"):
     return _read_stream(io.BytesIO(data), name, max_bytes=None, size=len(data))
 
 
-def read_idx(path, max_bytes=MAX_BYTES):
+def read_idx(path: str | os.PathLike[str], max_bytes: int = MAX_BYTES) -> NDArray[Any]:
     """The array in the IDX file ``path`` (gzipped or not), native byte order.
 
     ``max_bytes``: the most data the header may claim (default ``MAX_BYTES``, 256 MiB),
@@ -133,7 +135,7 @@ def idx_bytes(array):
     return header + np.ascontiguousarray(array, dtype=IDX_TYPES[code]).tobytes()
 
 
-def write_idx(path, array):
+def write_idx(path: str | os.PathLike[str], array: ArrayLike) -> None:
     """Write ``array`` to ``path`` as IDX, gzipped when the name ends in ``.gz``; atomic."""
     data = idx_bytes(array)
     if os.fspath(path).endswith(".gz"):

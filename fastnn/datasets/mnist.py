@@ -20,12 +20,14 @@ import hashlib
 import os
 import time
 import urllib.request
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from ..files import atomic_writer
 from .idx import IDXError, read_idx
-from .split import from_uint8
+from .split import MNISTSplit, from_uint8
 
 #: role -> (file name without .gz, SHA-256 of the .gz, size of the .gz in bytes)
 FILES = {
@@ -149,7 +151,8 @@ def _read_pair(images_path, labels_path):
     return X, y
 
 
-def load_mnist(path=None, download=False, log=None, deadline=None):
+def load_mnist(path: str | os.PathLike[str] | None = None, download: bool = False,
+               log: Callable[[str], Any] | None = None, deadline: float | None = None) -> MNISTSplit:
     """The full MNIST set from its IDX files, as an :class:`MNISTSplit` (60,000 / 10,000).
 
     >>> X_train, y_train, X_test, y_test = fastnn.datasets.load_mnist()   # or path="~/data/mnist"
@@ -173,7 +176,8 @@ def load_mnist(path=None, download=False, log=None, deadline=None):
 
 
 # ---- downloading ---------------------------------------------------------------
-def download_mnist(folder=None, log=None, deadline=None, read_timeout=None):
+def download_mnist(folder: str | os.PathLike[str] | None = None, log: Callable[[str], Any] | None = None,
+                   deadline: float | None = None, read_timeout: float | None = None) -> str:
     """Fetch the MNIST files that ``folder`` (default: the first folder searched) lacks; returns it.
 
     Each file comes from the first mirror in :data:`MIRRORS` that delivers it

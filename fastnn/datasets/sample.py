@@ -6,13 +6,13 @@ from importlib import resources
 
 import numpy as np
 
-from .split import from_uint8
+from .split import MNISTSplit, from_uint8
 
 SAMPLE_FILE = "mnist_sample.npz"
 _KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-def load_mnist_sample():
+def load_mnist_sample() -> MNISTSplit:
     """The bundled MNIST sample as an :class:`MNISTSplit`: 4,000 training and 1,000 test images.
 
     >>> X_train, y_train, X_test, y_test = fastnn.datasets.load_mnist_sample()

@@ -9,7 +9,9 @@ arrays; the numba kernels, the compiled epoch and the CUDA kernels are generated
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 _GELU_C = math.sqrt(2.0 / math.pi)  # the tanh form of GELU (Hendrycks & Gimpel; PyTorch's approximate="tanh")
 _GELU_A = 0.044715
@@ -21,8 +23,8 @@ class ActivationRule:
     output ``Y`` or the input ``Z`` as ``needs`` says; ``params``: names of float settings."""
 
     name: str
-    forward: object
-    derivative: object
+    forward: Callable[..., Any]
+    derivative: Callable[..., Any]
     needs: str = "Y"
     params: tuple = ()
 

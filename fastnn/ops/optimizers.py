@@ -12,7 +12,9 @@ slow formula in ``tests/test_ops.py``. Its code, the position in this table, is 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 #: Every path keeps at most this many state arrays per parameter (the compiled epoch's buffers).
 MAX_SLOTS = 2
@@ -23,7 +25,7 @@ class UpdateRule:
     name: str
     slots: tuple
     hyper: tuple  # after "lr", "weight_decay", which every rule reads
-    update: object
+    update: Callable[..., Any]
     step_scalars: tuple = ()  # ((name, f(h, t)), ...)
 
     @property
