@@ -101,7 +101,7 @@ def _add_data_options(p, what):
 
 def backend_name(text):
     """A name ``fastnn.get_backend`` knows (``cupy:1`` included); whether it runs here is checked later."""
-    from .backend import _split, backend_names
+    from .selection import _split, backend_names
 
     try:
         base = _split(text)[0]

@@ -673,7 +673,7 @@ def test_warmup_compiles_the_numba_kernels(capsys, monkeypatch):
 
 
 def test_warmup_without_numba_is_one_clear_line(capsys, monkeypatch):
-    monkeypatch.setitem(fastnn.backend._BUILTIN, "numba", "fastnn_no_such_module_for_tests:NumbaBackend")
-    monkeypatch.setattr(fastnn.backend, "_instances", {})
+    monkeypatch.setitem(fastnn.selection._BUILTIN, "numba", "fastnn_no_such_module_for_tests:NumbaBackend")
+    monkeypatch.setattr(fastnn.selection, "_instances", {})
     status, _, err = run_main(capsys, "warmup")
     assert status != 0 and "pip install 'fastnn[numba]'" in err and "Traceback" not in err

@@ -534,7 +534,7 @@ def test_missing_numba_is_unavailable_with_the_install_hint(monkeypatch):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *args: None if name == "numba" else real_find_spec(name, *args))
-    monkeypatch.setattr(fastnn.backend, "_instances", {})
+    monkeypatch.setattr(fastnn.selection, "_instances", {})
     with pytest.raises(BackendUnavailable) as error:
         fastnn.get_backend("numba")
     assert "numba is not installed" in str(error.value)

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import fastnn
-from fastnn.backend import ACTIVATIONS, Backend, BackendUnavailable, _BUILTIN, _load_class
+from fastnn.backend import ACTIVATIONS, Backend, BackendUnavailable
+from fastnn.selection import _BUILTIN, _load_class
 
 DTYPES = ("float32", "float64")
 #: Relative tolerance per dtype; the absolute one is this times the size of the expected values.

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import fastnn
-import fastnn.backend as fb
+import fastnn.selection as fb
 from fastnn import Backend, BackendUnavailable
 
 REPO = Path(__file__).resolve().parents[1]
