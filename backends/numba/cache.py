@@ -46,7 +46,7 @@ LOCK, LOG = "background-compile.lock", "background-compile.json"
 #: The backend's sources a kernel is made from or called with (its argument types: epoch.py), beside
 #: the op tables: a change in any makes new kernels, so the markers of what is cached change with them.
 _SOURCES = ("kernels.py", "epoch.py", "epoch_template.py", "epoch_codegen.py", "epoch_ops.py", "layer_ops.py",
-            "generated.py", "simd.py")
+            "generated.py", "simd.py", "simd_math.py", "sync.py")
 _key = None
 _spawned: list[tuple[str, subprocess.Popen[bytes]]] = []  # the background processes this one started (kept: no "still running" warning)
 _folders: dict[str, tuple[str | None, list[str]]] = {}  # cache_dir() -> (the folder used, or None; what was wrong with those refused)

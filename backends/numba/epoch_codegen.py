@@ -178,4 +178,4 @@ def _indent(lines, n):
 def load():
     """The kernel module, generated, cached and imported once (``generated.load``)."""
     return generated.load("fastnn_epoch_kernels", "epoch", source,
-                          depends_on=[os.path.join(_HERE, "simd.py")])
+                          depends_on=[os.path.join(_HERE, name) for name in ("simd.py", "simd_math.py", "sync.py")])

@@ -25,9 +25,9 @@ import numpy as np
 from numba import njit
 
 from fastnn.backends.numba.simd import (
-    VECTOR_BITS, vabs, vlog1p, vwhere_ge, vwhere_gt,
-    atomic_load, atomic_store, cpu_relax, cycles, prefetch, sched_yield, vadd, vbroadcast, vdiv, vexp, vfma, vload,
-    rt, vmax, vmaxlanes, vmul, vsplat, vsqrt, vstore, vstore4, vsub, vsum, vsum4, vwidth)
+    VECTOR_BITS, vabs, vlog1p, vwhere_ge, vwhere_gt, vadd, vbroadcast, vdiv, vexp, vfma, vload,
+    vmax, vmaxlanes, vmul, vsplat, vsqrt, vstore, vstore4, vsub, vsum, vsum4, vwidth)
+from fastnn.backends.numba.sync import atomic_load, atomic_store, cpu_relax, cycles, prefetch, rt, sched_yield
 
 # Without nnan/ninf: the NaN/inf test of the loss must survive optimisation.
 # Without NRT: no reference counting of the arrays passed to every tile call. Its atomic

@@ -23,7 +23,7 @@ from numba.core import cgutils
 from numba.extending import get_cython_function_address, intrinsic, overload
 
 from . import cache as numba_cache
-from . import simd
+from . import simd, simd_math
 from .quick_load import QuickLoadCache, quick
 from .simd import VECTOR_BITS, exp, vfma, vload_part, vsplat, vstore_part, vwidth  # noqa: F401 (VECTOR_BITS: backend)
 
@@ -38,9 +38,10 @@ CACHE = numba_cache.kernels_cacheable()
 KERNEL = dict(cache=CACHE, nogil=True, fastmath=FASTMATH, error_model="numpy", boundscheck=False)
 #: Kernels with a ``prange`` loop; called only where there is enough work.
 PARALLEL = dict(KERNEL, parallel=True)
-#: simd.py's text, hashed: numba keys its cache of a kernel on the kernel's own file only, and
-#: these kernels inline simd.py's intrinsics, so without it an edit there would load stale code.
-SIMD_DIGEST = hashlib.sha256(simd.__spec__.loader.get_data(simd.__file__)).hexdigest()[:16]  # type: ignore[union-attr]
+#: simd.py's and simd_math.py's text, hashed: numba keys its cache of a kernel on the kernel's own
+#: file only, and these kernels inline their intrinsics: without it an edit there would load stale code.
+SIMD_DIGEST = hashlib.sha256(b"".join(module.__spec__.loader.get_data(module.__file__)  # type: ignore[union-attr]
+                                      for module in (simd, simd_math))).hexdigest()[:16]
 
 
 class _Cache(QuickLoadCache):

@@ -121,4 +121,4 @@ def source(cache=True):
 def load():
     """The generated module (written, cached and imported once)."""
     return generated.load("fastnn_layer_ops", "layers", source,
-                          depends_on=[os.path.join(_HERE, name) for name in ("kernels.py", "simd.py")])
+                          depends_on=[os.path.join(_HERE, name) for name in ("kernels.py", "simd.py", "simd_math.py")])

@@ -1,4 +1,6 @@
-"""Explicit SIMD vectors, exp and atomics: the numba backend's one vector layer (intrinsics).
+"""Explicit SIMD vectors: the numba backend's one vector layer (intrinsics; its functions beyond
+arithmetic, exp and log1p, are in ``simd_math.py``; the atomics, prefetch and cycle counter its
+threads use beside them in ``sync.py``).
 
 Used by the compiled epoch (``epoch_template.py``) and by the register tiles and
 element-wise kernels of the layer-by-layer path (``kernels.py``).
@@ -22,14 +24,11 @@ barriers, and an exception in one would leave the other waiting.
 """
 from __future__ import annotations
 
-import math
-
 import llvmlite.binding as llvm
-import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils, config
-from numba.extending import intrinsic, models, overload, register_model
+from numba.extending import intrinsic, models, register_model
 
 
 def _vector_bits():
@@ -378,217 +377,6 @@ def vlane(typingctx, a, k):
     return a.dtype(a, k), codegen
 
 
-# ---- exp ---------------------------------------------------------------------
-# exp(x) = 2^n · e^r with n = round(x / ln 2), |r| <= ln2 / 2; e^r by its Taylor
-# polynomial (degree 7 for float32: error < 1 ulp; degree 12 for float64).
-_EXP = {
-    32: dict(hi=88.72283, lo=-87.33654, bias=127, mantissa=23, degree=7),
-    64: dict(hi=709.782712893384, lo=-708.3964185322641, bias=1023, mantissa=52, degree=12),
-}
-_LN2_HI, _LN2_LO = 0.693145751953125, 1.428606765330187e-06
-
-
-@intrinsic
-def vexp(typingctx, a):
-    """e^a per lane; +inf above the overflow limit, 0 below the normal range, NaN stays NaN."""
-    if not isinstance(a, Vec):
-        return None
-    bits = a.dtype.bitwidth
-
-    def codegen(context, builder, sig, args):
-        x = args[0]
-        vt = x.type
-        p = _EXP[bits]
-        const = lambda value: ir.Constant(vt, [value] * a.width)  # noqa: E731
-        clamped = builder.select(builder.fcmp_ordered(">", x, const(p["hi"])), const(p["hi"]), x)
-        clamped = builder.select(builder.fcmp_ordered("<", clamped, const(p["lo"])), const(p["lo"]), clamped)
-        n = _call_intrinsic(builder, "rint", builder.fmul(clamped, const(1.4426950408889634)))
-        r = _fma(builder, n, const(-_LN2_HI), clamped)
-        r = _fma(builder, n, const(-_LN2_LO), r)
-        poly = const(1.0)
-        for k in range(p["degree"], 0, -1):  # Horner: 1 + r(1 + r/2(1 + r/3(...)))
-            poly = _fma(builder, builder.fmul(r, const(1.0 / k)), poly, const(1.0))
-        int_t = ir.VectorType(ir.IntType(bits), a.width)
-        exponent = builder.add(builder.fptosi(n, int_t), ir.Constant(int_t, [p["bias"]] * a.width))
-        scale = builder.bitcast(builder.shl(exponent, ir.Constant(int_t, [p["mantissa"]] * a.width)), vt)
-        y = builder.fmul(poly, scale)
-        y = builder.select(builder.fcmp_ordered(">", x, const(p["hi"])), const(float("inf")), y)
-        y = builder.select(builder.fcmp_ordered("<", x, const(p["lo"])), const(0.0), y)
-        return builder.select(builder.fcmp_unordered("uno", x, x), x, y)
-
-    return a(a), codegen
-
-# exp: the scalar of the element-wise kernels (kernels.py), in loops that LLVM's loop
-# vectoriser widens; numba's own exp calls libm's expf one element at a time (no SVML
-# here), slower than NumPy's SIMD exp. float32: Cephes' expf, range reduction by ln 2,
-# a degree-6 minimax polynomial, the exponent put in by bit arithmetic (relative error
-# about 2e-7; x clamped to [-87.3, 88]). Not vexp's Taylor polynomial, which is closer
-# (< 1 ulp) but costs more: a sigmoid loop with it ran 1.6x slower (1.36x with its
-# Horner on 1/k! coefficients). float64 keeps the exact libm exp.
-_F32 = np.float32
-_EXP_HI, _EXP_LO = _F32(88.0), _F32(-87.3)
-_LOG2E, _C_LN2_HI, _C_LN2_LO = _F32(1.44269504088896341), _F32(0.693359375), _F32(-2.12194440e-4)
-_P0, _P1, _P2 = _F32(1.9875691500e-4), _F32(1.3981999507e-3), _F32(8.3334519073e-3)
-_P3, _P4, _P5 = _F32(4.1665795894e-2), _F32(1.6666665459e-1), _F32(5.0000001201e-1)
-_HALF, _ONE = _F32(0.5), _F32(1.0)
-
-
-@intrinsic
-def _float32_from_bits(typingctx, bits):
-    """Reinterpret the low 32 bits of an integer as a float32 (vectorises; no memory)."""
-    if not isinstance(bits, types.Integer) or bits.bitwidth < 32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        value = args[0]
-        if bits.bitwidth > 32:
-            value = builder.trunc(value, _I32)
-        return builder.bitcast(value, ir.FloatType())
-
-    return types.float32(bits), codegen
-
-
-def exp(x):
-    """e^x of a float32 or float64 scalar inside kernels (float32: Cephes' expf, see above)."""
-    return math.exp(x)
-
-
-@overload(exp)
-def _exp_overload(x):
-    if x == types.float32:
-        def exp32(x):
-            # comparisons written so that NaN passes through unchanged
-            x = _EXP_HI if x > _EXP_HI else x
-            x = _EXP_LO if x < _EXP_LO else x
-            n = np.floor(x * _LOG2E + _HALF)
-            r = x - n * _C_LN2_HI - n * _C_LN2_LO
-            p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
-            p = p * r * r + r + _ONE
-            return p * _float32_from_bits((np.int32(n) + 127) << 23)
-        return exp32
-    return lambda x: math.exp(x)
-
-
-# ---- threads: atomics for the spin barrier ------------------------------------
-@intrinsic
-def atomic_load(typingctx, A, i):
-    """``A[i]`` read with acquire ordering (``A`` an int64 array)."""
-    if not (isinstance(A, types.Array) and A.dtype == types.int64 and isinstance(i, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        ptr = _pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1])
-        return builder.load_atomic(ptr, "acquire", 8)
-
-    return types.int64(A, i), codegen
-
-
-@intrinsic
-def atomic_store(typingctx, A, i, v):
-    """``A[i] = v`` with release ordering (``A`` an int64 array)."""
-    if not (isinstance(A, types.Array) and A.dtype == types.int64 and isinstance(i, types.Integer)
-            and isinstance(v, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        ptr = _pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1])
-        value = context.cast(builder, args[2], sig.args[2], types.int64)
-        builder.store_atomic(value, ptr, "release", 8)
-        return context.get_dummy_value()
-
-    return types.none(A, i, v), codegen
-
-
-@intrinsic
-def prefetch(typingctx, A, i):
-    """Ask for the cache line of ``A[i]`` ahead of its use (``llvm.prefetch``: read, keep in L1);
-    a hint only: an index past the end is harmless."""
-    if not (_is_flat(A) and isinstance(i, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        ptr = builder.bitcast(_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1]),
-                              ir.IntType(8).as_pointer())
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), _I32, _I32, _I32]),
-            "llvm.prefetch.p0i8")
-        builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
-        return context.get_dummy_value()
-
-    return types.none(A, i), codegen
-
-
-@intrinsic
-def cycles(typingctx):
-    """A cycle counter (the TSC on x86; 0 where LLVM has none): for timing waits, not work."""
-    def codegen(context, builder, sig, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(64), []),
-                                            "llvm.readcyclecounter")
-        return builder.call(fn, [])
-
-    return types.int64(), codegen
-
-
-@intrinsic
-def cpu_relax(typingctx):
-    """The x86 ``pause`` hint inside a spin loop (nothing elsewhere)."""
-    def codegen(context, builder, sig, args):
-        if "x86" in builder.module.triple or "i686" in builder.module.triple:
-            fn = builder.module.declare_intrinsic("llvm.x86.sse2.pause", fnty=ir.FunctionType(ir.VoidType(), []))
-            builder.call(fn, [])
-        return context.get_dummy_value()
-
-    return types.none(), codegen
-
-
-#: ``sched_yield()`` from the C library: a spinning thread gives its core away
-#: when the other thread is not running (more threads than free cores).
-sched_yield = types.ExternalFunction("sched_yield", types.int32())
-
-
-@intrinsic
-def rt(typingctx, x):
-    """``x`` typed as a run-time value: numba compiles a jitted callee once per *constant*
-    argument otherwise (``f(0)`` and ``f(1)`` would be two compilations)."""
-    plain = types.unliteral(x)
-
-    def codegen(context, builder, sig, args):
-        return context.cast(builder, args[0], sig.args[0], plain)
-
-    return plain(x), codegen
-
-
-# ---- what the op tables' formulas need beyond arithmetic (fastnn.ops.symbolic) -----------
-def _where(predicate):
-    @intrinsic
-    def where(typingctx, a, b, x, y):
-        if not (isinstance(a, Vec) and a == b == x == y):
-            return None
-
-        def codegen(context, builder, sig, args):
-            return builder.select(builder.fcmp_ordered(predicate, args[0], args[1]), args[2], args[3])
-
-        return a(a, b, x, y), codegen
-
-    return where
-
-
-#: ``x`` where ``a > b`` (``a >= b``) else ``y``, lane by lane; a NaN compares false.
-vwhere_gt, vwhere_ge = _where(">"), _where(">=")
-
-
-@intrinsic
-def vlog1p(typingctx, a):
-    """ln(1 + a) per lane, accurate for small a too: ln(u)·a/(u − 1) with u = 1 + a, which cancels
-    the rounding of u (Goldberg's trick); LLVM's vector log is libm per lane."""
-    if not isinstance(a, Vec):
-        return None
-
-    def codegen(context, builder, sig, args):
-        x = args[0]
-        one = ir.Constant(x.type, [1.0] * a.width)
-        u = builder.fadd(one, x)
-        scaled = builder.fdiv(builder.fmul(_call_intrinsic(builder, "log", u), x), builder.fsub(u, one))
-        return builder.select(builder.fcmp_ordered("==", u, one), x, scaled)
-
-    return a(a), codegen
+# exp, log1p and where, which the op tables' formulas use, are in simd_math.py: their names stay
+# importable from here
+from .simd_math import exp, vexp, vlog1p, vwhere_ge, vwhere_gt  # noqa: E402,F401
