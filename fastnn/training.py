@@ -105,7 +105,7 @@ class Training:
             validation_split: float = 0.0, verbose: int = 0, checkpoint: str | os.PathLike[str] | None = None,
             resume: bool = False, on_epoch_end: Callable[[int, dict[str, Any]], Any] | None = None,
             callbacks: Callback | list[Callback] | None = None, sample_weight: ArrayLike | None = None,
-            class_weight: dict[int, float] | Literal["balanced"] | None = None) -> History:
+            class_weight: dict[int, float] | Literal["balanced"] | None = None, comm: Any = None) -> History:
         """Train by mini-batch gradient descent; returns a :class:`History`.
 
         - ``loss``: ``"mse"``, ``"cross_entropy"``, ``"binary_cross_entropy"`` or a Loss
@@ -147,7 +147,19 @@ class Training:
           with finite weights restored.
         - A model trains in one thread at a time: ``fit`` or ``backprop`` while another
           thread's runs raises ``RuntimeError`` at once (a callback may call ``backprop``).
+        - ``comm=MPI.COMM_WORLD`` (mpi4py, ``pip install 'fastnn[mpi]'``, run under ``mpiexec``):
+          data-parallel training, layer by layer; every rank passes the same data and seed,
+          ``batch_size`` is per rank, and N ranks at batch b train as one process at batch N·b.
+          Rank 0 alone writes the checkpoint and runs the validation. Details:
+          :mod:`fastnn.distributed`. A communicator of one rank trains as without it.
         """
+        if comm is not None and comm.Get_size() > 1:
+            from . import distributed
+            return distributed.fit(self, comm, X, y, epochs=epochs, batch_size=batch_size, loss=loss,
+                                   optimizer=optimizer, lr=lr, shuffle=shuffle, validation_data=validation_data,
+                                   validation_split=validation_split, verbose=verbose, checkpoint=checkpoint,
+                                   resume=resume, on_epoch_end=on_epoch_end, callbacks=callbacks,
+                                   sample_weight=sample_weight, class_weight=class_weight)
         from . import io
         from .metrics import sample_weights
 

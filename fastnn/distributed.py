@@ -1,0 +1,366 @@
+"""Data-parallel ``fit`` over MPI ranks: ``net.fit(X, y, ..., comm=MPI.COMM_WORLD)``.
+
+Every rank passes the same data, model seed and settings; ``batch_size`` is per rank. Each
+global batch is the ``batch_size × ranks`` rows a single process at that batch size would take
+(the same rows, in the same order), shared out in contiguous pieces as even as they go (a
+short last batch may leave a rank none: it still joins the sum). A rank runs forward and
+backward on its rows with per-row scale ``wᵢ / Σw`` over the *global* batch, so one Allreduce
+(sum) of every ``dW``/``db`` gives each rank the gradient of the whole batch, and the same
+optimizer step keeps the weights identical everywhere: N ranks at batch b train as one process
+at batch N·b (float64 to ~1e-12; float32 within rounding). Dropout masks are keyed by row
+index, so they match too.
+
+- Rank 0 alone writes checkpoints and runs the validation; its scores are broadcast, so every
+  rank's callbacks see the same logs, and rank 0's ``stop_training`` is every rank's. With
+  ``resume=True`` every rank reads the checkpoint itself: it must be on a file system they
+  all see (each rank's copy is checked equal before training starts).
+- No hang on a failure: an exception on one rank is held until the next collective step, where
+  every rank learns of it (a flag in the sums) and raises ``RuntimeError("fit over MPI: rank k
+  failed: ...")``. Weights, batch order and data are compared across ranks before training
+  (a digest each) and the weights again after every epoch.
+- Ctrl-C is not caught here: ``mpiexec`` passes it to every rank and the job ends; a
+  ``checkpoint=`` lets ``resume=True`` continue from the last completed epoch.
+- Nothing is pickled: every exchange is a NumPy buffer. mpi4py is imported only here, and
+  only when a communicator is given.
+
+    # mpiexec -n 2 python train.py
+    from mpi4py import MPI
+    history = net.fit(X, y, epochs=10, batch_size=64, comm=MPI.COMM_WORLD)
+    if MPI.COMM_WORLD.rank == 0:
+        net.save("net.npz")
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+import zlib
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from . import validation as check
+from .callbacks import checked as checked_callbacks
+from .history import History
+from .losses import get_loss
+
+#: bytes of an error message sent to the other ranks (longer ones are cut)
+MESSAGE_BYTES = 2000
+#: rows of X (and T) hashed to check that every rank holds the same data (evenly spaced)
+SAMPLED_ROWS = 64
+
+
+def path_in_words(size: int) -> str:
+    """``History.path`` of a fit over ``size`` ranks."""
+    return f"layer by layer over {size} MPI ranks (data parallel)"
+
+
+def share(rows: int, size: int, rank: int) -> tuple[int, int]:
+    """``(start, stop)`` of rank's contiguous share of ``rows``: the first ``rows % size`` ranks
+    take one more (as ``numpy.array_split``)."""
+    base, extra = divmod(rows, size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
+class Ranks:
+    """The ranks of a communicator, and the rule that keeps them from hanging: a rank that
+    fails keeps joining every collective step (doing no work) until the next agreement point,
+    where every rank raises the same error."""
+
+    def __init__(self, comm: Any) -> None:
+        from mpi4py import MPI  # only here: importing fastnn never imports mpi4py
+        self.MPI, self.comm = MPI, comm
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.error: BaseException | None = None
+
+    def run(self, fn, *args, **kwargs):
+        """``fn(...)``, or None when it raises (the error is held for :meth:`agree`) or an earlier
+        step of this rank already failed."""
+        if self.error is not None:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - held, then raised on every rank
+            self.error = error
+            return None
+
+    def agree(self, failed_somewhere: bool | None = None) -> None:
+        """Collective: raise on every rank if any rank holds an error. ``failed_somewhere``: what a
+        sum already exchanged says (True: skip the flag exchange; every rank knows)."""
+        if failed_somewhere is None:
+            flag = np.array([self.error is not None], np.int64)
+            self.comm.Allreduce(self.MPI.IN_PLACE, flag, op=self.MPI.SUM)
+            failed_somewhere = bool(flag[0])
+        if not failed_somewhere:
+            return
+        mine = np.zeros(MESSAGE_BYTES, np.uint8)
+        if self.error is not None:
+            text = f"{type(self.error).__name__}: {self.error}".encode()[:MESSAGE_BYTES]
+            mine[:len(text)] = np.frombuffer(text, np.uint8)
+        every = np.zeros((self.size, MESSAGE_BYTES), np.uint8)
+        self.comm.Allgather(mine, every)
+        failures = [f"rank {k} failed: " + bytes(row).rstrip(b"\0").decode(errors="replace")
+                    for k, row in enumerate(every) if row.any()]
+        raise RuntimeError("fit over MPI: " + "; ".join(failures)) from self.error
+
+    def same(self, digest: bytes, what: str) -> None:
+        """Collective: ValueError on every rank unless every rank's ``digest`` (32 bytes) is equal."""
+        mine = np.frombuffer(digest, np.uint8)
+        every = np.zeros((self.size, mine.size), np.uint8)
+        self.comm.Allgather(mine, every)
+        differ = [k for k in range(self.size) if not np.array_equal(every[k], every[0])]
+        if differ:
+            raise ValueError(f"fit over MPI: {what} differ between ranks (rank 0 vs rank(s) "
+                             f"{', '.join(map(str, differ))}); every rank must pass the same data, "
+                             f"model (seed), settings and checkpoint file")
+
+    def sum(self, values: np.ndarray) -> np.ndarray:
+        """Collective: the element-wise sum over ranks, in place."""
+        self.comm.Allreduce(self.MPI.IN_PLACE, values, op=self.MPI.SUM)
+        return values
+
+
+def fit(net, comm, X, y, *, epochs, batch_size, loss, optimizer, lr, shuffle, validation_data,
+        validation_split, verbose, checkpoint, resume, on_epoch_end, callbacks, sample_weight,
+        class_weight) -> History:
+    """``Sequential.fit`` over the ranks of ``comm`` (size > 1); see the module's docstring."""
+    ranks = Ranks(comm)
+    job = ranks.run(_prepared, net, ranks.rank, X, y, epochs, batch_size, loss, optimizer, lr, shuffle, validation_data,
+                    validation_split, verbose, checkpoint, resume, on_epoch_end, callbacks, sample_weight,
+                    class_weight)
+    ranks.agree()
+    ranks.same(_fingerprint(net, job), "the data, initial weights, batch order or settings")
+    return _train(net, ranks, job)
+
+
+def _prepared(net, rank, X, y, epochs, batch_size, loss, optimizer, lr, shuffle, validation_data, validation_split,
+              verbose, checkpoint, resume, on_epoch_end, callbacks, sample_weight, class_weight):
+    """fit's arguments checked and placed (as ``Training.fit`` does), the checkpoint read but
+    not applied: a SimpleNamespace of what training needs."""
+    from . import io
+    from .metrics import sample_weights
+    from .training import _training_weights
+
+    epochs = check.count("epochs", epochs, minimum=0)
+    batch_size = check.count("batch_size", batch_size, minimum=1)
+    loss = get_loss(loss or net.loss or "cross_entropy")
+    chosen_optimizer = optimizer is not None or lr is not None
+    optimizer = check.optimizer(optimizer, lr, net.optimizer)
+    if resume and not checkpoint:
+        raise ValueError("fit: resume=True needs checkpoint='path.npz'")
+    callbacks = checked_callbacks(callbacks, on_epoch_end)
+    X = check.training_set(net, X, check_finite=False)
+    T, labels = check.targets(net, y, X.shape[0])
+    weights = sample_weights(sample_weight, X.shape[0], net.backend.to_numpy)
+    if validation_split and validation_data is None:
+        keep = check.split_point(validation_split, X.shape[0])
+        validation_data = (X[keep:, ...], T[keep:, ...])
+        X, T, labels = X[:keep, ...], T[:keep, ...], labels[:keep]
+        weights = None if weights is None else weights[:keep]
+    weights = _training_weights(net, weights, class_weight, T, labels)
+    if validation_data is not None:
+        validation_data = check.validation_pair(net, validation_data)
+    check.placed_finite(net.backend, X)
+    resumed = None
+    if resume:
+        settings = {"loss": loss.name or None, "batch_size": batch_size, "shuffle": bool(shuffle),
+                    "optimizer": optimizer.config() if chosen_optimizer else None}
+        resumed = io.read_checkpoint(net, checkpoint, settings, verbose if rank == 0 else 0)
+    return SimpleNamespace(epochs=epochs, batch_size=batch_size, loss=loss, optimizer=optimizer, shuffle=shuffle,
+                           callbacks=callbacks, X=X, T=T, labels=labels, weights=weights,
+                           validation_data=validation_data, checkpoint=checkpoint, resumed=resumed,
+                           verbose=verbose)
+
+
+def _fingerprint(net, job) -> bytes:
+    """A digest of what must be equal on every rank: data (shape, dtype, sampled rows), weights
+    per row, settings, the starting weights and batch generator (the checkpoint's, on resume)."""
+    host = net.backend.to_numpy
+    digest = hashlib.sha256()
+    resumed = job.resumed
+    params = resumed.params if resumed is not None else [(d.W, d.b) for d in net.dense_layers]
+    rng = resumed.batch_rng if resumed is not None else net.batch_rng
+    dropout = resumed.dropout if resumed is not None else (net.epochs_trained, net.dropout_key)
+    n = job.X.shape[0]
+    sampled = np.unique(np.linspace(0, n - 1, min(n, SAMPLED_ROWS)).astype(np.int64))
+    sampled_rows = net.backend.asarray(sampled)
+    xp = net.backend.xp
+    for array in (xp.take(job.X, sampled_rows, axis=0), xp.take(job.T, sampled_rows, axis=0)):
+        digest.update(np.ascontiguousarray(host(array)).tobytes())
+    if job.weights is not None:
+        digest.update(job.weights.tobytes())
+    for W, b in params:
+        digest.update(np.ascontiguousarray(host(W)).tobytes() + np.ascontiguousarray(host(b)).tobytes())
+    described = {"X": [list(job.X.shape), str(job.X.dtype)], "epochs": job.epochs, "batch_size": job.batch_size,
+                 "shuffle": bool(job.shuffle), "loss": job.loss.name, "optimizer": job.optimizer.config(),
+                 "rng": rng.bit_generator.state, "dropout": [int(v) for v in dropout],
+                 "epoch": None if resumed is None else resumed.epoch,
+                 "validation": None if job.validation_data is None else list(job.validation_data[0].shape)}
+    digest.update(json.dumps(described, sort_keys=True, default=str).encode())
+    return digest.digest()
+
+
+def _train(net, ranks, job) -> History:
+    """fit's epoch loop over the ranks (the layer path; see ``Training.fit`` for the one-process loop)."""
+    from . import io
+
+    loud = job.verbose and ranks.rank == 0
+    net.loss, net.optimizer = job.loss, job.optimizer
+    history, first_epoch = History(), 0
+    if job.resumed is not None:
+        first_epoch, history = io.apply_checkpoint(net, job.resumed, loud)
+    history.path = path_in_words(ranks.size)
+    if loud:
+        print(f"fit: backend {net.backend.name}, {history.path}", file=sys.stderr)
+    n, total_weight = job.X.shape[0], job.X.shape[0] if job.weights is None else float(job.weights.sum())
+
+    net.stop_training = False
+    for callback in job.callbacks:
+        callback.set_model(net)
+        ranks.run(callback.on_train_begin, {})
+    for epoch in range(first_epoch, job.epochs):
+        for callback in job.callbacks:
+            ranks.run(callback.on_epoch_begin, epoch + 1, {})
+        saved = net._snapshot()
+        started = time.perf_counter()
+        order = net.batch_rng.permutation(n) if job.shuffle else np.arange(n)
+        loss_sum, correct = _epoch(net, ranks, job, order, epoch, saved)
+        mean_loss = loss_sum / total_weight
+        if not math.isfinite(mean_loss):  # the same sum on every rank: every rank raises
+            net._restore(saved)
+            from .training import TrainingDiverged
+            raise TrainingDiverged(f"fit: the loss became {mean_loss} in epoch {epoch + 1}; "
+                                   f"weights restored to the end of epoch {epoch}")
+        logs = {"loss": mean_loss, "accuracy": correct / n, "lr": float(net.optimizer.lr)}
+        if job.validation_data is not None:
+            logs.update(_validation_on_rank_0(net, ranks, job))
+        logs["seconds"] = time.perf_counter() - started
+        net.epochs_trained += 1
+        history.append(epoch + 1, logs)
+        if job.checkpoint and ranks.rank == 0:
+            ranks.run(io.save_checkpoint, net, job.checkpoint, epoch + 1, history, job.batch_size, job.shuffle)
+        if loud:
+            print(history.line(-1, n), file=sys.stderr)
+        for callback in job.callbacks:
+            ranks.run(callback.on_epoch_end, epoch + 1, dict(logs))
+        net.stop_training = _epoch_agreement(net, ranks)
+        if net.stop_training:
+            break
+    for callback in job.callbacks:
+        ranks.run(callback.on_train_end, {"epochs": len(history), "interrupted": False})
+    ranks.agree()
+    return history
+
+
+def _epoch(net, ranks, job, order, epoch, saved) -> tuple[float, int]:
+    """One epoch: ``(loss_sum, n_correct)`` over every rank's rows, the same on every rank.
+    Each global batch: this rank's share forward and backward, ONE Allreduce of every
+    gradient (plus two flags: a rank failed, a loss was NaN/inf), the optimizer's step."""
+    backend, xp = net.backend, net.backend.xp
+    layers, dense = net.training_layers(job.loss), net.dense_layers
+    sizes = [(d.W.size, d.W.shape, d.b.size, d.b.shape) for d in dense]
+    n_grads = sum(w + b for w, _, b, _ in sizes)
+    failed, diverged = n_grads, n_grads + 1  # the flags' places in the buffer
+    step = job.batch_size * ranks.size
+    n, local_loss, local_correct = job.X.shape[0], 0.0, 0
+    with net._dropout_batches(layers, net.epochs_trained) as set_rows:
+        for batch, start in enumerate(range(0, n, step)):
+            rows = order[start:min(start + step, n)]
+            lo, hi = share(len(rows), ranks.size, ranks.rank)
+            mine = rows[lo:hi]
+            batch_weight = len(rows) if job.weights is None else float(job.weights[rows].sum())
+            sums = np.zeros(n_grads + 2, np.dtype(net.dtype))
+            done = ranks.run(_local_step, net, job, layers, dense, set_rows, mine, batch_weight, sums)
+            if done is not None:
+                local_loss += done[0]
+                local_correct += done[1]
+                sums[diverged] = done[2]
+            sums[failed] = ranks.error is not None
+            if batch_weight == 0:  # weighs zero on every rank: no step; a failure waits for the epoch's end
+                continue
+            ranks.sum(sums)
+            if sums[failed]:
+                ranks.agree(failed_somewhere=True)
+            if sums[diverged] and backend.check_every_batch:
+                net._restore_if_not_finite(saved)
+                from .training import TrainingDiverged
+                raise TrainingDiverged(f"fit: the loss became NaN or inf in epoch {epoch + 1}, batch {batch + 1} "
+                                       f"(on some rank); training stopped before that update")
+            at = 0
+            for layer, (w, w_shape, b, b_shape) in zip(dense, sizes):
+                layer.dW = backend.asarray(sums[at:at + w].reshape(w_shape), dtype=net.dtype)
+                layer.db = backend.asarray(sums[at + w:at + w + b].reshape(b_shape), dtype=net.dtype)
+                at += w + b
+            net.optimizer.step(backend, dense)
+    totals = ranks.sum(np.array([local_loss, local_correct, ranks.error is not None], np.float64))
+    if totals[2]:
+        ranks.agree(failed_somewhere=True)
+    return float(totals[0]), int(totals[1])
+
+
+def _local_step(net, job, layers, dense, set_rows, mine, batch_weight, sums):
+    """Forward and backward on this rank's rows ``mine`` (host indices) of a global batch weighing
+    ``batch_weight``: their gradient sums, each row's scaled by ``wᵢ / batch_weight``, written into
+    ``sums``; returns ``(loss · batch_weight, correct, loss not finite)`` of these rows."""
+    if len(mine) == 0:  # a short last batch leaves this rank none: zeros, and it still joins the sum
+        return 0.0, 0, False
+    backend, xp = net.backend, net.backend.xp
+    idx = backend.asarray(mine)
+    set_rows(idx)
+    Xb, Tb = net._batch_rows(job.X, job.T, idx)
+    if batch_weight == 0:  # no step: only the outputs, for accuracy
+        Y = net._run(layers, Xb)
+        return 0.0, int(net._n_correct(Y, xp.take(job.labels, idx, axis=0), job.loss)), False
+    w = np.ones(len(mine)) if job.weights is None else job.weights[mine]
+    # _forward_backward's scale is wᵢ·B/Σw over its B rows; here Σw is the whole global batch's
+    scale = backend.asarray(w * (len(mine) / batch_weight), dtype=net.dtype)
+    value, Y = net._forward_backward(layers, Xb, Tb, job.loss, scale)
+    value = float(value)
+    host, at = backend.to_numpy, 0
+    for layer in dense:
+        for grad in (layer.dW, layer.db):
+            sums[at:at + grad.size] = host(grad).ravel()
+            at += grad.size
+    correct = int(net._n_correct(Y, xp.take(job.labels, idx, axis=0), job.loss))
+    return value * batch_weight, correct, not math.isfinite(value)
+
+
+def _validation_on_rank_0(net, ranks, job) -> dict[str, float]:
+    """``val_loss`` (and ``val_accuracy``) computed on rank 0, broadcast to every rank."""
+    scores = np.full(3, np.nan)  # failed, val_loss, val_accuracy (NaN: none)
+    if ranks.rank == 0:
+        result = ranks.run(net.evaluate, *job.validation_data, loss=job.loss)
+        if result is not None:
+            scores[1] = result["loss"]
+            scores[2] = result.get("accuracy", np.nan)
+        scores[0] = ranks.error is not None
+    ranks.comm.Bcast(scores, root=0)
+    if scores[0]:
+        ranks.agree(failed_somewhere=True)
+    logs = {"val_loss": float(scores[1])}
+    if not np.isnan(scores[2]):  # a regression has no accuracy
+        logs["val_accuracy"] = float(scores[2])
+    return logs
+
+
+def _epoch_agreement(net, ranks) -> bool:
+    """Collective, after the callbacks: raise if any rank failed (its checkpoint, a callback) or
+    the weights differ; return rank 0's ``stop_training``, every rank's from now on."""
+    host = net.backend.to_numpy
+    crc = 0
+    for layer in net.dense_layers:
+        crc = zlib.crc32(np.ascontiguousarray(host(layer.b)).tobytes(),
+                         zlib.crc32(np.ascontiguousarray(host(layer.W)).tobytes(), crc))
+    mine = np.array([ranks.error is not None, bool(net.stop_training), crc], np.int64)
+    every = np.zeros((ranks.size, 3), np.int64)
+    ranks.comm.Allgather(mine, every)
+    if every[:, 0].any():
+        ranks.agree(failed_somewhere=True)
+    if not np.all(every[:, 2] == every[0, 2]):
+        raise RuntimeError("fit over MPI: the weights differ between ranks after an epoch (the "
+                           "gradient sums were not bit-identical on every rank)")
+    return bool(every[0, 1])

@@ -1,0 +1,228 @@
+"""Data-parallel fit over MPI (``fit(comm=...)``): 2 ranks at batch b train as one process at
+batch 2b, every rank ends with the same weights, rank 0 alone checkpoints, a resume equals an
+uninterrupted run, validation stops every rank at the same epoch, and a failure on one rank
+ends the job with the message instead of a hang.
+
+Each check launches ``mpiexec -n 2`` on a script written here (two launches in all, ~seconds);
+the one-process references are computed in this process."""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastnn
+
+pytest.importorskip("mpi4py", reason="fit(comm=...) needs mpi4py (pip install mpi4py mpich)")
+
+
+def _mpiexec():
+    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return beside if os.path.exists(beside) else shutil.which("mpiexec")
+
+
+if _mpiexec() is None:
+    pytest.skip("no mpiexec beside the Python executable nor on PATH (pip install mpich)", allow_module_level=True)
+
+RANKS, BATCH, EPOCHS = 2, 4, 3  # a global batch of 8 rows
+#: name: (dtype, optimizer, rows, dropout, sample_weight); 17 rows end in a global batch of 1 row
+#: (rank 1 gets none), 23 in one of 7 (4 + 3)
+CASES = {
+    "sgd64": ("float64", "sgd", 17, False, False),
+    "adam64_drop_weights": ("float64", "adam", 23, True, True),
+    "sgd64_drop_weights": ("float64", "sgd", 17, True, True),
+    "adam32_drop": ("float32", "adam", 23, True, False),
+    "sgd32_weights": ("float32", "sgd", 23, False, True),
+}
+
+COMMON = textwrap.dedent("""
+    import numpy as np
+    import fastnn
+
+    def data(rows, seed=0):
+        rng = np.random.default_rng(seed)
+        X = rng.normal(size=(rows, 5))
+        y = rng.integers(0, 3, size=rows)
+        w = rng.uniform(0.2, 2.0, size=rows)
+        return X, y, w
+
+    def net(dtype, dropout=False, seed=3):
+        layers = [fastnn.Dense(5, 8), fastnn.Tanh()]
+        layers += [fastnn.Dropout(0.3)] if dropout else []
+        return fastnn.Sequential(*layers, fastnn.Dense(8, 3), seed=seed, dtype=dtype, backend="numpy")
+
+    def optimizer(name):
+        return fastnn.SGD(lr=0.2, momentum=0.9) if name == "sgd" else fastnn.Adam(lr=0.02)
+
+    def weights(model):
+        return [a for d in model.dense_layers for a in (np.asarray(d.W), np.asarray(d.b))]
+""")
+
+WORKER = COMMON + textwrap.dedent("""
+    import json, os, sys
+    from mpi4py import MPI
+    import fastnn.io as fastnn_io
+
+    comm, out = MPI.COMM_WORLD, sys.argv[1]
+    rank = comm.Get_rank()
+    cases, batch, epochs = json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    report = {}
+    for name, (dtype, opt, rows, dropout, weighted) in cases.items():
+        X, y, w = data(rows)
+        model = net(dtype, dropout)
+        history = model.fit(X, y, epochs=epochs, batch_size=batch, optimizer=optimizer(opt),
+                            sample_weight=w if weighted else None, comm=comm)
+        np.savez(f"{out}/{name}_{rank}.npz", *weights(model), loss=history.history["loss"])
+        report[name + "_path"] = history.path
+
+    # checkpoint + resume: 2 epochs with a checkpoint, then resumed to 4; against 4 uninterrupted
+    saves = []
+    original = fastnn_io.save_checkpoint
+    fastnn_io.save_checkpoint = lambda *a, **k: (saves.append(1), original(*a, **k))
+    X, y, w = data(23)
+    ckpt = f"{out}/ckpt.npz"
+    net("float64", True).fit(X, y, epochs=2, batch_size=batch, optimizer=optimizer("sgd"), checkpoint=ckpt, comm=comm)
+    resumed = net("float64", True, seed=99)  # another seed: only the checkpoint can make it equal
+    resumed.fit(X, y, epochs=4, batch_size=batch, optimizer=optimizer("sgd"), checkpoint=ckpt, resume=True, comm=comm)
+    whole = net("float64", True)
+    whole.fit(X, y, epochs=4, batch_size=batch, optimizer=optimizer("sgd"), comm=comm)
+    report["saves"] = len(saves)
+    report["resume_equal"] = all(np.array_equal(a, b) for a, b in zip(weights(resumed), weights(whole)))
+
+    # validation on rank 0 + EarlyStopping: the same stopping epoch everywhere
+    Xv, yv, _ = data(11, seed=1)
+    stopper = fastnn.EarlyStopping(monitor="val_loss", patience=1)
+    history = net("float64").fit(X, y, epochs=40, batch_size=batch, optimizer=fastnn.SGD(lr=1.5, momentum=0.9),
+                                 validation_data=(Xv, yv), callbacks=[stopper], comm=comm)
+    report["stopped_after"] = len(history)
+    report["val_loss"] = history.history["val_loss"]
+
+    # a callback that fails on rank 1 alone, in epoch 2: every rank raises, naming rank 1
+    class FailOnRank1(fastnn.Callback):
+        def on_epoch_end(self, epoch, logs):
+            if rank == 1 and epoch == 2:
+                raise OSError("disk full on rank 1")
+    try:
+        net("float64").fit(X, y, epochs=4, batch_size=batch, callbacks=[FailOnRank1()], comm=comm)
+        report["callback_error"] = None
+    except RuntimeError as error:
+        report["callback_error"] = str(error)
+    # other data on rank 1 (same shape): refused on every rank before training, the model untouched
+    model = net("float64")
+    before = weights(model)
+    try:
+        model.fit(*data(23, seed=rank)[:2], epochs=1, batch_size=batch, comm=comm)
+        report["mismatch_error"] = None
+    except ValueError as error:
+        report["mismatch_error"] = str(error)
+    report["mismatch_untouched"] = all(np.array_equal(a, b) for a, b in zip(before, weights(model)))
+    with open(f"{out}/report_{rank}.json", "w") as f:
+        json.dump(report, f)
+""")
+
+FAILING = COMMON + textwrap.dedent("""
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    X, y, _ = data(17)
+    if comm.Get_rank() == 1:
+        X[5, 2] = np.nan  # bad data on rank 1 only
+    net("float64").fit(X, y, epochs=2, batch_size=4, comm=comm)
+    print("finished, which it must not")
+""")
+
+
+def _launch(tmp_path, script, *args, timeout=90):
+    path = tmp_path / "script.py"
+    path.write_text(script)
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    return subprocess.run([_mpiexec(), "-n", str(RANKS), sys.executable, str(path), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    import json
+    out = tmp_path_factory.mktemp("mpi")
+    done = _launch(out, WORKER, str(out), json.dumps(CASES), str(BATCH), str(EPOCHS))
+    assert done.returncode == 0, done.stdout + done.stderr
+    reports = [json.loads((out / f"report_{rank}.json").read_text()) for rank in range(RANKS)]
+    return out, reports
+
+
+def _reference(name):
+    """The one-process run at batch RANKS·BATCH."""
+    namespace = {}
+    exec(COMMON, namespace)
+    dtype, opt, rows, dropout, weighted = CASES[name]
+    X, y, w = namespace["data"](rows)
+    model = namespace["net"](dtype, dropout)
+    history = model.fit(X, y, epochs=EPOCHS, batch_size=RANKS * BATCH, optimizer=namespace["optimizer"](opt),
+                        sample_weight=w if weighted else None)
+    return namespace["weights"](model), history.history["loss"]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_ranks_train_as_one_process_at_twice_the_batch(ran, name):
+    out, reports = ran
+    per_rank = [np.load(out / f"{name}_{rank}.npz") for rank in range(RANKS)]
+    expected, expected_loss = _reference(name)
+    tolerance = dict(rtol=1e-12, atol=1e-12) if CASES[name][0] == "float64" else dict(rtol=2e-5, atol=2e-6)
+    for rank, got in enumerate(per_rank):
+        arrays = [got[f"arr_{i}"] for i in range(len(expected))]
+        for a, b in zip(arrays, expected):
+            np.testing.assert_allclose(a, b, **tolerance, err_msg=f"{name}, rank {rank}")
+        np.testing.assert_allclose(got["loss"], expected_loss, rtol=1e-5 if "32" in name else 1e-12)
+    for i in range(len(expected)):  # every rank holds the very same weights
+        assert np.array_equal(per_rank[0][f"arr_{i}"], per_rank[1][f"arr_{i}"])
+    assert reports[0][name + "_path"] == "layer by layer over 2 MPI ranks (data parallel)"
+
+
+def test_rank_0_alone_checkpoints_and_a_resume_equals_an_uninterrupted_run(ran):
+    out, reports = ran
+    assert [r["saves"] for r in reports] == [4, 0]  # 2 epochs, then epochs 3-4 resumed: on rank 0 only
+    assert all(r["resume_equal"] for r in reports)
+    assert fastnn.load(out / "ckpt.npz").n_in == 5
+
+
+def test_validation_and_early_stopping_stop_every_rank_at_the_same_epoch(ran):
+    _, reports = ran
+    namespace = {}
+    exec(COMMON, namespace)
+    X, y, _ = namespace["data"](23)
+    Xv, yv, _ = namespace["data"](11, seed=1)
+    history = namespace["net"]("float64").fit(X, y, epochs=40, batch_size=RANKS * BATCH,
+                                              optimizer=fastnn.SGD(lr=1.5, momentum=0.9), validation_data=(Xv, yv),
+                                              callbacks=[fastnn.EarlyStopping(monitor="val_loss", patience=1)])
+    assert reports[0]["stopped_after"] == reports[1]["stopped_after"] == len(history) < 40
+    assert reports[0]["val_loss"] == reports[1]["val_loss"]
+    np.testing.assert_allclose(reports[0]["val_loss"], history.history["val_loss"], rtol=1e-12)
+
+
+def test_a_callback_failing_on_one_rank_raises_on_every_rank(ran):
+    _, reports = ran
+    for report in reports:
+        assert "rank 1 failed: OSError: disk full on rank 1" in report["callback_error"]
+
+
+def test_other_data_on_one_rank_is_refused_on_every_rank_before_training(ran):
+    _, reports = ran
+    for report in reports:
+        assert "differ between ranks (rank 0 vs rank(s) 1)" in report["mismatch_error"]
+        assert report["mismatch_untouched"]
+
+
+def test_bad_data_on_one_rank_ends_the_job_with_the_message_not_a_hang(tmp_path):
+    done = _launch(tmp_path, FAILING, timeout=60)
+    assert done.returncode != 0
+    assert "finished" not in done.stdout
+    # both ranks raise, each naming rank 1 and what was wrong with its data
+    assert done.stderr.count("fit over MPI: rank 1 failed: ValueError") == RANKS, done.stderr
+
+
+def test_importing_fastnn_leaves_mpi4py_unimported():
+    code = "import sys, fastnn, fastnn.distributed; print('mpi4py' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr
