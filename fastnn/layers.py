@@ -186,43 +186,6 @@ def is_plain(layer: Layer, cls: type[Layer]) -> bool:
             and not {"forward", "backward"} & vars(layer).keys())
 
 
-def dense_stack(layers, dropout=False):
-    """``(dims, acts)`` when ``layers`` are a plain stack a compiled trainer can take.
-
-    A plain stack is Dense layers, each followed by at most one activation layer:
-    ``dims`` are the widths, input to output, and ``acts[i]`` the ``(name, params)``
-    of the activation after Dense ``i`` (``("identity", ())`` for none). Anything else
-    (a user's layer, Softmax inside, two activations in a row) raises ValueError naming it.
-
-    ``dropout=True`` (a trainer that applies masks and scales its input) also takes one Dropout
-    after a hidden layer's activation and a leading Rescale, and returns ``(dims, acts, drops,
-    scale)``: ``drops[i]`` is ``(p, position in layers)`` of the Dropout after Dense ``i``, or
-    None; ``scale`` the Rescale's factor, or None.
-    """
-    dims, acts, drops, previous, scale = [], [], [], None, None
-    for position, layer in enumerate(layers):
-        if dropout and position == 0 and is_plain(layer, Rescale):
-            scale = layer.factor
-        elif is_plain(layer, Dense):
-            dims += [layer.n_in, layer.n_out] if not dims else [layer.n_out]
-            acts.append(("identity", ()))
-            drops.append(None)
-        elif is_plain(layer, Activation) and isinstance(previous, Dense):
-            acts[-1] = (layer.act, layer.params)
-        elif dropout and is_plain(layer, Dropout) and isinstance(previous, (Dense, Activation)):
-            drops[-1] = (layer.p, position) if layer.p > 0 else None
-        else:
-            allowed = "one activation" + (" then one Dropout, after a leading Rescale" if dropout else "")
-            raise ValueError(f"layer {layer!r} (only Dense, each followed by at most {allowed}: "
-                             f"{', '.join(ACTIVATIONS)})")
-        previous = layer
-    if not dims:
-        raise ValueError("no Dense layer")
-    if dropout and drops[-1] is not None:
-        raise ValueError(f"{layers[drops[-1][1]]!r} after the output layer (a compiled epoch drops hidden units only)")
-    return (dims, acts, drops, scale) if dropout else (dims, acts)
-
-
 class Activation(Layer):
     """An element-wise activation; ``act`` names its entry in ``fastnn.ops.activations``."""
 

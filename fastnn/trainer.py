@@ -6,7 +6,8 @@ A backend's ``training_plan(net, loss, optimizer, rows, epochs, batch_size)`` re
 one call of it. A trainer reaches the model only through the functions here, never through
 the model's private attributes:
 
-- :func:`plain_stack`: the layers it must train, as widths and activations (or why not);
+- :func:`plain_stack` (:func:`dense_stack`): the layers it must train, as widths and activations
+  (or why not);
 - a Dense layer's ``W``/``b`` (read), :func:`give_params` (write: the trainer's own arrays,
   adopted as they are), ``optimizer.state`` (the per-layer slots, ``"<i>.W"``/``"<i>.b"``);
 - :func:`train_layer_by_layer`: an epoch on the layer path, for a trainer that falls back.
@@ -15,13 +16,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .layers import dense_stack
+from .backend import ACTIVATIONS
+from .layers import Activation, Dense, Dropout, Rescale, is_plain
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from .backend import Array
-    from .layers import Dense
     from .losses import Loss
     from .model import Sequential
 
@@ -55,7 +56,7 @@ class Trainer:
 
 def plain_stack(net: Sequential, loss: Loss, dropout: bool = False) -> tuple[Any, ...]:
     """``(dims, acts)`` of the layers ``fit`` trains with ``loss`` (``dropout=True``: ``(dims, acts,
-    drops, scale)``; see ``layers.dense_stack``); ValueError naming the layer a trainer cannot take."""
+    drops, scale)``; see :func:`dense_stack`); ValueError naming the layer a trainer cannot take."""
     return dense_stack(net.training_layers(loss), dropout)
 
 
@@ -72,3 +73,40 @@ def train_layer_by_layer(net: Sequential, X: Array, T: Array, labels: Array, ord
                          batch_size: int, loss: Loss) -> tuple[float, int]:
     """One epoch on the layer path (the backend's ops): ``(loss_sum, n_correct)``."""
     return net._epoch_layers(X, T, labels, order, batch_size, loss, 0, None)
+
+
+def dense_stack(layers, dropout=False):
+    """``(dims, acts)`` when ``layers`` are a plain stack a compiled trainer can take.
+
+    A plain stack is Dense layers, each followed by at most one activation layer:
+    ``dims`` are the widths, input to output, and ``acts[i]`` the ``(name, params)``
+    of the activation after Dense ``i`` (``("identity", ())`` for none). Anything else
+    (a user's layer, Softmax inside, two activations in a row) raises ValueError naming it.
+
+    ``dropout=True`` (a trainer that applies masks and scales its input) also takes one Dropout
+    after a hidden layer's activation and a leading Rescale, and returns ``(dims, acts, drops,
+    scale)``: ``drops[i]`` is ``(p, position in layers)`` of the Dropout after Dense ``i``, or
+    None; ``scale`` the Rescale's factor, or None.
+    """
+    dims, acts, drops, previous, scale = [], [], [], None, None
+    for position, layer in enumerate(layers):
+        if dropout and position == 0 and is_plain(layer, Rescale):
+            scale = layer.factor
+        elif is_plain(layer, Dense):
+            dims += [layer.n_in, layer.n_out] if not dims else [layer.n_out]
+            acts.append(("identity", ()))
+            drops.append(None)
+        elif is_plain(layer, Activation) and isinstance(previous, Dense):
+            acts[-1] = (layer.act, layer.params)
+        elif dropout and is_plain(layer, Dropout) and isinstance(previous, (Dense, Activation)):
+            drops[-1] = (layer.p, position) if layer.p > 0 else None
+        else:
+            allowed = "one activation" + (" then one Dropout, after a leading Rescale" if dropout else "")
+            raise ValueError(f"layer {layer!r} (only Dense, each followed by at most {allowed}: "
+                             f"{', '.join(ACTIVATIONS)})")
+        previous = layer
+    if not dims:
+        raise ValueError("no Dense layer")
+    if dropout and drops[-1] is not None:
+        raise ValueError(f"{layers[drops[-1][1]]!r} after the output layer (a compiled epoch drops hidden units only)")
+    return (dims, acts, drops, scale) if dropout else (dims, acts)
