@@ -186,3 +186,17 @@ def test_reference_work_runs_blas_on_one_thread_and_restores_it(cold):
     assert seen and all(threads == [1] * len(before) for threads in seen)
     after = [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
     assert after == before  # nested scopes (evaluate inside fit) restored it in order
+
+
+def test_the_background_compile_waits_for_the_job_that_started_it():
+    job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.6)"])
+    started = time.monotonic()
+    numba_cache.wait_for_exit(job.pid, 30)  # returns when the job ends (here a zombie until reaped)
+    job.wait()
+    assert 0.3 < time.monotonic() - started < 10
+    started = time.monotonic()
+    numba_cache.wait_for_exit(job.pid, 30)  # ended: at once
+    assert time.monotonic() - started < 0.5
+    started = time.monotonic()
+    numba_cache.wait_for_exit(os.getpid(), 0.3)  # alive: until the limit
+    assert 0.25 < time.monotonic() - started < 5
