@@ -199,6 +199,11 @@ def _read_description(archive, members, path):
         meta = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ModelFileError(f"{path}: the model description is corrupt ({_shown(str(exc), 200)})") from None
+    return checked_description(meta, path)
+
+
+def checked_description(meta, path):
+    """``meta`` (parsed JSON) when it is a fastnn model description of a format this fastnn reads."""
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a fastnn model file (no fastnn description inside)")
     version = meta.get("version")

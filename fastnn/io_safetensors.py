@@ -28,8 +28,8 @@ import struct
 import numpy as np
 
 from .files import atomic_writer, open_regular, read_into
-from .io_npz import (FORMAT, MAX_DEPTH, MAX_DESCRIPTION_BYTES, VERSION, ModelFileError, _expected, _nesting,
-                     _shown)
+from .io_npz import (MAX_DEPTH, MAX_DESCRIPTION_BYTES, ModelFileError, _expected, _nesting, _shown,
+                     checked_description)
 
 #: The key of ``__metadata__`` that holds the model's JSON description.
 DESCRIPTION_KEY = "fastnn"
@@ -122,16 +122,7 @@ def _description(header, path):
         raise ModelFileError(f"{path}: the model description takes {len(raw):,} bytes; fastnn reads "
                              f"at most {MAX_DESCRIPTION_BYTES:,} (fastnn.io.MAX_DESCRIPTION_BYTES)")
     meta = _parse_json(raw, path, "model description")
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: not a fastnn model file (no fastnn description inside)")
-    version = meta.get("version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ModelFileError(f"{path}: the model description has no valid format version ({_shown(version)})")
-    if version > VERSION:
-        by = f"fastnn {_shown(meta['fastnn_version'])}, " if isinstance(meta.get("fastnn_version"), str) else ""
-        raise ModelFileError(f"{path}: written by a newer fastnn ({by}file format {version}; this "
-                             f"fastnn reads format {VERSION}); upgrade fastnn to load it")
-    return meta
+    return checked_description(meta, path)
 
 
 # ---- reading: the tensors the description calls for ---------------------------------
