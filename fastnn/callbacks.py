@@ -74,6 +74,18 @@ class LambdaCallback(Callback):
                 setattr(self, name, function)
 
 
+class ResumeCheckpoint(Callback):
+    """What ``fit(checkpoint=path)`` runs first after every epoch: the model, its optimizer, the
+    batch order and the History so far, for ``fit(resume=True)`` (``fastnn.io_checkpoint``)."""
+
+    def __init__(self, path: Any, history: Any, batch_size: int, shuffle: bool) -> None:
+        self.path, self.history, self.batch_size, self.shuffle = path, history, batch_size, shuffle
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        from .io_checkpoint import save_checkpoint
+        save_checkpoint(self.model, self.path, epoch, self.history, self.batch_size, self.shuffle)
+
+
 def checked(callbacks: Callback | Iterable[Callback] | None,
             on_epoch_end: Callable[..., Any] | None = None) -> list[Callback]:
     """``fit``'s callbacks as a list (``on_epoch_end`` last, as its own LambdaCallback)."""

@@ -20,6 +20,7 @@ from numpy.typing import ArrayLike
 
 from . import notices
 from . import validation as check
+from .callbacks import ResumeCheckpoint
 from .callbacks import checked as checked_callbacks
 from .history import History
 from .losses import Loss, LossName, get_loss
@@ -208,6 +209,8 @@ class Training:
             trainer, path = self._training_plan(loss, self.optimizer, n, epochs - first_epoch, batch_size, verbose,
                                                 weights is not None)
         history.path = path
+        if checkpoint:  # saved after every epoch, before the user's callbacks see it
+            callbacks = [ResumeCheckpoint(checkpoint, history, batch_size, shuffle), *callbacks]
 
         self.stop_training = False
         for callback in callbacks:
@@ -256,8 +259,6 @@ class Training:
             logs["seconds"] = time.perf_counter() - started
             self.epochs_trained += 1
             history.append(epoch + 1, logs)
-            if checkpoint:
-                io.save_checkpoint(self, checkpoint, epoch + 1, history, batch_size, shuffle)
             if verbose:
                 print(history.line(-1, n), file=sys.stderr)
             for callback in callbacks:

@@ -327,3 +327,20 @@ def test_scheduled_rates_reach_the_compiled_epoch(data):
     unscheduled = _net("numpy")
     _fit(unscheduled, data, [], epochs=3, lr=0.4)
     assert not np.allclose(_weights(unscheduled)[0], runs["numpy"][0], atol=1e-6)  # the schedule mattered
+
+
+def test_fit_checkpoint_is_a_callback_that_runs_first(tmp_path):
+    """fit(checkpoint=) saves through a callback before the user's own: the first user callback
+    of epoch 1 finds the file, and resuming after a stop at epoch 2 goes on from there."""
+    path = tmp_path / "ckpt.npz"
+    seen = []
+    X = np.random.default_rng(0).standard_normal((60, 4))
+    y = (X[:, 0] > 0).astype(int)
+    net = fastnn.Sequential(fastnn.Dense(4, 6), fastnn.Tanh(), fastnn.Dense(6, 2), backend="numpy", seed=1)
+    look = fastnn.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(path.exists()))
+    stop = fastnn.LambdaCallback(on_epoch_end=lambda epoch, logs: setattr(net, "stop_training", epoch == 2))
+    net.fit(X, y, epochs=5, batch_size=8, lr=0.1, checkpoint=path, callbacks=[look, stop])
+    assert seen == [True, True]
+    again = fastnn.Sequential(fastnn.Dense(4, 6), fastnn.Tanh(), fastnn.Dense(6, 2), backend="numpy", seed=1)
+    history = again.fit(X, y, epochs=3, batch_size=8, lr=0.1, checkpoint=path, resume=True)
+    assert history["epoch"] == [1, 2, 3] and again.epochs_trained == 3
