@@ -267,13 +267,14 @@ def _epoch(net, ranks, job, order, epoch, saved) -> tuple[float, int]:
     failed, diverged = n_grads, n_grads + 1  # the flags' places in the buffer
     step = job.batch_size * ranks.size
     n, local_loss, local_correct = job.X.shape[0], 0.0, 0
+    sums = np.empty(n_grads + 2, np.dtype(net.dtype))  # one buffer for every batch's Allreduce
     with net._dropout_batches(layers, net.epochs_trained) as set_rows:
         for batch, start in enumerate(range(0, n, step)):
             rows = order[start:min(start + step, n)]
             lo, hi = share(len(rows), ranks.size, ranks.rank)
             mine = rows[lo:hi]
             batch_weight = len(rows) if job.weights is None else float(job.weights[rows].sum())
-            sums = np.zeros(n_grads + 2, np.dtype(net.dtype))
+            sums[:] = 0
             done = ranks.run(_local_step, net, job, layers, dense, set_rows, mine, batch_weight, sums)
             if done is not None:
                 local_loss += done[0]
@@ -315,15 +316,17 @@ def _local_step(net, job, layers, dense, set_rows, mine, batch_weight, sums):
     if batch_weight == 0:  # no step: only the outputs, for accuracy
         Y = net._run(layers, Xb)
         return 0.0, int(net._n_correct(Y, xp.take(job.labels, idx, axis=0), job.loss)), False
-    w = np.ones(len(mine)) if job.weights is None else job.weights[mine]
-    # _forward_backward's scale is wᵢ·B/Σw over its B rows; here Σw is the whole global batch's
-    scale = backend.asarray(w * (len(mine) / batch_weight), dtype=net.dtype)
-    value, Y = net._forward_backward(layers, Xb, Tb, job.loss, scale)
-    value = float(value)
+    if job.weights is None:  # the local mean, times this rank's share of the global batch's rows
+        value, Y = net._forward_backward(layers, Xb, Tb, job.loss)
+        value, factor = float(value) * len(mine) / batch_weight, len(mine) / batch_weight
+    else:  # _forward_backward's scale is wᵢ·B/Σw over its B rows; here Σw is the whole global batch's
+        scale = backend.asarray(job.weights[mine] * (len(mine) / batch_weight), dtype=net.dtype)
+        value, Y = net._forward_backward(layers, Xb, Tb, job.loss, scale)
+        value, factor = float(value), 1.0
     host, at = backend.to_numpy, 0
     for layer in dense:
         for grad in (layer.dW, layer.db):
-            sums[at:at + grad.size] = host(grad).ravel()
+            np.multiply(host(grad).reshape(-1), factor, out=sums[at:at + grad.size])
             at += grad.size
     correct = int(net._n_correct(Y, xp.take(job.labels, idx, axis=0), job.loss))
     return value * batch_weight, correct, not math.isfinite(value)
