@@ -22,6 +22,9 @@ index, so they match too.
   ``checkpoint=`` lets ``resume=True`` continue from the last completed epoch.
 - Nothing is pickled: every exchange is a NumPy buffer. mpi4py is imported only here, and
   only when a communicator is given.
+- On the CuPy backend the gradients are copied to the host for the Allreduce (one device-to-host
+  and one host-to-device copy of them per batch); passing device buffers to a CUDA-aware MPI
+  directly is not done yet (nor tested: no GPU here).
 
     # mpiexec -n 2 python train.py
     from mpi4py import MPI
