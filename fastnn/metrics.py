@@ -35,6 +35,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .backend import Backend
 from .losses import BinaryCrossEntropy, CrossEntropy, Loss, MSE
 from .validation import host_values
 
@@ -139,26 +140,11 @@ def sample_weights(sample_weight, n: int, to_numpy) -> np.ndarray | None:
 
 
 # ---- per-row losses ----------------------------------------------------------------------------
-def _mse_rows(Y, T):
-    D = Y - T
-    return 0.5 * np.sum(D * D, axis=1)
-
-
-def _cross_entropy_rows(Z, T):
-    M = np.max(Z, axis=1, keepdims=True)
-    logsumexp = M + np.log(np.sum(np.exp(Z - M), axis=1, keepdims=True))  # (B, 1)
-    return np.sum(T * (logsumexp - Z), axis=1)
-
-
-def _binary_cross_entropy_rows(Z, T):
-    softplus = np.maximum(Z, 0) + np.log1p(np.exp(-np.abs(Z)))
-    return np.sum(softplus - T * Z, axis=1)
-
-
-#: The per-row values of fastnn's losses, whose backend ops return only the batch mean; a
-#: weighted loss needs each row's. Exact types: a subclass may compute something else.
-#: ``tests/test_metrics.py`` holds them to the backend's losses (integer weights = repeated rows).
-ROW_LOSSES = {MSE: _mse_rows, CrossEntropy: _cross_entropy_rows, BinaryCrossEntropy: _binary_cross_entropy_rows}
+#: The losses whose per-row values (``Loss.rows``, computed here on the host predictions with the
+#: reference ops) a weighted loss uses: the backend ops return only the batch mean. Exact types: a
+#: subclass may compute something else. ``tests/test_metrics.py`` holds them to the backend's losses
+#: (integer weights = repeated rows).
+ROW_LOSSES = (MSE, CrossEntropy, BinaryCrossEntropy)
 
 
 # ---- per-class scores --------------------------------------------------------------------------
@@ -191,8 +177,10 @@ class Scores:
         self.top_ks = sorted({int(_TOP_K.fullmatch(name).group(1)) for name in names if _TOP_K.fullmatch(name)})  # type: ignore[union-attr]
         self.row_losses = None
         if weighted and "loss" in names:
-            self.row_losses = ROW_LOSSES.get(type(loss))
-            if self.row_losses is None:
+            if type(loss) in ROW_LOSSES:
+                host = Backend()  # the reference ops on NumPy: Y and T are host arrays here
+                self.row_losses = lambda Y, T: loss.rows(host, Y, T)
+            else:
                 raise ValueError(f"sample_weight: a weighted loss needs each row's loss, known for "
                                  f"{', '.join(cls.name for cls in ROW_LOSSES)}; not for {loss!r} "
                                  f"(leave 'loss' out of metrics to score the others)")
