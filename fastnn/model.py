@@ -147,7 +147,7 @@ class Sequential(Training):
         """Forward through ``layers``; a Dense followed by an activation runs fused. Rows stored
         in another dtype (uint8 pixels, a memmap) are converted here, batch by batch."""
         dtype = self.backend.dtype(self.dtype)
-        if X.dtype != dtype and not isinstance(layers[0], Rescale):
+        if X.dtype != dtype:
             X = self.backend.xp.astype(X, dtype)
         i = 0
         while i < len(layers):
