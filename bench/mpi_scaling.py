@@ -2,17 +2,17 @@
 MNIST-shaped float32 rows (synthetic), at global batch 128 and 1024.
 
     python -m bench.mpi_scaling               # launches every run itself (mpiexec included)
-    python -m bench.mpi_scaling --epochs 3
+    python -m bench.mpi_scaling --epochs 3 --backend numpy
 
 Runs, each a fresh process (thread counts must be set before NumPy loads its BLAS):
 
 - 2 MPI ranks × batch 64 (global 128) and × 512 (global 1024), one BLAS/numba thread per rank;
 - 1 process × batch 128 and × 1024, with 1 thread and with 2 threads.
 
-Every run trains **layer by layer on the NumPy backend** (``fit(comm=...)`` trains layer by layer;
-the compiled numba epoch, several times faster, is not used by any of them, so the comparison is
-of like with like). An epoch's time is the best of ``--epochs`` (``History``'s ``seconds``; for MPI,
-the slower rank's). Ratios above 1: the 2-rank run is faster.
+Every run uses one backend (``--backend``): on ``numba`` (the default) one process trains with the
+compiled whole epoch and the ranks with its data-parallel steps (one native call per batch); on
+``numpy`` all of them train layer by layer. An epoch's time is the best of ``--epochs``
+(``History``'s ``seconds``; for MPI, the slower rank's). Ratios above 1: the 2-rank run is faster.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import sys
 ROWS, SHAPE, BATCHES = 60_000, (784, 128, 10), (128, 1024)
 
 
-def _epoch_seconds(batch_size: int, epochs: int, comm=None) -> float:
+def _epoch_seconds(batch_size: int, epochs: int, backend: str, comm=None) -> float:
     import numpy as np
 
     import fastnn
@@ -35,7 +35,7 @@ def _epoch_seconds(batch_size: int, epochs: int, comm=None) -> float:
     X = rng.random((ROWS, SHAPE[0]), dtype=np.float32)
     y = rng.integers(0, SHAPE[2], ROWS)
     net = fastnn.Sequential(fastnn.Dense(SHAPE[0], SHAPE[1]), fastnn.ReLU(), fastnn.Dense(SHAPE[1], SHAPE[2]),
-                            seed=0, backend="numpy")
+                            seed=0, backend=backend)
     history = net.fit(X, y, epochs=epochs, batch_size=batch_size, lr=0.05, comm=comm)
     return min(history.history["seconds"])
 
@@ -48,7 +48,7 @@ def _one_run(args) -> None:
         comm, ranks = MPI.COMM_WORLD, MPI.COMM_WORLD.Get_size()
     result = {}
     for batch in BATCHES:
-        seconds = _epoch_seconds(batch // ranks, args.epochs, comm)
+        seconds = _epoch_seconds(batch // ranks, args.epochs, args.backend, comm)
         if comm is not None:
             seconds = comm.allreduce(seconds, op=MPI.MAX)
         result[batch] = seconds
@@ -68,6 +68,7 @@ def _launch(command: list[str], threads: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--backend", choices=("numba", "numpy"), default="numba")
     parser.add_argument("--run", action="store_true", help=argparse.SUPPRESS)  # inside a launched process
     parser.add_argument("--mpi", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -77,10 +78,11 @@ def main() -> None:
     mpiexec = mpiexec if os.path.exists(mpiexec) else shutil.which("mpiexec")
     if mpiexec is None:
         raise SystemExit("no mpiexec beside Python nor on PATH: pip install mpi4py mpich")
-    me = [sys.executable, "-m", "bench.mpi_scaling", "--run", "--epochs", str(args.epochs)]
+    me = [sys.executable, "-m", "bench.mpi_scaling", "--run", "--epochs", str(args.epochs), "--backend", args.backend]
     runs = {"1 process, 1 thread": _launch(me, 1), "1 process, 2 threads": _launch(me, 2),
             "2 ranks, 1 thread each": _launch([mpiexec, "-n", "2", *me, "--mpi"], 1)}
-    print(f"network B {SHAPE}, {ROWS:,} rows float32, NumPy backend layer by layer; seconds per epoch")
+    how = "compiled epoch" if args.backend == "numba" else "layer by layer"
+    print(f"network B {SHAPE}, {ROWS:,} rows float32, {args.backend} backend ({how}); seconds per epoch")
     print(f"{'':<40}" + "".join(f"{f'global batch {b}':>19}" for b in BATCHES))
     for name, seconds in runs.items():
         print(f"{name:<40}" + "".join(f"{seconds[str(b)]:>18.3f}s" for b in BATCHES))

@@ -10,6 +10,12 @@ optimizer step keeps the weights identical everywhere: N ranks at batch b train 
 at batch N·b (float64 to ~1e-12; float32 within rounding). Dropout masks are keyed by row
 index, so they match too.
 
+Two paths, the same on every rank: where every rank's backend has compiled steps
+(``Trainer.data_parallel``: the numba backend's compiled epoch, one native call per batch that
+writes the share's gradient into one flat buffer, ``backends/numba/epoch_shared.py``), those;
+else layer by layer on the backend's ops. Each rank runs at most its share of its machine's
+cores in threads (cores ÷ ranks on that machine), so ranks and threads never oversubscribe.
+
 - Rank 0 alone writes checkpoints and runs the validation; its scores are broadcast, so every
   rank's callbacks see the same logs, and rank 0's ``stop_training`` is every rank's. With
   ``resume=True`` every rank reads the checkpoint itself: it must be on a file system they
@@ -37,11 +43,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 import zlib
 from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 
@@ -49,82 +55,16 @@ from . import validation as check
 from .callbacks import checked as checked_callbacks
 from .history import History
 from .losses import get_loss
+from .mpi_ranks import Ranks, share
 
-#: bytes of an error message sent to the other ranks (longer ones are cut)
-MESSAGE_BYTES = 2000
 #: rows of X (and T) hashed to check that every rank holds the same data (evenly spaced)
 SAMPLED_ROWS = 64
 
 
-def path_in_words(size: int) -> str:
+def path_in_words(size: int, compiled: bool = False) -> str:
     """``History.path`` of a fit over ``size`` ranks."""
-    return f"layer by layer over {size} MPI ranks (data parallel)"
-
-
-def share(rows: int, size: int, rank: int) -> tuple[int, int]:
-    """``(start, stop)`` of rank's contiguous share of ``rows``: the first ``rows % size`` ranks
-    take one more (as ``numpy.array_split``)."""
-    base, extra = divmod(rows, size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (rank < extra)
-
-
-class Ranks:
-    """The ranks of a communicator, and the rule that keeps them from hanging: a rank that
-    fails keeps joining every collective step (doing no work) until the next agreement point,
-    where every rank raises the same error."""
-
-    def __init__(self, comm: Any) -> None:
-        from mpi4py import MPI  # only here: importing fastnn never imports mpi4py
-        self.MPI, self.comm = MPI, comm
-        self.rank, self.size = comm.Get_rank(), comm.Get_size()
-        self.error: BaseException | None = None
-
-    def run(self, fn, *args, **kwargs):
-        """``fn(...)``, or None when it raises (the error is held for :meth:`agree`) or an earlier
-        step of this rank already failed."""
-        if self.error is not None:
-            return None
-        try:
-            return fn(*args, **kwargs)
-        except Exception as error:  # noqa: BLE001 - held, then raised on every rank
-            self.error = error
-            return None
-
-    def agree(self, failed_somewhere: bool | None = None) -> None:
-        """Collective: raise on every rank if any rank holds an error. ``failed_somewhere``: what a
-        sum already exchanged says (True: skip the flag exchange; every rank knows)."""
-        if failed_somewhere is None:
-            flag = np.array([self.error is not None], np.int64)
-            self.comm.Allreduce(self.MPI.IN_PLACE, flag, op=self.MPI.SUM)
-            failed_somewhere = bool(flag[0])
-        if not failed_somewhere:
-            return
-        mine = np.zeros(MESSAGE_BYTES, np.uint8)
-        if self.error is not None:
-            text = f"{type(self.error).__name__}: {self.error}".encode()[:MESSAGE_BYTES]
-            mine[:len(text)] = np.frombuffer(text, np.uint8)
-        every = np.zeros((self.size, MESSAGE_BYTES), np.uint8)
-        self.comm.Allgather(mine, every)
-        failures = [f"rank {k} failed: " + bytes(row).rstrip(b"\0").decode(errors="replace")
-                    for k, row in enumerate(every) if row.any()]
-        raise RuntimeError("fit over MPI: " + "; ".join(failures)) from self.error
-
-    def same(self, digest: bytes, what: str) -> None:
-        """Collective: ValueError on every rank unless every rank's ``digest`` (32 bytes) is equal."""
-        mine = np.frombuffer(digest, np.uint8)
-        every = np.zeros((self.size, mine.size), np.uint8)
-        self.comm.Allgather(mine, every)
-        differ = [k for k in range(self.size) if not np.array_equal(every[k], every[0])]
-        if differ:
-            raise ValueError(f"fit over MPI: {what} differ between ranks (rank 0 vs rank(s) "
-                             f"{', '.join(map(str, differ))}); every rank must pass the same data, "
-                             f"model (seed), settings and checkpoint file")
-
-    def sum(self, values: np.ndarray) -> np.ndarray:
-        """Collective: the element-wise sum over ranks, in place."""
-        self.comm.Allreduce(self.MPI.IN_PLACE, values, op=self.MPI.SUM)
-        return values
+    how = "compiled epoch, one native call per batch," if compiled else "layer by layer"
+    return f"{how} over {size} MPI ranks (data parallel)"
 
 
 def fit(net, comm, X, y, *, epochs, batch_size, loss, optimizer, lr, shuffle, validation_data,
@@ -137,6 +77,7 @@ def fit(net, comm, X, y, *, epochs, batch_size, loss, optimizer, lr, shuffle, va
                     class_weight)
     ranks.agree()
     ranks.same(_fingerprint(net, job), "the data, initial weights, batch order or settings")
+    job.steps = _compiled_steps(net, ranks, job)
     return _train(net, ranks, job)
 
 
@@ -179,6 +120,26 @@ def _prepared(net, rank, X, y, epochs, batch_size, loss, optimizer, lr, shuffle,
                            verbose=verbose)
 
 
+def _compiled_steps(net, ranks, job):
+    """The backend's compiled steps (``Trainer.data_parallel``) where every rank has them, else None
+    (the layer path): ranks on two paths could round differently and their weights part. Each rank
+    runs at most its share of the machine's cores in threads (ranks × threads ≤ cores)."""
+    steps = ranks.run(_local_steps, net, ranks, job)
+    ranks.agree()
+    everywhere = ranks.sum(np.array([steps is not None], np.int64))[0] == ranks.size
+    return steps if everywhere else None
+
+
+def _local_steps(net, ranks, job):
+    trainer, _ = net.backend.training_plan(net, job.loss, job.optimizer, job.X.shape[0], job.epochs,
+                                           job.batch_size)
+    if trainer is None or job.epochs == 0:
+        return None
+    here = ranks.comm.Split_type(ranks.MPI.COMM_TYPE_SHARED).Get_size()  # ranks on this machine
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return trainer.data_parallel(job.X, job.T, job.labels, job.weights, job.batch_size, max(1, cores // here))
+
+
 def _fingerprint(net, job) -> bytes:
     """A digest of what must be equal on every rank: data (shape, dtype, sampled rows), weights
     per row, settings, the starting weights and batch generator (the checkpoint's, on resume)."""
@@ -216,7 +177,7 @@ def _train(net, ranks, job) -> History:
     history, first_epoch = History(), 0
     if job.resumed is not None:
         first_epoch, history = io.apply_checkpoint(net, job.resumed, loud)
-    history.path = path_in_words(ranks.size)
+    history.path = path_in_words(ranks.size, job.steps is not None)
     if loud:
         print(f"fit: backend {net.backend.name}, {history.path}", file=sys.stderr)
     n, total_weight = job.X.shape[0], job.X.shape[0] if job.weights is None else float(job.weights.sum())
@@ -231,7 +192,8 @@ def _train(net, ranks, job) -> History:
         saved = net._snapshot()
         started = time.perf_counter()
         order = net.batch_rng.permutation(n) if job.shuffle else np.arange(n)
-        loss_sum, correct = _epoch(net, ranks, job, order, epoch, saved)
+        run_epoch = _epoch if job.steps is None else _epoch_compiled
+        loss_sum, correct = run_epoch(net, ranks, job, order, epoch, saved)
         mean_loss = loss_sum / total_weight
         if not math.isfinite(mean_loss):  # the same sum on every rank: every rank raises
             net._restore(saved)
@@ -263,7 +225,7 @@ def _epoch(net, ranks, job, order, epoch, saved) -> tuple[float, int]:
     """One epoch: ``(loss_sum, n_correct)`` over every rank's rows, the same on every rank.
     Each global batch: this rank's share forward and backward, ONE Allreduce of every
     gradient (plus two flags: a rank failed, a loss was NaN/inf), the optimizer's step."""
-    backend, xp = net.backend, net.backend.xp
+    backend = net.backend
     layers, dense = net.training_layers(job.loss), net.dense_layers
     sizes = [(d.W.size, d.W.shape, d.b.size, d.b.shape) for d in dense]
     n_grads = sum(w + b for w, _, b, _ in sizes)
@@ -304,6 +266,56 @@ def _epoch(net, ranks, job, order, epoch, saved) -> tuple[float, int]:
     if totals[2]:
         ranks.agree(failed_somewhere=True)
     return float(totals[0]), int(totals[1])
+
+
+def _epoch_compiled(net, ranks, job, order, epoch, saved) -> tuple[float, int]:
+    """:func:`_epoch` on the backend's compiled steps: per global batch, this rank's share's gradient
+    (``steps.gradients``), ONE Allreduce of it and the two flags, ``steps.step()``."""
+    steps = job.steps
+    sums = steps.sums
+    failed, diverged = sums.shape[0] - 2, sums.shape[0] - 1
+    step = job.batch_size * ranks.size
+    n, local_loss, local_correct = job.X.shape[0], 0.0, 0
+    ranks.run(steps.begin_epoch)
+    try:
+        for batch, start in enumerate(range(0, n, step)):
+            rows = order[start:min(start + step, n)]
+            lo, hi = share(len(rows), ranks.size, ranks.rank)
+            batch_weight, wscale = _global_weight(job.weights, rows)
+            done = ranks.run(steps.gradients, rows[lo:hi], len(rows), batch_weight, wscale)
+            if done is not None:
+                local_loss += done[0]
+                local_correct += done[1]
+            sums[diverged] = done is not None and done[2]
+            sums[failed] = ranks.error is not None
+            if batch_weight == 0:  # weighs zero on every rank: no step; a failure waits for the epoch's end
+                continue
+            ranks.sum(sums)
+            if sums[failed]:
+                ranks.agree(failed_somewhere=True)
+            if sums[diverged]:
+                from .training import TrainingDiverged
+                raise TrainingDiverged(f"fit: the loss became NaN or inf in epoch {epoch + 1}, batch {batch + 1} "
+                                       f"(on some rank); training stopped before that update")
+            ranks.run(steps.step)
+    finally:
+        ranks.run(steps.end_epoch)
+    totals = ranks.sum(np.array([local_loss, local_correct, ranks.error is not None], np.float64))
+    if totals[2]:
+        ranks.agree(failed_somewhere=True)
+    return float(totals[0]), int(totals[1])
+
+
+def _global_weight(weights, rows) -> tuple[float, float]:
+    """``(weight, wscale)`` of a global batch, as the compiled epoch weighs a batch of one process:
+    its rows (or Σw) and 0 (the plain mean), or, with weights that differ, Σw and rows / Σw."""
+    if weights is None:
+        return float(len(rows)), 0.0
+    w = weights[rows]
+    total = float(w.sum())
+    if total == 0.0 or bool(np.all(w == w[0])):
+        return total, 0.0
+    return total, len(rows) / total
 
 
 def _local_step(net, job, layers, dense, set_rows, mine, batch_weight, sums):

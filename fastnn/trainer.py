@@ -53,6 +53,16 @@ class Trainer:
         """The path in words, for ``fit(verbose=1)`` and ``History.path``."""
         raise NotImplementedError
 
+    def data_parallel(self, X: Array, T: Array, labels: Array, weights: NDArray[Any] | None, batch_size: int,
+                      threads: int) -> Any:
+        """The steps of a data-parallel fit over processes (``fastnn.distributed``), or None: that fit
+        then trains layer by layer. The steps object has ``begin_epoch()``, ``gradients(rows,
+        global_rows, global_weight, wscale) -> (loss_sum, correct, not_finite)`` (this process's
+        share of a global batch into its ``sums`` buffer, which then holds two spare slots at the
+        end), ``step()`` (the optimizer's step from ``sums`` once summed over the processes) and
+        ``end_epoch()`` (the parameters back to the model); ``threads``: the most it may use."""
+        return None
+
 
 def plain_stack(net: Sequential, loss: Loss, dropout: bool = False) -> tuple[Any, ...]:
     """``(dims, acts)`` of the layers ``fit`` trains with ``loss`` (``dropout=True``: ``(dims, acts,

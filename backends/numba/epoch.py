@@ -207,9 +207,7 @@ class EpochTrainer(Trainer):
         ``ids`` are their row indices in X (Dropout's masks follow them)."""
         n = X.shape[0]
         if not staged:
-            if self._ids.shape[0] != n:
-                self._ids = _read_only(np.arange(n, dtype=np.int64))
-            yield X, T, labels, order, self._ids, wts, 0
+            yield X, T, labels, order, self._ids_for(n), wts, 0
             return
         step = max(1, STAGE_ROWS // bs) * bs
         for start in range(0, n, step):
@@ -220,6 +218,18 @@ class EpochTrainer(Trainer):
             local = _read_only(np.arange(idx.shape[0], dtype=np.int64))
             Ws = _read_only(wts[idx]) if wts.shape[0] else wts
             yield _read_only(Xs), _read_only(T[idx]), _read_only(labels[idx]), local, _read_only(idx), Ws, start // bs
+
+    def _ids_for(self, n):
+        """0, 1, ..., n - 1: the rows' indices in X, where X is passed whole."""
+        if self._ids.shape[0] != n:
+            self._ids = _read_only(np.arange(n, dtype=np.int64))
+        return self._ids
+
+    def data_parallel(self, X: Array, T: Array, labels: Array, weights: NDArray[Any] | None, batch_size: int,
+                      threads: int):
+        """The steps of a data-parallel fit (``fastnn.distributed``): see ``epoch_shared``."""
+        from .epoch_shared import DataParallelSteps
+        return DataParallelSteps(self, X, T, labels, weights, batch_size, threads)
 
     def _checked(self, X, T, labels, order):
         """The arrays as the kernel takes them (read-only views), and whether X needs staging:
@@ -239,16 +249,18 @@ class EpochTrainer(Trainer):
             raise ValueError("compiled epoch: order must index the rows of X")
         return X, _read_only(T), _read_only(labels), _read_only(order), staged
 
-    def _run_threads(self, kern, args, bs, chunks, P):
-        """Run the chunks on P threads: (loss, hits, bad batch, batches done, steps taken, contended)."""
+    def _run_threads(self, kern, args, bs, chunks, P, state=None):
+        """Run the chunks on P threads: (loss, hits, bad batch, batches done, steps taken, contended).
+        ``state``: the optimizer's (S1, S2, h) to use instead of the layout's."""
         total, correct, bad, done, applied, status = 0.0, 0, -1, 0, 0, kern.STATUS_DONE
         errors, workers, buf = [], [], self.layout
+        S1, S2, h = state or (buf.S1, buf.S2, buf.h)
         buf.sync[:] = 0
         buf.out[:] = 0
 
         def call(tid, first, count):
-            kern.epoch(*args, first, count, bs, buf.params, buf.S1, buf.S2, buf.work, buf.iwork, buf.lay,
-                       buf.h[tid], buf.sync, buf.out[tid], tid, P)
+            kern.epoch(*args, first, count, bs, buf.params, S1, S2, buf.work, buf.iwork, buf.lay,
+                       h[tid], buf.sync, buf.out[tid], tid, P)
             return buf.out[tid]
 
         def worker(tid):

@@ -9,10 +9,15 @@ from fastnn.ops import activations, optimizers
 from fastnn.ops.symbolic import SymMath, lower, var
 
 #: The row ``h`` of a thread: the rule's code, the steps taken before this call, then the rule's
-#: inputs (``rule.inputs``: lr, weight_decay, its hyper-parameters, its per-step scalars).
+#: inputs (``rule.inputs``: lr, weight_decay, its hyper-parameters, its per-step scalars); at the
+#: end, where HY_DEN > 0, the batch's rows are a share of a global batch (data parallel): the global
+#: batch's row count, weight (Σw, or its rows) and weighted-mean scale (0: the plain mean).
 HY_KIND, HY_T0, HY_IN = 0, 1, 2
-H_WIDTH = 16
-assert HY_IN + optimizers.MAX_INPUTS <= H_WIDTH
+HY_DEN, HY_WEIGHT, HY_WSCALE, H_WIDTH = 13, 14, 15, 16
+assert HY_IN + optimizers.MAX_INPUTS <= HY_DEN
+#: A rule of the compiled epoch alone: the step stores the gradient in slot S1 and leaves the
+#: parameter as it is (a data-parallel step sums it over processes before the real rule applies it).
+OPT_GRADIENT = len(optimizers.RULES)
 
 
 def _vconst(value):
@@ -85,6 +90,9 @@ def _apply_step():
                  *[f"        vstore(S{i + 1}, o, {out[name]})" for i, name in enumerate(rule.slots)],
                  f"        vstore(P, o, {out['w']})"]
         cases.append((rule.code, rule.name, body))
+    cases.append((OPT_GRADIENT, "the gradient itself, into S1", [
+        "for m in range(rows):", "    for v in range(nv):",
+        "        vstore(S1, pbase + m * ldp + v * VW, vload(G, gbase + (m * nv + v) * VW))"]))
     return ["@njit(**_JIT)", "def apply_step(P, S1, S2, pbase, ldp, G, gbase, rows, nv, h, decays):",
             '    """The optimizer step on the block P[rows, nv vectors] from the gradient block G (rows of nv',
             '    vectors, contiguous); ``decays``: weight decay applies here (weights, not biases)."""',
@@ -117,8 +125,10 @@ def constants():
     lines = [f"ACT_{rule.name.upper()} = {rule.code}" for rule in activations.RULES]
     lines += [f"LOSS_{name.upper()} = {code}" for name, code in LOSS_CODES.items()]
     lines += [f"OPT_{rule.name.upper()} = {rule.code}" for rule in optimizers.RULES]
+    lines += [f"OPT_GRADIENT = {OPT_GRADIENT}"]
     lines += [f"HY_KIND, HY_T0, HY_IN, HY_LR, HY_WD, H_WIDTH = {HY_KIND}, {HY_T0}, {HY_IN}, {HY_IN}, {HY_IN + 1}, "
-              f"{H_WIDTH}"]
+              f"{H_WIDTH}",
+              f"HY_DEN, HY_WEIGHT, HY_WSCALE = {HY_DEN}, {HY_WEIGHT}, {HY_WSCALE}"]
     return "\n".join(lines)
 
 

@@ -244,12 +244,13 @@ def _batch_weight(wts, rows, R):
 
 @njit(**_JIT)
 def batch_loss(work, ybase, dbase, tbase, nbase, ld, nv, nO, R, Rp, kind, code, labels, rows, vbase, prm,
-               wts, wscale):
-    """(mean loss, correct rows) of the batch; writes dZ of the last layer (rows R:Rp zero).
-    ``wscale > 0``: row r's loss and dZ count ``wts[rows[r]] · wscale`` times (wscale = R / Σw:
+               wts, wscale, den):
+    """(loss sum / den, correct rows) of the batch's R rows, den the rows of the whole batch (more
+    than R where these are a share of a global one); writes dZ of the last layer (rows R:Rp zero).
+    ``wscale > 0``: row r's loss and dZ count ``wts[rows[r]] · wscale`` times (wscale = den / Σw:
     the weighted mean, as the layer path weighs a batch)."""
     VW = vwidth(work)
-    zero, inv = vsplat(work, 0.0), vsplat(work, 1.0 / R)
+    zero, inv = vsplat(work, 0.0), vsplat(work, 1.0 / den)
     total, correct = 0.0, 0
     for r in range(R):
         y0, t0, d0 = ybase + r * ld, tbase + r * ld, dbase + r * ld
@@ -285,7 +286,7 @@ def batch_loss(work, ybase, dbase, tbase, nbase, ld, nv, nO, R, Rp, kind, code, 
             for j in range(nO):
                 z, t = work[y0 + j], work[t0 + j]
                 total += max(z, 0.0) + math.log1p(math.exp(-abs(z))) - t * z
-                work[d0 + j] = (1.0 / (1.0 + math.exp(-z)) - t) / R
+                work[d0 + j] = (1.0 / (1.0 + math.exp(-z)) - t) / den
         if wscale > 0.0:  # this row's share of the weighted mean
             s = wts[rows[r]] * wscale
             total = before + (total - before) * s
@@ -304,7 +305,7 @@ def batch_loss(work, ybase, dbase, tbase, nbase, ld, nv, nO, R, Rp, kind, code, 
     for r in range(R, Rp):
         for v in range(nv):
             vstore(work, dbase + r * ld + v * VW, zero)
-    return total / R, correct
+    return total / den, correct
 
 
 @njit(**_JIT)
@@ -462,8 +463,11 @@ def epoch(X, T, labels, order, ids, wts, first, nbatch, bs, params, S1, S2, work
             break
         # ---- loss: every thread alike, so every thread agrees on a bad batch
         weight, wscale = _batch_weight(wts, rows, R)
+        den = float(R)
+        if h[HY_DEN] > 0.0:  # a share of a global batch: the whole batch's rows, weight and scale
+            den, weight, wscale = h[HY_DEN], h[HY_WEIGHT], h[HY_WSCALE]
         value, hits = batch_loss(work, y_l, dz_l, tp, lay[H_NINF], npo_l, nv_l, nO, R, Rp,
-                                 lay[H_LOSS], act_l, labels, rows, v_l, prm_l, wts, wscale)
+                                 lay[H_LOSS], act_l, labels, rows, v_l, prm_l, wts, wscale, den)
         if not math.isfinite(value):
             bad = b
             break
@@ -529,3 +533,26 @@ def epoch(X, T, labels, order, ids, wts, first, nbatch, bs, params, S1, S2, work
     out[OUT_LOSS], out[OUT_CORRECT], out[OUT_BAD] = loss_sum, correct, bad
     out[OUT_APPLIED], out[OUT_STATUS], out[OUT_DONE] = applied, status, done
     h[HY_T0] += applied  # the step count for the next call of this run (per-step scalars)
+
+
+@njit(**_ENTRY)
+def apply_gradient(params, S1, S2, G, lay, h):
+    """One step of h's rule on every parameter from the gradient G (laid out as params): the
+    data-parallel step, after the processes summed their shares (epoch's OPT_GRADIENT calls)."""
+    L, VW = lay[H_L], vwidth(params)
+    P = lay.shape[0] - REC0 - REC * L  # the threads the layout was made for (W0T's column blocks)
+    t = h[HY_T0] + 1
+    step_scalars(h, t)
+    for i in range(L):
+        rec = REC0 + REC * i
+        nv = lay[rec + F_NV]
+        if i == 0 and L > 1:
+            for tid in range(P):
+                u0, u1 = _own(nv, tid, P)
+                at = lay[lay[H_W0T] + tid]
+                apply_step(params, S1, S2, at, (u1 - u0) * VW, G, at, lay[H_NI], u1 - u0, h, rt(True))
+        else:
+            rows = lay[H_NI] if i == 0 else lay[rec - REC + F_NPO]
+            apply_step(params, S1, S2, lay[rec + F_W], lay[rec + F_NPO], G, lay[rec + F_W], rows, nv, h, rt(True))
+        apply_step(params, S1, S2, lay[rec + F_B], rt(0), G, lay[rec + F_B], rt(1), nv, h, rt(False))
+    h[HY_T0] = t

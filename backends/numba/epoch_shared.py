@@ -1,0 +1,123 @@
+"""The compiled epoch's steps for a data-parallel fit (``fastnn.distributed``): gradients, then a sum
+over the processes, then the step.
+
+The whole-epoch kernel fuses every gradient into its update, so no process could add another's
+in. Here it runs one batch per call under the rule ``OPT_GRADIENT``, which stores the gradient of
+this process's share of the global batch in a flat buffer instead (the rows scaled by the *global*
+batch's count or weight); the caller sums that buffer over the processes (one MPI Allreduce), and
+``apply_gradient`` takes the model's own rule's step from it. Returning to Python at each batch
+costs ~10-20 µs, small beside the Allreduce it waits for; an MPI call from inside the kernel would
+need an MPI binding of our own in compiled code (numba-mpi takes no float32), and the kernel
+would still need the gradient buffer.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import epoch_codegen as codegen
+from . import epoch_ops
+from .epoch import LONG_WAIT_CYCLES, _read_only
+from .epoch_layout import aligned
+
+#: A barrier wait that never counts as long: the threads of a rank do not hand the epoch to one
+#: thread mid-batch (the caller caps ranks x threads at the cores).
+NEVER = np.iinfo(np.int64).max
+
+
+class DataParallelSteps:
+    """``begin_epoch()``, then per global batch ``gradients(...)``, a sum of ``sums`` over the
+    processes, ``step()``; ``end_epoch()`` gives the model its parameters back. ``sums`` holds the
+    gradient, then ``spare`` free slots for the caller's flags (summed in the same Allreduce)."""
+
+    def __init__(self, trainer, X, T, labels, weights: NDArray[Any] | None, batch_size: int,
+                 threads: int, spare: int = 2) -> None:
+        self.trainer, self.kern = trainer, codegen.load()
+        self.X, self.T, self.labels, self.order, self.staged = trainer._checked(
+            X, T, labels, np.arange(X.shape[0], dtype=np.int64))
+        self.wts = _read_only(np.ascontiguousarray(weights if weights is not None else (), dtype=np.float64))
+        self.n, self.bs = X.shape[0], int(batch_size)
+        self.P = max(1, min(int(threads), trainer._threads_for(self.bs, self.n)))
+        self.steps = 0
+        trainer._start(self.kern, self.n, self.bs, self.P)  # the layout: its size makes the buffers here
+        size = trainer.layout.params.shape[0]
+        self.sums = aligned(size + spare, trainer.dtype)
+        self._grad, self._none = self.sums[:size], aligned(1, trainer.dtype)
+        self._h = aligned(self.P * epoch_ops.H_WIDTH, np.float64).reshape(self.P, epoch_ops.H_WIDTH)
+
+    def begin_epoch(self) -> None:
+        """The model's parameters, optimizer state and this epoch's Dropout masks into the buffers."""
+        t, kern = self.trainer, self.kern
+        t._start(kern, self.n, self.bs, self.P)  # the same layout: (n, bs, P) do not change
+        layout = t.layout
+        layout.lay[kern.H_OPT], layout.lay[kern.H_LONG] = kern.OPT_GRADIENT, NEVER
+        self._h[:] = 0
+        self._h[:, kern.HY_KIND] = kern.OPT_GRADIENT
+        self.steps = 0
+
+    def gradients(self, rows: NDArray[Any], global_rows: int, global_weight: float,
+                  wscale: float) -> tuple[float, int, bool]:
+        """The gradient of ``rows`` (this process's share of a global batch of ``global_rows`` rows
+        weighing ``global_weight``; ``wscale`` > 0: the weighted mean, each row counted wᵢ·wscale
+        times) into ``sums``: ``(loss sum, correct, loss not finite)`` of these rows.
+        A global batch weighing zero: accuracy only, ``sums`` untouched (no step follows)."""
+        kern, buf = self.kern, self.trainer.layout
+        if len(rows) == 0 or global_weight == 0:  # (the kernel writes every element of a batch's gradient)
+            self._grad[:] = 0
+        if len(rows) == 0:  # a short last batch left this process none: zeros, and it joins the sum
+            return 0.0, 0, False
+        X, T, labels, order, ids, wts = self._rows(np.asarray(rows, dtype=np.int64))
+        R = order.shape[0]
+        buf.set_rows(R)
+        self._h[:, kern.HY_DEN], self._h[:, kern.HY_WEIGHT], self._h[:, kern.HY_WSCALE] = \
+            global_rows, global_weight, wscale
+        if self.P > 1:
+            loss, hits, bad, _, _, _ = self.trainer._run_threads(
+                kern, (X.reshape(-1), T.reshape(-1), labels, order, ids, wts), R, [(0, 1)], self.P,
+                state=(self._grad, self._none, self._h))
+        else:  # one thread: the kernel called here, without the threads' set-up (every batch)
+            kern.epoch(X.reshape(-1), T.reshape(-1), labels, order, ids, wts, 0, 1, R, buf.params, self._grad,
+                       self._none, buf.work, buf.iwork, buf.lay, self._h[0], buf.sync, buf.out[0], 0, 1)
+            out = buf.out[0]
+            loss, hits, bad = out[kern.OUT_LOSS], out[kern.OUT_CORRECT], out[kern.OUT_BAD]
+        return float(loss), int(hits), bad >= 0
+
+    def step(self) -> None:
+        """One step of the model's optimizer from the summed gradient in ``sums``."""
+        layout = self.trainer.layout
+        self.kern.apply_gradient(layout.params, layout.S1, layout.S2, self._grad, layout.lay, layout.h[0])
+        self.steps += 1
+
+    def end_epoch(self) -> None:
+        """The parameters and optimizer state back to the model."""
+        t, kern = self.trainer, self.kern
+        t.layout.lay[kern.H_OPT], t.layout.lay[kern.H_LONG] = t.optimizer.rule.code, LONG_WAIT_CYCLES
+        t.layout.copy_out(t.net.dense_layers, t.optimizer, self.steps)
+
+    def _rows(self, rows):
+        """``(X, T, labels, order, ids, weights)`` for the kernel: the whole set indexed by ``rows``,
+        or, staged, these rows gathered and converted to the model's dtype (and scaled)."""
+        if not self.staged:
+            return self.X, self.T, self.labels, _read_only(rows), self.trainer._ids_for(self.n), self.wts
+        Xs = np.asarray(self.X[rows]).astype(self.trainer.dtype)
+        if self.trainer.scale is not None:
+            Xs *= self.trainer.dtype.type(self.trainer.scale)
+        local = _read_only(np.arange(rows.shape[0], dtype=np.int64))
+        wts = _read_only(self.wts[rows]) if self.wts.shape[0] else self.wts
+        return (_read_only(Xs), _read_only(self.T[rows]), _read_only(self.labels[rows]), local, _read_only(rows),
+                wts)
+
+
+
+def warmup(dtypes=("float32", "float64")) -> None:
+    """Compile (or load from the disk cache) the whole-epoch kernels and ``apply_gradient``."""
+    from .epoch import warmup as epoch_warmup
+    epoch_warmup(dtypes)
+    kern = codegen.load()
+    lay = np.zeros(kern.REC0 + kern.REC + 1, dtype=np.int64)
+    lay[kern.H_L] = 1  # one layer of width 0: nothing to step
+    for dtype in dtypes:
+        flat = np.zeros(1, dtype=dtype)
+        kern.apply_gradient(flat, flat, flat, flat, lay, np.zeros(epoch_ops.H_WIDTH))

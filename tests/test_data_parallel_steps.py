@@ -1,0 +1,103 @@
+"""The compiled epoch's data-parallel steps (``Trainer.data_parallel``), without MPI: two "ranks" in
+one process, their gradient buffers summed by hand as the Allreduce of ``fastnn.distributed`` sums
+them, train exactly as one process at twice the batch, on one thread and on two per rank (threads
+split every batch's work), with Adam, AdamW, momentum, Dropout, sample weights and a uint8 input
+under a Rescale (the rows staged per batch). The MPI launch itself is tested in test_mpi.py."""
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn.distributed import _global_weight, share
+from fastnn.losses import get_loss
+
+pytest.importorskip("numba", reason="the compiled epoch is the numba backend's")
+
+RANKS = 2
+
+
+def _net(dtype, dropout, threads, rescale=False, n_in=64, seed=5):
+    layers = [fastnn.Rescale(1 / 255)] if rescale else []
+    layers += [fastnn.Dense(n_in, 128), fastnn.ReLU()]
+    layers += [fastnn.Dropout(0.25)] if dropout else []
+    layers += [fastnn.Dense(128, 10)]
+    return fastnn.Sequential(*layers, seed=seed, dtype=dtype, backend=fastnn.get_backend("numba", num_threads=threads))
+
+
+def _data(rows, uint8=False):
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, size=(rows, 64)).astype(np.uint8) if uint8 else rng.normal(size=(rows, 64))
+    y = rng.integers(0, 10, size=rows)
+    return X, y, rng.uniform(0.2, 2.0, size=rows)
+
+
+def _two_ranks(net_factory, X, y, w, optimizer, batch, epochs, threads):
+    """Train RANKS copies of the model on shares of each global batch (shuffle off: batches in row
+    order), the gradient buffers summed between them; returns rank 0's model and the loss sums."""
+    nets = [net_factory() for _ in range(RANKS)]
+    loss = get_loss("cross_entropy")
+    T = np.zeros((len(y), 10), dtype=nets[0].dtype)
+    T[np.arange(len(y)), y] = 1
+    labels = y.astype(np.int64)
+    steps = []
+    for net in nets:
+        opt = optimizer()
+        net.loss, net.optimizer = loss, opt
+        trainer = net.backend.epoch_trainer(net, loss, opt)
+        assert trainer is not None
+        steps.append(trainer.data_parallel(X, T, labels, w, batch, threads))
+    sums = []
+    order = np.arange(len(y))
+    for _ in range(epochs):
+        for s in steps:
+            s.begin_epoch()
+        total = 0.0
+        for start in range(0, len(y), batch * RANKS):
+            rows = order[start:start + batch * RANKS]
+            weight, wscale = _global_weight(w, rows)
+            for rank, s in enumerate(steps):
+                lo, hi = share(len(rows), RANKS, rank)
+                total += s.gradients(rows[lo:hi], len(rows), weight, wscale)[0]
+            summed = steps[0].sums + steps[1].sums  # the Allreduce
+            for s in steps:
+                s.sums[:] = summed
+                s.step()
+        for s, net in zip(steps, nets):
+            s.end_epoch()
+            net.epochs_trained += 1  # as fit counts epochs (Dropout's masks follow it)
+        sums.append(total)
+    for a, b in zip(nets[0].dense_layers, nets[1].dense_layers):
+        assert np.array_equal(a.W, b.W)  # every rank the very same weights
+    return nets[0], sums, steps[0].P
+
+
+CASES = {  # name: dtype, optimizer, dropout, weighted, uint8 under Rescale, rows
+    "adam64": ("float64", lambda: fastnn.Adam(lr=0.01), False, False, False, 1611),
+    "momentum64_drop_weights": ("float64", lambda: fastnn.SGD(lr=0.1, momentum=0.9, weight_decay=1e-3), True, True,
+                                False, 1611),
+    "adamw32_drop": ("float32", lambda: fastnn.AdamW(lr=0.01, weight_decay=0.1), True, False, False, 1611),
+    "sgd32_weights_uint8": ("float32", lambda: fastnn.SGD(lr=0.1), False, True, True, 1611),
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_shares_summed_train_as_one_process_at_twice_the_batch(name, threads):
+    dtype, optimizer, dropout, weighted, uint8, rows = CASES[name]
+    X, y, w = _data(rows, uint8)
+    w = w if weighted else None
+    batch, epochs = 16, 3  # 1,611 rows: a last global batch of 11 rows (6 + 5)
+    factory = lambda: _net(dtype, dropout, threads, rescale=uint8)  # noqa: E731
+    got, loss_sums, P = _two_ranks(factory, X, y, w, optimizer, batch, epochs, threads)
+    one = factory()
+    history = one.fit(X, y, epochs=epochs, batch_size=RANKS * batch, optimizer=optimizer(), shuffle=False,
+                      sample_weight=w)
+    assert history.path.startswith("compiled whole epoch")
+    assert P == min(threads, 2)
+    tolerance = dict(rtol=1e-12, atol=1e-12) if dtype == "float64" else dict(rtol=1e-5, atol=1e-6)
+    for a, b in zip(got.dense_layers, one.dense_layers):
+        np.testing.assert_allclose(a.W, b.W, **tolerance)
+        np.testing.assert_allclose(a.b, b.b, **tolerance)
+    total_weight = len(y) if w is None else w.sum()
+    np.testing.assert_allclose(np.array(loss_sums) / total_weight, history.history["loss"],
+                               rtol=1e-12 if dtype == "float64" else 1e-5)
+    assert got.optimizer.t == one.optimizer.t  # Adam's bias corrections count the same steps
