@@ -28,9 +28,11 @@ cores in threads (cores ÷ ranks on that machine), so ranks and threads never ov
   ``checkpoint=`` lets ``resume=True`` continue from the last completed epoch.
 - Nothing is pickled: every exchange is a NumPy buffer. mpi4py is imported only here, and
   only when a communicator is given.
-- On the CuPy backend the gradients are copied to the host for the Allreduce (one device-to-host
-  and one host-to-device copy of them per batch); passing device buffers to a CUDA-aware MPI
-  directly is not done yet (nor tested: no GPU here).
+- On the CuPy backend the gradients go through the host for the Allreduce (one device-to-host and
+  one host-to-device copy per batch), unless ``FASTNN_CUDA_AWARE_MPI=1`` says the MPI library is
+  CUDA-aware (Open MPI built with CUDA, MVAPICH2-GDR, MPICH built with GPU support: MPI has no
+  portable query of it): then the Allreduce takes the device buffer itself, after the stream is
+  synchronized, and only the two flags cross to the host.
 
     # mpiexec -n 2 python train.py
     from mpi4py import MPI
@@ -59,6 +61,16 @@ from .mpi_ranks import Ranks, share
 
 #: rows of X (and T) hashed to check that every rank holds the same data (evenly spaced)
 SAMPLED_ROWS = 64
+
+
+#: "1": the MPI library takes CuPy device buffers (CUDA-aware); see the module docstring
+CUDA_AWARE_MPI = "FASTNN_CUDA_AWARE_MPI"
+
+
+def device_buffers(backend) -> bool:
+    """True when the gradients go to the Allreduce in device memory: a CuPy backend under
+    ``FASTNN_CUDA_AWARE_MPI=1``."""
+    return backend.name == "cupy" and os.environ.get(CUDA_AWARE_MPI, "").strip() == "1"
 
 
 def path_in_words(size: int, compiled: bool = False) -> str:
@@ -229,10 +241,13 @@ def _epoch(net, ranks, job, order, epoch, saved) -> tuple[float, int]:
     layers, dense = net.training_layers(job.loss), net.dense_layers
     sizes = [(d.W.size, d.W.shape, d.b.size, d.b.shape) for d in dense]
     n_grads = sum(w + b for w, _, b, _ in sizes)
-    failed, diverged = n_grads, n_grads + 1  # the flags' places in the buffer
+    failed = n_grads  # the two flags (a rank failed, a loss was NaN/inf) follow the gradients
     step = job.batch_size * ranks.size
     n, local_loss, local_correct = job.X.shape[0], 0.0, 0
-    sums = np.empty(n_grads + 2, np.dtype(net.dtype))  # one buffer for every batch's Allreduce
+    device = device_buffers(backend)
+    # one buffer for every batch's Allreduce: the gradients, then the two flags
+    sums = (backend.xp if device else np).empty(n_grads + 2, dtype=np.dtype(net.dtype))
+    flags = np.zeros(2, np.dtype(net.dtype))
     with net._dropout_batches(layers, net.epochs_trained) as set_rows:
         for batch, start in enumerate(range(0, n, step)):
             rows = order[start:min(start + step, n)]
@@ -244,14 +259,19 @@ def _epoch(net, ranks, job, order, epoch, saved) -> tuple[float, int]:
             if done is not None:
                 local_loss += done[0]
                 local_correct += done[1]
-                sums[diverged] = done[2]
-            sums[failed] = ranks.error is not None
+            flags[:] = ranks.error is not None, done is not None and done[2]
             if batch_weight == 0:  # weighs zero on every rank: no step; a failure waits for the epoch's end
                 continue
+            if device:  # the flags to the device, and the device's work done before MPI reads it
+                sums[failed:] = backend.asarray(flags)
+                backend.synchronize()
+            else:
+                sums[failed:] = flags
             ranks.sum(sums)
-            if sums[failed]:
+            flags[:] = backend.to_numpy(sums[failed:]) if device else sums[failed:]
+            if flags[0]:
                 ranks.agree(failed_somewhere=True)
-            if sums[diverged] and backend.check_every_batch:
+            if flags[1] and backend.check_every_batch:
                 net._restore_if_not_finite(saved)
                 from .training import TrainingDiverged
                 raise TrainingDiverged(f"fit: the loss became NaN or inf in epoch {epoch + 1}, batch {batch + 1} "
@@ -341,7 +361,10 @@ def _local_step(net, job, layers, dense, set_rows, mine, batch_weight, sums):
     host, at = backend.to_numpy, 0
     for layer in dense:
         for grad in (layer.dW, layer.db):
-            np.multiply(host(grad).reshape(-1), factor, out=sums[at:at + grad.size])
+            if isinstance(sums, np.ndarray):
+                np.multiply(host(grad).reshape(-1), factor, out=sums[at:at + grad.size])
+            else:  # device buffers (a CUDA-aware MPI): no copy to the host
+                xp.multiply(grad.reshape(-1), factor, out=sums[at:at + grad.size])
             at += grad.size
     correct = int(net._n_correct(Y, xp.take(job.labels, idx, axis=0), job.loss))
     return value * batch_weight, correct, not math.isfinite(value)

@@ -238,3 +238,53 @@ def test_importing_fastnn_leaves_mpi4py_unimported():
     code = "import sys, fastnn, fastnn.distributed; print('mpi4py' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr
+
+
+CUPY_WORKER = COMMON + textwrap.dedent("""
+    import sys
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    X, y, w = data(23)
+    model = net("float32", True, backend="cupy")
+    model.fit(X, y, epochs=3, batch_size=4, optimizer=optimizer("adam"), sample_weight=w, comm=comm)
+    host = [model.backend.to_numpy(p) for d in model.dense_layers for p in (d.W, d.b)]
+    np.savez(f"{sys.argv[1]}/cupy_{comm.Get_rank()}.npz", *host)
+""")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_aware", [False, True], ids=["through_host", "device_buffers"])
+def test_two_ranks_on_cupy_train_as_one_process(tmp_path, cuda_aware, monkeypatch):
+    available, reason = fastnn.available_backends()["cupy"]
+    if not available:
+        pytest.skip(f"backend 'cupy' unavailable: {reason}")
+    if cuda_aware and os.environ.get("FASTNN_CUDA_AWARE_MPI") != "1":
+        pytest.skip("the MPI here is not declared CUDA-aware (FASTNN_CUDA_AWARE_MPI=1; MPICH's wheel is not)")
+    monkeypatch.setenv("FASTNN_CUDA_AWARE_MPI", "1" if cuda_aware else "0")
+    done = _launch(tmp_path, CUPY_WORKER, str(tmp_path), timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    namespace = {}
+    exec(COMMON, namespace)
+    X, y, w = namespace["data"](23)
+    one = namespace["net"]("float32", True, backend="cupy")
+    one.fit(X, y, epochs=3, batch_size=2 * 4, optimizer=namespace["optimizer"]("adam"), sample_weight=w)
+    expected = [one.backend.to_numpy(p) for d in one.dense_layers for p in (d.W, d.b)]
+    per_rank = [np.load(tmp_path / f"cupy_{rank}.npz") for rank in range(RANKS)]
+    for got in per_rank:
+        for i, b in enumerate(expected):
+            np.testing.assert_allclose(got[f"arr_{i}"], b, rtol=2e-5, atol=2e-6)
+    for i in range(len(expected)):
+        assert np.array_equal(per_rank[0][f"arr_{i}"], per_rank[1][f"arr_{i}"])
+
+
+def test_device_buffers_only_on_cupy_and_only_when_declared(monkeypatch):
+    from types import SimpleNamespace
+
+    from fastnn.distributed import device_buffers
+    cupy, numba = SimpleNamespace(name="cupy"), SimpleNamespace(name="numba")
+    monkeypatch.delenv("FASTNN_CUDA_AWARE_MPI", raising=False)
+    assert not device_buffers(cupy)
+    monkeypatch.setenv("FASTNN_CUDA_AWARE_MPI", "1")
+    assert device_buffers(cupy) and not device_buffers(numba)
+    monkeypatch.setenv("FASTNN_CUDA_AWARE_MPI", "0")
+    assert not device_buffers(cupy)
