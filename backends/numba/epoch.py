@@ -150,7 +150,7 @@ class EpochTrainer(Trainer):
         self.dtype = np.dtype(net.dtype)
         self.vw = simd.width(self.dtype)
         self.threads = _available_threads(backend)
-        self._key, self.layout = None, None
+        self._key, self.layout, self._kern = None, None, None
         self.last_threads = None
 
     def describe(self, batch_size: int, rows: int | None = None) -> str:
@@ -166,7 +166,7 @@ class EpochTrainer(Trainer):
         X, T, labels, order, staged = self._checked(X, T, labels, order)
         wts = _read_only(np.ascontiguousarray(weights if weights is not None else (), dtype=np.float64))
         n, bs = X.shape[0], int(batch_size)
-        kern = codegen.load()
+        kern = self._kern = self._kern or codegen.load()
         per_call = max(1, int(CHUNK_WORK / max(1.0, bs * self._macs_per_row)))
         P = self._threads_for(bs, n)
         self._start(kern, n, bs, P)

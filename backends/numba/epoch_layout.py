@@ -141,8 +141,9 @@ class Layout:
 
     # ---- parameters in and out ----------------------------------------------------
     def pieces(self, flat):
-        """Per layer ``([(view, columns), ...] of W, view of b)``: where the real (unpadded)
-        parameters are inside a flat buffer (W in column blocks where threads split it).
+        """Per layer ``([(view, columns), ...] of W, the one view of the whole W or None, view of b)``:
+        where the real (unpadded) parameters are inside a flat buffer (W in column blocks where
+        threads split it; the whole W where a C-contiguous view holds it: see ``_whole``).
         Made once per buffer (params, S1, S2 live as long as the layout): every epoch of a
         small job copies in and out six times, and remaking the views was 12% of its fit."""
         cached = self._pieces.get(id(flat))
@@ -159,22 +160,27 @@ class Layout:
                 real = max(0, min(width, n_out - c0))
                 if real:
                     W.append((flat[at: at + rows * width].reshape(rows, width)[:n_in, :real], slice(c0, c0 + real)))
-            pieces.append((W, flat[at_b: at_b + n_out]))
+            pieces.append((W, _whole(W), flat[at_b: at_b + n_out]))
         return pieces
 
     def copy_in(self, dense_layers, opt):
-        """Parameters, optimizer state and hyper-parameters into the buffers."""
-        for layer, (W, b) in zip(dense_layers, self.pieces(self.params)):
-            for view, cols in W:
-                view[...] = layer.W[:, cols]
-            b[...] = layer.b
-        for slot, flat in zip(opt.rule.slots, (self.S1, self.S2)):
-            for i, (W, b) in enumerate(self.pieces(flat)):
-                value = opt.state.get(f"{i}.W", {}).get(slot)
+        """Parameters, optimizer state and hyper-parameters into the buffers (an array that is
+        already a view of them, handed out by ``copy_out``, is there already)."""
+        for layer, (W, whole, b) in zip(dense_layers, self.pieces(self.params)):
+            if layer.W is not whole:
                 for view, cols in W:
-                    view[...] = 0 if value is None else value[:, cols]
+                    view[...] = layer.W[:, cols]
+            if layer.b is not b:
+                b[...] = layer.b
+        for slot, flat in zip(opt.rule.slots, (self.S1, self.S2)):
+            for i, (W, whole, b) in enumerate(self.pieces(flat)):
+                value = opt.state.get(f"{i}.W", {}).get(slot)
+                if value is None or value is not whole:
+                    for view, cols in W:
+                        view[...] = 0 if value is None else value[:, cols]
                 value = opt.state.get(f"{i}.b", {}).get(slot)
-                b[...] = 0 if value is None else value
+                if value is None or value is not b:
+                    b[...] = 0 if value is None else value
         h = self.h  # see epoch_ops: the rule, the steps taken, its inputs (per-step scalars: the kernel's)
         h[:] = 0
         h[:, epoch_ops.HY_KIND], h[:, epoch_ops.HY_T0] = opt.rule.code, opt.t
@@ -182,20 +188,32 @@ class Layout:
             h[:, epoch_ops.HY_IN + i] = value
 
     def copy_out(self, dense_layers, opt, applied):
-        """Parameters (and, after a step, the optimizer state) back where SGD/Adam keep them."""
-        for layer, (W, b) in zip(dense_layers, self.pieces(self.params)):
-            give_params(layer, W=_store(layer.W, W, (layer.n_in, layer.n_out), self.dtype),
-                        b=_store(layer.b, [(b, slice(None))], (layer.n_out,), self.dtype))
+        """Parameters (and, after a step, the optimizer state) back where SGD/Adam keep them: as
+        views of the buffers where one view holds a whole array (the next epoch then copies
+        nothing in: as the CUDA-graph trainer, the layers hold the trainer's own arrays), else
+        copied out of the threads' column blocks or the padding."""
+        for layer, (W, whole, b) in zip(dense_layers, self.pieces(self.params)):
+            give_params(layer, W=whole if whole is not None else _store(layer.W, W, (layer.n_in, layer.n_out),
+                                                                         self.dtype), b=b)
         if applied == 0:  # no step taken: the optimizer state stays as it was (maybe absent)
             return
         for slot, flat in zip(opt.rule.slots, (self.S1, self.S2)):
-            for i, (W, b) in enumerate(self.pieces(flat)):
-                for name, parts, shape in (("W", W, (self.dims[i], self.dims[i + 1])),
-                                           ("b", [(b, slice(None))], b.shape)):
-                    entry = opt.state.setdefault(f"{i}.{name}", {})
-                    entry[slot] = _store(entry.get(slot), parts, shape, self.dtype)
+            for i, (W, whole, b) in enumerate(self.pieces(flat)):
+                entry = opt.state.setdefault(f"{i}.W", {})
+                entry[slot] = whole if whole is not None else _store(entry.get(slot), W, (self.dims[i], self.dims[i + 1]),
+                                                                     self.dtype)
+                opt.state.setdefault(f"{i}.b", {})[slot] = b
         if opt.counts_steps:
             opt.t += applied
+
+
+def _whole(parts):
+    """The one view that holds a whole parameter (not in the threads' column blocks, no padding
+    inside it: C-contiguous, as every array the layers hold), or None."""
+    if len(parts) != 1:
+        return None
+    view, _ = parts[0]
+    return view if view.flags.c_contiguous else None
 
 
 def _store(target, parts, shape, dtype):
