@@ -483,6 +483,41 @@ def test_num_threads_default_follows_the_environment():
     assert out.stdout.split() == ["1", "1"]
 
 
+def test_max_threads_follows_numbas_rule_without_importing_numba(monkeypatch):
+    """numba's NUMBA_NUM_THREADS (numba/core/config.py): $NUMBA_NUM_THREADS, else the CPUs this
+    process may run on; worked out the same way before numba is imported (a deferred job never is)."""
+    import numba
+
+    from fastnn.backends.numba import threads
+
+    monkeypatch.delitem(sys.modules, "numba")  # as in a process that has not imported it
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    assert threads.max_threads() == numba.config.NUMBA_DEFAULT_NUM_THREADS
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "3")
+    assert threads.max_threads() == 3
+    with pytest.raises(ValueError, match=r"from 1 to 3 \(NUMBA_NUM_THREADS\), got 4"):
+        numba_backend.NumbaBackend(num_threads=4)
+    monkeypatch.setitem(sys.modules, "numba", numba)
+    assert threads.max_threads() == numba.config.NUMBA_NUM_THREADS  # imported: numba's own value
+
+
+def test_the_cache_folders_are_numbas_own(tmp_path, monkeypatch):
+    """Where numba's cache locators keep the kernels, worked out without numba, as numba names them;
+    a folder found there means numba caches them (asked of numba itself)."""
+    from numba.core import caching
+
+    from fastnn.backends.numba import cache as numba_cache, numba_cache_folders
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    probe, path = numba_cache._probe, numba_cache.__file__
+    mine = numba_cache_folders.candidates()
+    assert mine[0] == os.path.join(str(tmp_path), caching._CacheLocator.get_suitable_cache_subpath(path))
+    assert mine[1] == caching.InTreeCacheLocator(probe, path).get_cache_path()
+    if not sys.platform.startswith("win"):
+        assert mine[2] == caching.UserWideCacheLocator(probe, path).get_cache_path()
+    assert numba_cache_folders.one_takes_files() and numba_cache._numba_finds_a_folder()
+
+
 def test_blas_is_capped_at_num_threads():
     threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl is not installed")
     if max(lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas") < 2:

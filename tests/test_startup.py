@@ -1,6 +1,7 @@
 """What a process pays before its first answer: ``from fastnn import MLPClassifier`` does not
 import scikit-learn (a second of a small script), yet scikit-learn's tools take the estimator;
-kernels in numba's disk cache load without the set-up numba needs only to compile."""
+on a machine whose numba kernels are not compiled yet, a small job never imports numba; kernels
+in numba's disk cache load without the set-up numba needs only to compile."""
 import json
 import os
 import subprocess
@@ -17,9 +18,9 @@ from fastnn import MLPClassifier
 from conftest import blobs
 
 
-def _python(code, timeout=120):
+def _python(code, timeout=120, env=None):
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -96,3 +97,52 @@ def test_cached_kernels_load_without_numba_compile_setup():
     path, refreshed, P = out.strip().splitlines()
     assert path == "compiled whole epoch" and refreshed == "False", out
     np.testing.assert_allclose(np.array(json.loads(P)), net.predict_proba(X[:5]), rtol=1e-6)
+
+
+def test_a_cold_cache_trains_without_importing_numba(tmp_path):
+    """A fresh machine (empty caches), the default backend (auto: numba): a small job trains at once
+    on the reference ops, starts the background compile once, and its process never imports numba
+    (~0.3 s of a small script) while it knows numba's thread limit and says what it picked."""
+    numba = pytest.importorskip("numba", reason="numba is not installed")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), FASTNN_CACHE_DIR=str(tmp_path / "fastnn"),
+               FASTNN_BACKGROUND_COMPILE="1")
+    for name in ("FASTNN_DEFER_COMPILE", "FASTNN_BACKEND", "NUMBA_NUM_THREADS"):
+        env.pop(name, None)
+    out = _python("""
+        import json, sys, warnings
+        import numpy as np
+        import fastnn
+        from fastnn import MLPClassifier
+        from fastnn.backends.numba import cache
+
+        class Popen:  # the background compile, started but not run: its command is what counts
+            started = []
+            def __init__(self, command, **options):
+                self.started.append(command[1:])
+            def poll(self):
+                return None  # still running
+        cache.subprocess.Popen = Popen
+        g = np.random.default_rng(0)
+        X = g.normal(size=(120, 5)).astype(np.float32)
+        y = (X[:, 0] > 0).astype(int)
+        net = fastnn.Sequential(fastnn.Dense(5, 8), fastnn.ReLU(), fastnn.Dense(8, 2), seed=0)
+        history = net.fit(X, y, epochs=2, batch_size=16, lr=0.1)
+        net.predict(X), net.evaluate(X, y)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ConvergenceWarning
+            MLPClassifier(hidden_layer_sizes=(8,), max_iter=3).fit(X, y).predict(X)
+        try:
+            fastnn.get_backend("numba", num_threads=0)
+        except ValueError as exc:
+            refused = str(exc)
+        print(json.dumps({"backend": net.backend.name, "default": fastnn.default_backend(), "path": history.path,
+                          "started": Popen.started, "refused": refused,
+                          "imported": sorted({m.split(".")[0] for m in sys.modules} & {"numba", "llvmlite"})}))
+        """, env=env)
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["imported"] == [], report
+    assert report["backend"] == "numba" and report["default"][0] == "numba", report
+    assert "reference ops" in report["path"] and "compile in the background" in report["path"], report
+    assert report["started"] == [["-m", "fastnn.backends.numba.cache", "float32"]], report  # once
+    limit = numba.config.NUMBA_NUM_THREADS  # numba's own rule, in this process (the same environment)
+    assert f"num_threads must be an integer from 1 to {limit} (NUMBA_NUM_THREADS), got 0" in report["refused"]

@@ -1,6 +1,30 @@
 """BLAS's threads beside the numba kernels' own: capped around a call where BLAS would use more
-(threadpoolctl), so that BLAS and the kernels' threads never oversubscribe the cores."""
+(threadpoolctl), so that BLAS and the kernels' threads never oversubscribe the cores.
+
+The numba backend's ``num_threads`` bounds both pools, and only one of them ever works: the
+register tiles of a small batch share their work between numba's threads (``prange``) only when
+BLAS runs a single thread (``OPENBLAS_NUM_THREADS=1``, ``threadpoolctl``), else they run on the
+calling thread. A training step interleaves the tiles with BLAS calls, and the idle threads of
+each pool spin for a while after their work: two pools over the same cores slow a step manyfold.
+"""
 from __future__ import annotations
+
+import weakref
+from typing import Any
+
+_live: weakref.WeakSet[Any] = weakref.WeakSet()  # every backend whose caps recap_all() takes again
+
+
+def track(backend: Any) -> None:
+    """Take ``backend``'s caps again (its ``_cap_blas()``) whenever :func:`recap_all` is called."""
+    _live.add(backend)
+
+
+def recap_all() -> None:
+    """SciPy's BLAS was loaded just now (the first ``blas_gemm``): every live backend's BLAS caps
+    are taken again, so that they limit its threads too."""
+    for backend in list(_live):
+        backend._cap_blas()
 
 
 class _BlasCap:

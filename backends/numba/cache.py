@@ -39,6 +39,8 @@ import warnings
 
 from fastnn.files import atomic_writer
 
+from . import numba_cache_folders
+
 PARTS = ("epoch", "layers")
 #: Seconds a cold compile of one part of one dtype takes, roughly (2 cores, Zen 3/4; AVX-512
 #: machines are faster): what a job must outlast before waiting for a compile pays.
@@ -120,16 +122,21 @@ def kernels_cacheable():
     """True when numba can keep this package's kernels on disk: one of its cache locators
     (``$NUMBA_CACHE_DIR``, the package's ``__pycache__``, numba's folder in the user's cache;
     ``numba/core/caching.py``) takes files. With none, ``njit(cache=True)`` raises "no locator
-    available" at import, so ``numba_kernels`` asks here first. Asked once per process."""
+    available" at import, so ``numba_kernels`` asks here first. Asked once per process: first
+    without numba (``numba_cache_folders``), then, where that finds no folder, numba itself."""
     global _kernels_cacheable
     if _kernels_cacheable is None:
-        from numba import njit
-        try:
-            njit(cache=True)(_probe)  # numba looks for a cache folder for this file's folder
-            _kernels_cacheable = True
-        except RuntimeError:
-            _kernels_cacheable = False
+        _kernels_cacheable = numba_cache_folders.one_takes_files() or _numba_finds_a_folder()
     return _kernels_cacheable
+
+
+def _numba_finds_a_folder():
+    from numba import njit
+    try:
+        njit(cache=True)(_probe)  # numba looks for a cache folder for this file's folder
+        return True
+    except RuntimeError:
+        return False
 
 
 def _probe():
@@ -207,8 +214,20 @@ def _marker(part, dtype):
 
 
 def is_cached(part, dtype):
-    """True when ``part`` of ``dtype`` loads from the disk cache instead of compiling."""
-    return cacheable(part) and os.path.exists(_marker(part, dtype))
+    """True when ``part`` of ``dtype`` loads from the disk cache instead of compiling. Where no
+    marker of it exists under any key, without :func:`key` (which imports numba and llvmlite)."""
+    if not cacheable(part):
+        return False
+    if _key is None and not _any_marker(part, dtype):
+        return False
+    return os.path.exists(_marker(part, dtype))
+
+
+def _any_marker(part, dtype):
+    end = f"-{part}-{dtype}"
+    with contextlib.suppress(OSError):
+        return any(name.startswith("ready-") and name.endswith(end) for name in os.listdir(folder()))
+    return False
 
 
 def mark_cached(part, dtype):

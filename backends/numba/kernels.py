@@ -1,13 +1,11 @@
 """Every compiled kernel of the numba backend, in one module.
 
-One module on purpose: numba's disk cache (``cache=True``) does not notice edits
-in *other* files a kernel uses, and it freezes globals at compile time, so
-tunables are passed as arguments. The one other file compiled into these kernels
-is ``simd.py``, the backend's vector layer (vectors, masked loads, exp): its hash
-is part of every kernel's cache key here (``_Cache``), so an edit there
-recompiles them too. Nothing here may defeat the cache: no ctypes pointers
-captured, no ``exec``; BLAS is reached through a symbol registered with LLVM
-(``ensure_blas``) in every process, before ``blas_gemm`` first runs.
+One module on purpose: numba's disk cache (``cache=True``) does not notice edits in *other*
+files a kernel uses, and it freezes globals at compile time, so tunables are passed as
+arguments. The other files compiled into these kernels, ``simd.py`` and ``simd_math.py`` (the
+vector layer), are hashed into every kernel's cache key here (``_Cache``). Nothing here may
+defeat the cache: no ctypes pointers captured, no ``exec``; BLAS is reached through a symbol
+registered with LLVM (``ensure_blas``) in every process, before ``blas_gemm`` first runs.
 
 Layout conventions: arrays are C-contiguous; a matrix is often handled as its
 flat buffer with explicit index arithmetic, because with runtime 2-D strides
@@ -27,9 +25,8 @@ from . import simd, simd_math
 from .quick_load import QuickLoadCache, quick
 from .simd import VECTOR_BITS, exp, vfma, vload_part, vsplat, vstore_part, vwidth  # noqa: F401 (VECTOR_BITS: backend)
 
-#: The fast-math flags of every kernel, in one place: reassociation and FMA
-#: contraction let LLVM vectorise reductions; no ``nnan``/``ninf``, so NaN and
-#: inf still propagate and a diverging loss is still seen.
+#: The fast-math flags of every kernel, in one place: reassociation and FMA contraction let LLVM
+#: vectorise reductions; no ``nnan``/``ninf``, so NaN and inf still propagate (a diverging loss is seen).
 FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 #: numba's disk cache where it has a folder for this file; none (a read-only install, home and
 #: temp folder): the kernels compile in memory, in every process (``cache=True`` would raise here).
@@ -38,17 +35,14 @@ CACHE = numba_cache.kernels_cacheable()
 KERNEL = dict(cache=CACHE, nogil=True, fastmath=FASTMATH, error_model="numpy", boundscheck=False)
 #: Kernels with a ``prange`` loop; called only where there is enough work.
 PARALLEL = dict(KERNEL, parallel=True)
-#: simd.py's and simd_math.py's text, hashed: numba keys its cache of a kernel on the kernel's own
-#: file only, and these kernels inline their intrinsics: without it an edit there would load stale code.
+#: simd.py's and simd_math.py's text, hashed: numba keys a kernel's cache on its own file only.
 SIMD_DIGEST = hashlib.sha256(b"".join(module.__spec__.loader.get_data(module.__file__)  # type: ignore[union-attr]
                                       for module in (simd, simd_math))).hexdigest()[:16]
 
 
 class _Cache(QuickLoadCache):
     """numba's disk cache of one kernel here (loading quickly: ``quick_load``), each entry keyed also
-    on :data:`SIMD_DIGEST`: after an edit of simd.py numba finds no entry, compiles and adds one
-    (numba itself drops the index when kernels.py changes). Every cached kernel of this module
-    gets one: see the end."""
+    on :data:`SIMD_DIGEST`, so an edit of simd.py compiles afresh. Every cached kernel here gets one."""
 
     def _index_key(self, sig, codegen):
         return super()._index_key(sig, codegen) + (SIMD_DIGEST,)
@@ -107,10 +101,9 @@ _blas_registered = False
 
 
 def ensure_blas():
-    """Register SciPy's BLAS gemm under stable names, once per process, before ``blas_gemm``
-    first runs (its machine code calls them). Not at import: importing ``scipy.linalg`` takes
-    ~0.25 s, which a process that never calls ``blas_gemm`` should not pay. Returns True
-    the first time (SciPy's BLAS library has just been loaded)."""
+    """Register SciPy's BLAS gemm under stable names, once per process, before ``blas_gemm`` first
+    runs (its machine code calls them); not at import, which a process that never calls it should
+    not pay for. Returns True the first time (SciPy's BLAS library has just been loaded)."""
     global _blas_registered
     if _blas_registered:
         return False
@@ -118,6 +111,8 @@ def ensure_blas():
         llvm.add_symbol(f"fastnn_scipy_{name}", get_cython_function_address("scipy.linalg.cython_blas", name))
     _blas_registered = True
     return True
+
+
 _char_p, _int_p = types.CPointer(types.int8), types.CPointer(types.int32)
 
 
@@ -159,15 +154,12 @@ def blas_gemm(A, trans_a, B, trans_b, C, alpha, beta):
 
 
 # ---- gemm for small batches: register tiles -------------------------------
-# Explicit vectors (simd.py) in named variables make the register tile explicit,
-# whatever the sizes: numba runs no SLP vectoriser. Masked loads and stores
-# (vload_part, vstore_part) handle a partial last vector instead of a scalar remainder.
-# C (M, N) = alpha·A (M, P) @ B (P, N) + beta·C, all row-major, M a small batch (the
-# forward product X @ W, where BLAS is poorest). A tile is 4 rows of C by 4 vectors
-# (64 float32 columns), or by 2 vectors for a narrow last tile, and 2 rows for the
-# last 1 or 2 rows of a batch: up to 16 accumulators in registers, and per row p of B
-# 4 vector loads, 4 broadcasts of A and 16 FMAs. Rows past M (a tile's 3rd row of a
-# batch of 11, say) are computed from row M-1 weighted by zero and not stored.
+# C (M, N) = alpha·A (M, P) @ B (P, N) + beta·C, row-major, M a small batch (X @ W, where BLAS
+# is poorest). Explicit vectors in named variables make the register tile explicit (numba runs
+# no SLP vectoriser); masked loads and stores handle a partial last vector. A tile is 4 rows of
+# C by 4 vectors (2 for a narrow last tile; 2 rows for a batch's last 1 or 2): up to 16
+# accumulators, and per row p of B 4 vector loads, 4 broadcasts of A and 16 FMAs. Rows past M
+# are computed from row M-1 weighted by zero and not stored.
 
 @njit(inline="always", **KERNEL)
 def _a_values(a, i, M, P, p):

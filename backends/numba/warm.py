@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import layer_ops
+from . import blas_threads, layer_ops
 
 #: The cost model of ``reference_seconds`` (fit on the reference ops).
 PER_BATCH_S, PER_LAYER_S, REFERENCE_FLOPS = 50e-6, 100e-6, 40e9
@@ -26,15 +26,13 @@ def warm_layers(backend, dtype, kernels):
     ``dtype`` as the ops call them."""
     from fastnn.ops import optimizers
 
-    from .backend import _recap_blas
-
     no_params = np.zeros(layer_ops.N_PARAMS)
 
     A, B, C = np.ones((2, 3), dtype), np.ones((3, 4), dtype), np.empty((2, 4), dtype)
     kernels.gemm_tiles(A, B, C, 1.0, 0.0, 0, -1)
     kernels.gemm_tiles_parallel(A, B, C, 1.0, 0.0, backend.num_threads)
     if kernels.ensure_blas():
-        _recap_blas(backend)
+        blas_threads.recap_all()
     kernels.blas_gemm(A, False, B, False, C, C.dtype.type(1.0), C.dtype.type(0.0))
     kernels.sum_rows(C, np.empty(4, dtype))
     ops = layer_ops.load()
