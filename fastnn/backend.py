@@ -129,9 +129,9 @@ class Backend:
         """
         xp = self.xp
         if trans_a:
-            A = xp.matrix_transpose(A)
+            A = A.T if A.ndim == 2 else xp.matrix_transpose(A)  # .T: the standard's, for matrices
         if trans_b:
-            B = xp.matrix_transpose(B)
+            B = B.T if B.ndim == 2 else xp.matrix_transpose(B)
         product = xp.matmul(A, B)
         if alpha != 1.0:
             product = alpha * product

@@ -15,51 +15,19 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from .backend import ACTIVATIONS, Array, get_backend
+from .initializers import INITIALIZERS, Init
+from .ops import activations as _activations
+from .ops import dropout as _dropout
 
 if TYPE_CHECKING:
     from .backend import Backend
     from .ops.activations import ActivationRule
-
-#: The names of Dense's weight initializers (``INITIALIZERS``).
-Init = Literal["normal", "lecun_normal", "glorot_uniform", "he_normal"]
-from .ops import activations as _activations
-from .ops import dropout as _dropout
-
-
-# ---- initializers: host NumPy, so every backend starts from the same numbers --
-def _init_normal(rng, n_in, n_out):
-    """N(0, 1) weights *and* biases, as in Nielsen's ``network.py``."""
-    return rng.standard_normal((n_in, n_out)), rng.standard_normal(n_out)
-
-
-def _init_lecun_normal(rng, n_in, n_out):
-    """N(0, 1/n_in) weights (Nielsen's ``network2`` default), zero biases."""
-    return rng.standard_normal((n_in, n_out)) / math.sqrt(n_in), np.zeros(n_out)
-
-
-def _init_glorot_uniform(rng, n_in, n_out):
-    """U(±√(6/(n_in+n_out))) weights, zero biases."""
-    limit = math.sqrt(6.0 / (n_in + n_out))
-    return rng.uniform(-limit, limit, (n_in, n_out)), np.zeros(n_out)
-
-
-def _init_he_normal(rng, n_in, n_out):
-    """N(0, 2/n_in) weights (for ReLU), zero biases."""
-    return rng.standard_normal((n_in, n_out)) * math.sqrt(2.0 / n_in), np.zeros(n_out)
-
-
-INITIALIZERS = {
-    "normal": _init_normal,
-    "lecun_normal": _init_lecun_normal,
-    "glorot_uniform": _init_glorot_uniform,
-    "he_normal": _init_he_normal,
-}
 
 
 class Layer:
@@ -166,11 +134,14 @@ class Dense(Layer):
         Z = backend.gemm(X, self._W)  # (B, n_in) @ (n_in, n_out) -> (B, n_out)
         return backend.bias_act(Z, self._b, act, params)
 
-    def backward(self, dZ: Array) -> Array:
-        """From ``dZ (B, n_out)``: sets ``dW``, ``db``; returns ``dX (B, n_in)``."""
+    def backward(self, dZ: Array, input_grad: bool = True) -> Array | None:
+        """From ``dZ (B, n_out)``: sets ``dW``, ``db``; returns ``dX (B, n_in)``, or None with
+        ``input_grad=False`` (a model's first Dense: nothing below it learns)."""
         backend = self._bound()
         self.dW = backend.gemm(self.X, dZ, trans_a=True)  # (n_in, B) @ (B, n_out)
         self.db = backend.sum_rows(dZ)  # (n_out,)
+        if not input_grad:
+            return None
         return backend.gemm(dZ, self._W, trans_b=True)  # (B, n_out) @ (n_out, n_in)
 
 

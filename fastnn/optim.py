@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .ops import optimizers as _rules
+from .param_groups import FlatGroup, groupable
 
 if TYPE_CHECKING:
     from .backend import Array, Backend
@@ -66,6 +67,7 @@ class Optimizer:
     def __init__(self) -> None:
         self.state: dict[str, dict[str, Array]] = {}
         self.t = 0
+        self._groups: dict[bool, FlatGroup | None] = {}  # by decays: see _group
 
     @staticmethod
     def _params(dense_layers):
@@ -102,14 +104,29 @@ class Optimizer:
         if self.counts_steps:
             self.t += 1
         h = self.step_inputs(self.t)
-        no_decay = dict(h, weight_decay=0.0)
-        for key, layer, name, decays in self._params(dense_layers):
-            P, G = getattr(layer, name), getattr(layer, "d" + name)
-            slots = {slot: self._slot(backend, key, slot, P) for slot in rule.slots}
-            P, slots = backend.update(rule, P, G, slots, h if decays else no_decay)
-            setattr(layer, "_" + name, P)  # already checked: skip the setter's validation
-            if slots:
-                self.state[key].update(slots)
+        params = list(self._params(dense_layers))
+        for decays, hyper in ((True, h), (False, dict(h, weight_decay=0.0))):
+            members = [(key, layer, name) for key, layer, name, weighs in params if weighs is decays]
+            group = self._group(decays, members, rule)
+            if group is not None:
+                group.step(backend, rule, hyper)
+                continue
+            for key, layer, name in members:
+                P, G = getattr(layer, name), getattr(layer, "d" + name)
+                slots = {slot: self._slot(backend, key, slot, P) for slot in rule.slots}
+                P, slots = backend.update(rule, P, G, slots, hyper)
+                setattr(layer, "_" + name, P)  # already checked: skip the setter's validation
+                if slots:
+                    self.state[key].update(slots)
+
+    def _group(self, decays, members, rule):
+        """The flat group of ``members`` (``fastnn.param_groups``), built anew when the arrays were
+        replaced since; None where they are not NumPy arrays of one dtype (one update each then)."""
+        group = self._groups.get(decays)
+        if group is not None and group.holds(members, self.state, rule.slots):
+            return group
+        self._groups[decays] = group = FlatGroup(members, self.state, rule.slots) if groupable(members) else None
+        return group
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, **{name: _json(getattr(self, name)) for name in self.settings}}

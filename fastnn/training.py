@@ -24,6 +24,7 @@ from .callbacks import ResumeCheckpoint
 from .callbacks import checked as checked_callbacks
 from .history import History
 from .losses import Loss, LossName, get_loss
+from .row_weights import training_weights as _training_weights  # distributed.py imports it from here
 
 if TYPE_CHECKING:
     import os
@@ -375,44 +376,3 @@ class Training:
         finite = all(bool(xp.all(xp.isfinite(p))) for d in self.dense_layers for p in (d.W, d.b))
         if not finite:
             self._restore(saved)
-
-
-# ---- fit's weights: sample_weight × class_weight -----------------------------
-def _training_weights(net, weights, class_weight, T, labels):
-    """The weight of each training row (host float64), or None: ``weights`` (checked
-    ``sample_weight``, or None) times the ``class_weight`` of each row's class."""
-    if class_weight is not None:
-        per_row = _class_weight_rows(class_weight, net.backend.to_numpy(T), net.backend.to_numpy(labels), net.n_out)
-        weights = per_row if weights is None else weights * per_row
-    if weights is not None and not np.any(weights > 0):
-        raise ValueError("fit: every training row weighs zero (sample_weight × class_weight, after "
-                         "validation_split); nothing to train on")
-    return weights
-
-
-def _class_weight_rows(class_weight, T, labels, n_out):
-    """``class_weight`` (``{class: weight}`` or ``"balanced"``) as one weight per row."""
-    if not np.all((T == 0) | (T == 1)) or (n_out > 1 and not np.all(T.sum(axis=1) == 1)):
-        raise ValueError("class_weight: needs class labels (1-D y) or one-hot target rows; y here has "
-                         "target rows that are not one-hot")
-    n_classes = 2 if n_out == 1 else n_out
-    if isinstance(class_weight, str):
-        if class_weight != "balanced":
-            raise ValueError(f"class_weight: expected a dict {{class: weight}} or 'balanced', got {class_weight!r}")
-        present, counts = np.unique(labels, return_counts=True)
-        per_class = np.zeros(n_classes)
-        per_class[present] = len(labels) / (len(present) * counts)  # scikit-learn's "balanced"
-    elif isinstance(class_weight, dict):
-        per_class = np.ones(n_classes)
-        for label, weight in class_weight.items():
-            if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < n_classes:
-                raise ValueError(f"class_weight: {label!r} is not a class of this model (classes 0..{n_classes - 1})")
-            if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)) \
-                    or not math.isfinite(weight) or weight < 0:
-                raise ValueError(f"class_weight: the weight of class {label} must be a finite number >= 0, "
-                                 f"got {weight!r}")
-            per_class[label] = weight
-    else:
-        raise TypeError(f"class_weight: expected a dict {{class: weight}} or 'balanced', got "
-                        f"{type(class_weight).__name__}")
-    return per_class[labels]

@@ -89,7 +89,11 @@ class ArrayMath:
         self._numpy = getattr(xp, "__name__", "").endswith("numpy")
 
     def _array(self, x):
-        return x if hasattr(x, "shape") else self.xp.full_like(self.like, x)
+        if hasattr(x, "shape"):
+            return x
+        if self._numpy:  # a scalar of like's dtype: the same numbers as a filled array, without the array
+            return self.like.dtype.type(x)
+        return self.xp.full_like(self.like, x)
 
     def exp(self, x):
         if self._numpy:  # exp(-z) is +inf for very negative z, and 1 / (1 + inf) is the right 0
@@ -106,6 +110,8 @@ class ArrayMath:
         return self.xp.maximum(self._array(a), self._array(b))
 
     def where(self, cond, a, b):
+        if not hasattr(a, "shape") and not hasattr(b, "shape") and a == 1 and b == 0:
+            return self.xp.astype(cond, self.like.dtype)  # an indicator (relu'): cond's 1s and 0s
         return self.xp.where(cond, self._array(a), self._array(b))
 
 
