@@ -57,9 +57,9 @@ def _backend(args):
 
 
 def _backend_text(backend):
-    """``"the numba backend (2 threads)"``."""
+    """``"the numba backend (up to 2 threads)"``: as many as the work pays for, said by fit's own line."""
     threads = getattr(backend, "num_threads", None)
-    return f"the {backend.name} backend" + (f" ({threads} thread{'s' * (threads != 1)})" if threads else "")
+    return f"the {backend.name} backend" + (f" (up to {threads} thread{'s' * (threads != 1)})" if threads else "")
 
 
 def _describe_net(net, loss=None):
