@@ -98,7 +98,7 @@ def _prepared(net, rank, X, y, epochs, batch_size, loss, optimizer, lr, shuffle,
     """fit's arguments checked and placed (as ``Training.fit`` does), the checkpoint read but
     not applied: a SimpleNamespace of what training needs."""
     from . import io
-    from .metrics import sample_weights
+    from .metrics import is_regression, sample_weights
     from .training import _training_weights
 
     epochs = check.count("epochs", epochs, minimum=0)
@@ -111,6 +111,7 @@ def _prepared(net, rank, X, y, epochs, batch_size, loss, optimizer, lr, shuffle,
     callbacks = checked_callbacks(callbacks, on_epoch_end)
     X = check.training_set(net, X, check_finite=False)
     T, labels = check.targets(net, y, X.shape[0])
+    regression = is_regression(net, loss, y)
     weights = sample_weights(sample_weight, X.shape[0], net.backend.to_numpy)
     if validation_split and validation_data is None:
         keep = check.split_point(validation_split, X.shape[0])
@@ -129,7 +130,7 @@ def _prepared(net, rank, X, y, epochs, batch_size, loss, optimizer, lr, shuffle,
     return SimpleNamespace(epochs=epochs, batch_size=batch_size, loss=loss, optimizer=optimizer, shuffle=shuffle,
                            callbacks=callbacks, X=X, T=T, labels=labels, weights=weights,
                            validation_data=validation_data, checkpoint=checkpoint, resumed=resumed,
-                           verbose=verbose)
+                           verbose=verbose, regression=regression)
 
 
 def _compiled_steps(net, ranks, job):
@@ -212,7 +213,8 @@ def _train(net, ranks, job) -> History:
             from .training import TrainingDiverged
             raise TrainingDiverged(f"fit: the loss became {mean_loss} in epoch {epoch + 1}; "
                                    f"weights restored to the end of epoch {epoch}")
-        logs = {"loss": mean_loss, "accuracy": correct / n, "lr": float(net.optimizer.lr)}
+        logs = {"loss": mean_loss, **({} if job.regression else {"accuracy": correct / n}),
+                "lr": float(net.optimizer.lr)}
         if job.validation_data is not None:
             logs.update(_validation_on_rank_0(net, ranks, job))
         logs["seconds"] = time.perf_counter() - started

@@ -36,7 +36,7 @@ class History:
         return f"History({len(self)} epochs, keys={sorted(self.history)})"
 
     def best_epoch(self) -> int | None:
-        """The epoch with the best validation accuracy (else training accuracy), or None."""
+        """The epoch with the best validation accuracy (else training accuracy), or None (a regression)."""
         key = "val_accuracy" if "val_accuracy" in self.history else "accuracy"
         values = self.history.get(key)
         if not values:
@@ -47,7 +47,9 @@ class History:
     def line(self, i: int, n_samples: int, val_name: str = "val") -> str:
         """One line describing epoch ``i`` (as printed by ``fit(verbose=1)`` and the CLI)."""
         h = self.history
-        text = f"epoch {h['epoch'][i]:>3}: loss {h['loss'][i]:.4f}  train acc {h['accuracy'][i]:.4f}"
+        text = f"epoch {h['epoch'][i]:>3}: loss {h['loss'][i]:.4f}"
+        if "accuracy" in h:  # a regression has none
+            text += f"  train acc {h['accuracy'][i]:.4f}"
         if "val_accuracy" in h:
             text += f"  {val_name} acc {h['val_accuracy'][i]:.4f}"
         seconds = h["seconds"][i]

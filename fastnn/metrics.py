@@ -64,6 +64,13 @@ def task(loss: Loss, last_activation: str | None, y, to_numpy) -> tuple[str, str
     return "regression", "float target rows, the mse loss, an output without activation"
 
 
+def is_regression(net, loss: Loss, y) -> bool:
+    """Whether ``net`` fitted with ``loss`` on ``y`` is a regression (:func:`task`): its History then
+    has no training accuracy. Asked of the mse loss alone, so a classification's targets never
+    travel to the host for it."""
+    return isinstance(loss, MSE) and task(loss, net._last_activation(), y, net.backend.to_numpy)[0] == "regression"
+
+
 def _one_hot(T):
     """Rows of 0s with a single 1 (one column: 0 or 1): classes written as target rows."""
     if not np.all((T == 0) | (T == 1)):

@@ -163,7 +163,7 @@ class Training:
                                    resume=resume, on_epoch_end=on_epoch_end, callbacks=callbacks,
                                    sample_weight=sample_weight, class_weight=class_weight)
         from . import io
-        from .metrics import sample_weights
+        from .metrics import is_regression, sample_weights
 
         epochs = check.count("epochs", epochs, minimum=0)
         batch_size = check.count("batch_size", batch_size, minimum=1)
@@ -175,6 +175,7 @@ class Training:
         callbacks = checked_callbacks(callbacks, on_epoch_end)
         X = check.training_set(self, X, check_finite=False)
         T, labels = check.targets(self, y, X.shape[0])
+        regression = is_regression(self, loss, y)
         weights = sample_weights(sample_weight, X.shape[0], self.backend.to_numpy)
         if validation_split and validation_data is None:
             keep = check.split_point(validation_split, X.shape[0])
@@ -241,7 +242,8 @@ class Training:
                     self._restore(saved)
                     raise TrainingDiverged(f"fit: the loss became {mean_loss} in epoch {epoch + 1}; "
                                            f"weights restored to the end of epoch {epoch}")
-                logs = {"loss": mean_loss, "accuracy": correct / n, "lr": float(self.optimizer.lr)}
+                logs = {"loss": mean_loss, **({} if regression else {"accuracy": correct / n}),
+                        "lr": float(self.optimizer.lr)}
                 if validation_data is not None:
                     scores = self.evaluate(*validation_data, loss=loss)
                     logs["val_loss"] = scores["loss"]
