@@ -586,3 +586,15 @@ def test_validation_split_with_target_rows_and_its_errors(data):
             _small_net("numpy").fit(X, y, validation_split=fraction)
     with pytest.raises(ValueError, match="3 rows cannot be split"):
         _small_net("numpy").fit(X[:3], y[:3], validation_split=0.8)  # floor(3 * 0.2): nothing to train on
+
+
+def test_a_regression_logs_no_training_accuracy_and_a_classification_by_mse_does(capsys):
+    X = np.random.default_rng(0).normal(size=(60, 3))
+    y = X @ np.array([1.0, 2.0, 3.0])
+    net = fastnn.Sequential(fastnn.Dense(3, 8), fastnn.ReLU(), fastnn.Dense(8, 1), backend="numpy")
+    history = net.fit(X, y.reshape(-1, 1), epochs=2, loss="mse", verbose=1)
+    assert "accuracy" not in history.history and history.best_epoch() is None
+    assert "train acc" not in capsys.readouterr().err
+    net = fastnn.Sequential(fastnn.Dense(3, 8), fastnn.ReLU(), fastnn.Dense(8, 2), backend="numpy")
+    history = net.fit(X, (y > 0).astype(int), epochs=1, loss="mse", verbose=1)  # Nielsen's quadratic cost
+    assert 0 <= history.history["accuracy"][0] <= 1 and "train acc" in capsys.readouterr().err
