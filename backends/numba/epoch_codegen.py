@@ -2,8 +2,8 @@
 
 The register tiles of the three products are unrolled here (named vector
 accumulators, so LLVM keeps them in registers); everything else comes from
-the template ``epoch_template.py``. Sizes are run-time arguments: one
-compiled module serves every layer shape, once per dtype.
+the template ``epoch_template.py`` and the template text in ``PARTS``. Sizes are
+run-time arguments: one compiled module serves every layer shape, once per dtype.
 
 The source goes to a ``.py`` file in a cache folder named by its hash (``generated.py``).
 """
@@ -69,12 +69,12 @@ def _upd_tile(mk, nv):
     at a time.
 
     Plain SGD (``sgd``): D holds −lr·dZ already, so W ← keep·W + Σ_r A·D in registers
-    (keep = 1 − lr·weight_decay). Otherwise each block of dW goes through the scratch G
-    to the optimizer step.
+    (keep = 1 − lr·weight_decay). Otherwise dW's rows k0:k1 go to the scratch G, row after row, for
+    ``update``'s call of the optimizer step (one call there: inside each tile it made its code once per tile).
     """
     out = ["@njit(**_JIT)",
-           f"def upd_{mk}x{nv}(A, abase, rows, astride, r0, r1, k0, k1, D, dbase, ldd, j0, P, S1, S2, pbase, ldw,"
-           " h, decays, sgd, keep, G, gbase):",
+           f"def upd_{mk}x{nv}(A, abase, rows, astride, r0, r1, k0, k1, D, dbase, ldd, j0, P, pbase, ldw,"
+           " sgd, keep, G, gbase):",
            "    VW = vwidth(D)",
            "    zero, c = vsplat(D, 0.0), vsplat(D, keep)",
            "    far = r1 - r0 >= PREFETCH_ROWS",
@@ -99,9 +99,9 @@ def _upd_tile(mk, nv):
     out += ["            " + "; ".join(f"vstore(P, o + {m} * ldw + {v} * VW, a{m}_{v})" for v in range(nv))
             for m in range(mk)]
     out += ["        else:"]
-    out += ["            " + "; ".join(f"vstore(G, gbase + {m * nv + v} * VW, a{m}_{v})" for v in range(nv))
+    out += [f"            g = gbase + (k - k0) * {nv} * VW"]
+    out += ["            " + "; ".join(f"vstore(G, g + {m * nv + v} * VW, a{m}_{v})" for v in range(nv))
             for m in range(mk)]
-    out += [f"            apply_step(P, S1, S2, o, ldw, G, gbase, rt({mk}), rt({nv}), h, decays)"]
     return "\n".join(out)
 
 
@@ -128,6 +128,27 @@ def _dx_tile(mk):
     return "\n".join(out)
 
 
+def _step_tile():
+    """Lines that put the gradient of W's rows k:kn, vectors v:v+nv, into G (mk rows per step)."""
+    lines = []
+    for mk in (MK, 1):
+        lines += ["if mk == MK:" if mk == MK else "else:"]
+        for i, nv in enumerate(WIDTHS):
+            test = "if" if i == 0 else "elif" if i < len(WIDTHS) - 1 else "else"
+            lines += [f"    {test} nv == {nv}:" if test != "else" else "    else:",
+                      f"        upd_{mk}x{nv}(A, abase, rows, astride, rt(0), nrows, k, kn, D, dbase, ldd, v * VW,"
+                      " P, pbase, ldw, sgd, keep, G, gbase)"]
+    return lines
+
+
+def _widest(test):
+    """The widest tile whose vectors fit ``test`` (with NV for its width), as an expression."""
+    expr = str(WIDTHS[-1])
+    for nv in reversed(WIDTHS[:-1]):
+        expr = f"{nv} if {test.replace('NV', str(nv))} else {expr}"
+    return expr
+
+
 def _dispatch(name, call, then=None):
     """Lines that walk ``v`` from v0 to v1 with the widest tiles first (``then``: after each tile)."""
     lines = []
@@ -139,35 +160,46 @@ def _dispatch(name, call, then=None):
     return lines
 
 
+#: Template text after the tiles, in this order: the tile drivers, then the other kernels by topic
+#: (one generated module: numba's cache does not notice edits in other files a cached kernel calls).
+PARTS = ("epoch_products.py", "epoch_dropout.py", "epoch_loss.py", "epoch_barrier.py")
+
+
 def source(cache=True):
     """The full text of the kernel module (``cache=False``: its kernels without numba's disk cache)."""
-    with open(os.path.join(_HERE, "epoch_template.py")) as f:
-        template = f.read()
+    template = _read("epoch_template.py")
     tiles = [_fwd_tile(nv) for nv in WIDTHS]
     tiles += [_upd_tile(mk, nv) for mk in (MK, 1) for nv in WIDTHS]
     tiles += [_dx_tile(dk) for dk in (DK, 1)]
-    parts = template.split("# <<TILES>>\n")
-    head = parts[0].replace("MR = 0", f"MR = {MR}").replace("MK = 0", f"MK = {MK}").replace("DK = 0", f"DK = {DK}")
+    head, body = template.split("# <<TILES>>\n")
+    head = head.replace("MR = 0", f"MR = {MR}").replace("MK = 0", f"MK = {MK}").replace("DK = 0", f"DK = {DK}")
     head = _filled(_filled(head, "# <<CODES>>\n", epoch_ops.constants() + "\n"), "# <<OPS>>\n", epoch_ops.source())
     if not cache:
         if "_ENTRY = dict(cache=True," not in head:
             raise RuntimeError("epoch_template.py: no '_ENTRY = dict(cache=True,' to turn the cache off in")
         head = head.replace("_ENTRY = dict(cache=True,", "_ENTRY = dict(cache=False,", 1)
-    body = parts[1]
+    drivers = _read(PARTS[0])
     for mk, placeholder in ((MK, "MK"), (1, "1")):
         bounds = "k0, kmain" if mk == MK else "kmain, k1"
-        body = body.replace(f"# <<UPDATE {placeholder}>>", _indent(_dispatch(
-            f"upd_{mk}x", f"A, abase, rows, astride, r0, r1, {bounds}, D, dbase, ldd, v * VW, P, S1, S2, pbase, "
-            "ldw, h, decays, sgd, keep, G, gbase"), 8))
-    body = body.replace("# <<FORWARD>>", _indent(_dispatch(
+        drivers = _filled(drivers, f"# <<UPDATE {placeholder}>>", _indent(_dispatch(
+            f"upd_{mk}x", f"A, abase, rows, astride, r0, r1, {bounds}, D, dbase, ldd, v * VW, P, pbase, "
+            "ldw, sgd, keep, G, gbase"), 12))
+    drivers = _filled(drivers, "# <<STEP TILE>>", _indent(_step_tile(), 12))
+    drivers = _filled(drivers, "WIDEST_FITTING", _widest("v + NV <= v1"))
+    drivers = _filled(drivers, "# <<FORWARD>>", _indent(_dispatch(
         f"fwd_{MR}x", "A, abase, rows, astride, r0, nxt, k0, k1, W, wbase, ldw, v * VW, B, bbase, Z, zbase, ldz"), 8))
-    body = body.replace("dx_MRxDK", f"dx_{MR}x{DK}").replace("dx_MRx1", f"dx_{MR}x1")
-    return head + "\n\n".join(tiles) + "\n\n\n" + body
+    drivers = drivers.replace("dx_MRxDK", f"dx_{MR}x{DK}").replace("dx_MRx1", f"dx_{MR}x1")
+    return "\n\n\n".join([head.rstrip(), *tiles, drivers, *map(_read, PARTS[1:]), body]) + "\n"
+
+
+def _read(name):
+    with open(os.path.join(_HERE, name)) as f:
+        return f.read()
 
 
 def _filled(text, marker, insert):
     if text.count(marker) != 1:
-        raise RuntimeError(f"epoch_template.py: expected one {marker.strip()!r}")
+        raise RuntimeError(f"epoch template: expected one {marker.strip()!r}")
     return text.replace(marker, insert)
 
 

@@ -27,15 +27,19 @@ from numba import njit
 from fastnn.backends.numba.simd import (
     VECTOR_BITS, vabs, vlog1p, vwhere_ge, vwhere_gt, vadd, vbroadcast, vdiv, vexp, vfma, vload,
     vmax, vmaxlanes, vmul, vsplat, vsqrt, vstore, vstore4, vsub, vsum, vsum4, vwidth)
-from fastnn.backends.numba.sync import atomic_load, atomic_store, cpu_relax, cycles, prefetch, rt, sched_yield
+from fastnn.backends.numba.sync import (
+    atomic_load, atomic_store, cpu_relax, cycles, prefetch, rt, sched_yield, writable)
 
 # Without nnan/ninf: the NaN/inf test of the loss must survive optimisation.
 # Without NRT: no reference counting of the arrays passed to every tile call. Its atomic
 # increments on one shared counter made two threads slower than one.
 _ENTRY = dict(cache=True, nogil=True, fastmath={"contract", "nsz", "arcp"}, error_model="numpy",
               boundscheck=False, _nrt=False)
-# Called from jitted code only: no Python wrapper to build (compile time).
-_JIT = dict(_ENTRY, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+# Called from jitted code only: no Python wrapper to build, and no disk cache of their own (the
+# entries' cached code holds theirs; saving each alone costs a compile to object code).
+_JIT = dict(_ENTRY, cache=False, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+# Small helpers: typed into their callers (a compile of their own costs more than they do).
+_INLINE = dict(_JIT, inline="always")
 
 MR = 0  # rows of the batch per tile (set by the generator)
 MK = 0  # rows of W per update tile (set by the generator)
@@ -46,8 +50,6 @@ ROW_CHUNK = 64  # rows of the batch per pass of a plain SGD update
 DX_VIA_FORWARD_NV, DX_VIA_FORWARD_ROWS = 2, 32
 PREFETCH = 64  # how far ahead in a row of X the update asks for data (floats)
 PREFETCH_ROWS = 32  # from this many rows per pass (fewer: the hardware's own prefetch keeps up)
-SPIN = 200  # busy polls of a barrier before yielding the core (sooner: 2000 made a 2-thread epoch 8x
-#            slower beside one busy process on 2 cores; 200 costs nothing measurable when idle)
 
 # ---- the layout table: numba_epoch.py writes it with these names -------------------
 H_L, H_NI, H_NO, H_N, H_LOSS, H_OPT, H_BSP, H_ROWS, H_IOTA, H_TP, H_PRIV, H_ZERO, H_NINF, H_G, H_W0T, \
@@ -56,10 +58,7 @@ REC0, REC = 17, 19  # layer i's record starts at lay[REC0 + REC * i]
 F_NOUT, F_NPO, F_NV, F_ACT, F_W, F_B, F_Y, F_DZ, F_PART, F_PSIZE, F_MASK, F_DS, F_Z, F_V, F_PRM, \
     F_DM, F_DB, F_DT, F_DSC = range(19)
 # Dropout after a hidden layer (F_DM >= 0): its masks (rows x npo) at F_DM, the epoch's hash base
-# (uint64 bits) at F_DB, the keep threshold at F_DT, the kept units' scale at work[F_DSC]
-# (fastnn/ops/dropout.py: the same hash, so the same masks as every other path)
-U11, U27, U30, U31 = np.uint64(11), np.uint64(27), np.uint64(30), np.uint64(31)
-MIX1, MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+# (uint64 bits) at F_DB, the keep threshold at F_DT, the kept units' scale at work[F_DSC] (epoch_dropout.py)
 # the codes of the op tables and the row h (float64, one per thread): generated
 # <<CODES>>
 # out (float64, 8 per thread)
@@ -67,8 +66,6 @@ OUT_LOSS, OUT_CORRECT, OUT_BAD, OUT_APPLIED, OUT_STATUS, OUT_DONE = range(6)  # 
 # OUT_STATUS: all batches done (or a bad one); Python raised the abort flag; the threads stopped
 # early because another process takes the cores (Python goes on with one thread)
 STATUS_DONE, STATUS_ABORTED, STATUS_CONTENDED = range(3)
-# sync (int64): thread t's barrier count at 8·t (at 8·t + 1: b + 1 when its first-layer sums of batch b were
-# not finite), the abort flag at 8·P, a stop request at 8·P + 8
 # A wait at a barrier longer than lay[H_LONG] cycles means the partner was off its core (another
 # process shares the cores); after LONG_WAITS_TO_STOP such waits that took a quarter of the
 # time, one thread does better.
@@ -80,272 +77,6 @@ LONG_WAITS_TO_STOP = 3
 
 
 # <<TILES>>
-@njit(**_JIT)
-def forward(A, abase, rows, astride, nrows, k0, k1, W, wbase, ldw, v0, v1, B, bbase, Z, zbase, ldz):
-    """Z[:nrows, vectors v0:v1] = B + A[rows, k0:k1] @ W[k0:k1, vectors v0:v1]."""
-    VW = vwidth(W)
-    for r0 in range(0, nrows, MR):
-        nxt = r0 + MR  # the next tile's rows (after the last: MR more in every row list) are asked for
-        v = v0
-        # <<FORWARD>>
-
-
-@njit(**_JIT)
-def update(A, abase, rows, astride, nrows, k0, k1, D, dbase, ldd, v0, v1, P, S1, S2, pbase, ldw, h, decays,
-           G, gbase):
-    """The optimizer step on P[k0:k1, vectors v0:v1] with gradient A[rows, k0:k1]ᵀ @ D.
-
-    For plain SGD, D must hold −lr·dZ (see ``scale``); G is scratch for the other optimizers.
-    """
-    VW = vwidth(P)
-    sgd = int(h[HY_KIND]) == OPT_SGD
-    keep = 1.0 - h[HY_LR] * h[HY_WD] if sgd and decays else 1.0
-    kmain = k0 + (k1 - k0) // MK * MK
-    # SGD adds to W as it goes: take the batch in chunks of rows whose D stays in L1 (large batches)
-    chunk = ROW_CHUNK if sgd else nrows
-    for r0 in range(0, nrows, chunk):
-        r1 = min(r0 + chunk, nrows)
-        v = v0
-        # <<UPDATE MK>>
-        v = v0
-        # <<UPDATE 1>>
-
-
-@njit(**_JIT)
-def backward_x(D, dbase, ldd, nrows, nv, nO, W, wbase, ldw, k0, k1, O, obase, ldo, iota, zero, tbase):
-    """O[:nrows, k0:k1] = D[:nrows, :nv vectors] @ W[k0:k1, :nv vectors]ᵀ  (dX = dZ Wᵀ).
-
-    With few outputs (a classifier's last layer) the dot products over nv vectors would be
-    mostly horizontal sums: then W's block goes transposed to the scratch at O[tbase:]
-    (nO rows of k1 - k0) and the forward tiles compute D[:, :nO] @ Wᵀ (784-128-10 at batch
-    1024: epochs ~5% faster). ``zero``: a zero region of O at least k1 - k0 long; ``iota``: 0, 1, 2, ...
-    """
-    if nv <= DX_VIA_FORWARD_NV and nrows >= DX_VIA_FORWARD_ROWS:
-        VW = vwidth(W)
-        n = k1 - k0
-        for k in range(k0, k1):
-            for j in range(nO):
-                O[tbase + j * n + k - k0] = W[wbase + k * ldw + j]
-        forward(D, dbase, iota, ldd, nrows, rt(0), nO, O, tbase, n, rt(0), n // VW, O, zero, O, obase + k0, ldo)
-        return
-    kmain = k0 + (k1 - k0) // DK * DK
-    for r0 in range(0, nrows, MR):
-        dx_MRxDK(D, dbase, ldd, r0, nv, W, wbase, ldw, k0, kmain, O, obase, ldo)
-        dx_MRx1(D, dbase, ldd, r0, nv, W, wbase, ldw, kmain, k1, O, obase, ldo)
-
-
-@njit(**_JIT)
-def scale(work, src, dst, ld, nrows, v0, v1, h):
-    """dst = −lr · src on vectors v0:v1 (plain SGD: the updates then add A·dst to W directly)."""
-    VW = vwidth(work)
-    c = vsplat(work, -h[HY_LR])
-    for r in range(nrows):
-        for v in range(v0, v1):
-            vstore(work, dst + r * ld + v * VW, vmul(c, vload(work, src + r * ld + v * VW)))
-
-
-@njit(**_JIT)
-def reduce(work, pbase, psize, P, nrows, ld, v0, v1, B, bbase, code, mbase, ybase, zbase, prm):
-    """Y = act(Σ_t partial_t (+ b where bbase >= 0)) · mask, on vectors v0:v1, the sum kept at
-    zbase where zbase >= 0 (an activation whose derivative needs Z); True when every sum was finite
-    (z · 0 is NaN for z NaN or ±inf: a sum of them is 0 only if all were finite). With P = 1 and
-    pbase = ybase it activates Y in place."""
-    VW = vwidth(work)
-    zero = vsplat(work, 0.0)
-    check = zero
-    for r in range(nrows):
-        for v in range(v0, v1):
-            o = r * ld + v * VW
-            z = vload(work, pbase + o)
-            for t in range(1, P):  # in thread order: every thread gets the same sum
-                z = vadd(z, vload(work, pbase + t * psize + o))
-            if bbase >= 0:
-                z = vadd(z, vload(B, bbase + v * VW))
-            check = vfma(z, zero, check)
-            if zbase >= 0:
-                vstore(work, zbase + o, z)
-            vstore(work, ybase + o, z)
-    act_rows(work, ybase, ld, nrows, v0, v1, code, prm, mbase)
-    return vsum(check) == 0.0
-
-
-@njit(**_JIT)
-def _mix(x):
-    """splitmix64's finalizer (fastnn.ops.dropout.mix_int); uint64 products wrap."""
-    x = (x ^ (x >> U30)) * MIX1
-    x = (x ^ (x >> U27)) * MIX2
-    return x ^ (x >> U31)
-
-
-@njit(**_JIT)
-def drop_rows(work, ybase, vbase, mbase, ld, nrows, v0, v1, rows, ids, base, thr, scale):
-    """Dropout on vectors v0:v1 of rows 0:nrows: mask = scale where the hash of (row index in X,
-    unit) keeps the unit, else 0; Y ·= mask. ``vbase >= 0``: Y before the mask is kept there
-    (the activation's derivative reads Y)."""
-    VW = vwidth(work)
-    for r in range(nrows):
-        rh = _mix(np.uint64(ids[rows[r]]) ^ base)
-        for j in range(v0 * VW, v1 * VW):
-            o = r * ld + j
-            m = scale if (_mix(rh ^ np.uint64(j)) >> U11) >= thr else scale - scale  # 0 in work's dtype
-            work[mbase + o] = m
-            y = work[ybase + o]
-            if vbase >= 0:
-                work[vbase + o] = y
-            work[ybase + o] = y * m
-
-
-@njit(**_JIT)
-def mask_rows(work, dbase, mbase, ld, nrows, v0, v1):
-    """dY ·= mask on vectors v0:v1 of rows 0:nrows (the backward of dropout)."""
-    VW = vwidth(work)
-    for r in range(nrows):
-        for v in range(v0, v1):
-            o = r * ld + v * VW
-            vstore(work, dbase + o, vmul(vload(work, dbase + o), vload(work, mbase + o)))
-
-
-@njit(**_JIT)
-def _drop(work, lay, rec, rows, ids, nrows, u0, u1):
-    """Dropout of layer ``rec``'s units u0:u1 after its activation, where it has one."""
-    if lay[rec + F_DM] >= 0:
-        v = lay[rec + F_V]  # Y's copy before the mask where the derivative reads Y (else V is Z)
-        vbase = v if v != lay[rec + F_Y] and v != lay[rec + F_Z] else rt(-1)
-        drop_rows(work, lay[rec + F_Y], vbase, lay[rec + F_DM], lay[rec + F_NPO], nrows, u0, u1, rows, ids,
-                  np.uint64(lay[rec + F_DB]), np.uint64(lay[rec + F_DT]), work[lay[rec + F_DSC]])
-
-
-@njit(**_JIT)
-def bias_step(work, dbase, ld, nrows, v0, v1, P, S1, S2, bbase, h, gbase):
-    """The optimizer step on b (vectors v0:v1) with gradient Σ_rows dZ (work[gbase:]: scratch)."""
-    VW = vwidth(work)
-    for v in range(v0, v1):
-        g = vsplat(work, 0.0)
-        for r in range(nrows):
-            g = vadd(g, vload(work, dbase + r * ld + v * VW))
-        vstore(work, gbase + (v - v0) * VW, g)
-    apply_step(P, S1, S2, bbase + v0 * VW, rt(0), work, gbase, rt(1), v1 - v0, h, rt(False))
-
-
-@njit(**_JIT)
-def _batch_weight(wts, rows, R):
-    """(Σw, wscale) of the batch's R rows: the unweighted mean (Σw = R, wscale 0) without weights
-    or where they are all alike, as the layer path does; else wscale = R / Σw."""
-    if wts.shape[0] == 0:
-        return float(R), 0.0
-    total, alike = 0.0, True
-    for r in range(R):
-        total += wts[rows[r]]
-        alike = alike and wts[rows[r]] == wts[rows[0]]
-    if alike or total == 0.0:
-        return total, 0.0
-    return total, R / total
-
-
-@njit(**_JIT)
-def batch_loss(work, ybase, dbase, tbase, nbase, ld, nv, nO, R, Rp, kind, code, labels, rows, vbase, prm,
-               wts, wscale, den):
-    """(loss sum / den, correct rows) of the batch's R rows, den the rows of the whole batch (more
-    than R where these are a share of a global one); writes dZ of the last layer (rows R:Rp zero).
-    ``wscale > 0``: row r's loss and dZ count ``wts[rows[r]] · wscale`` times (wscale = den / Σw:
-    the weighted mean, as the layer path weighs a batch)."""
-    VW = vwidth(work)
-    zero, inv = vsplat(work, 0.0), vsplat(work, 1.0 / den)
-    total, correct = 0.0, 0
-    for r in range(R):
-        y0, t0, d0 = ybase + r * ld, tbase + r * ld, dbase + r * ld
-        before = total
-        if kind == LOSS_MSE:  # ½‖y − t‖², dY = (y − t) / R
-            acc = zero
-            for v in range(nv):
-                d = vsub(vload(work, y0 + v * VW), vload(work, t0 + v * VW))
-                acc = vfma(d, d, acc)
-                vstore(work, d0 + v * VW, vmul(d, inv))
-            total += 0.5 * vsum(acc)
-        elif kind == LOSS_CROSS_ENTROPY:  # softmax cross-entropy on the row; padding masked by -inf
-            m = -math.inf
-            for v in range(nv):
-                m = max(m, vmaxlanes(vadd(vload(work, y0 + v * VW), vload(work, nbase + v * VW))))
-            top = vsplat(work, m)
-            s, ts = zero, zero
-            for v in range(nv):
-                e = vexp(vsub(vadd(vload(work, y0 + v * VW), vload(work, nbase + v * VW)), top))
-                vstore(work, d0 + v * VW, e)
-                s = vadd(s, e)
-                ts = vadd(ts, vload(work, t0 + v * VW))
-            e_sum, t_sum = vsum(s), vsum(ts)
-            lse = vsplat(work, m + math.log(e_sum))
-            scale = vsplat(work, t_sum / e_sum)
-            acc = zero
-            for v in range(nv):
-                t = vload(work, t0 + v * VW)
-                acc = vfma(t, vsub(lse, vload(work, y0 + v * VW)), acc)
-                vstore(work, d0 + v * VW, vmul(vsub(vmul(vload(work, d0 + v * VW), scale), t), inv))
-            total += vsum(acc)
-        else:  # sigmoid cross-entropy per output: softplus(z) − t·z
-            for j in range(nO):
-                z, t = work[y0 + j], work[t0 + j]
-                total += max(z, 0.0) + math.log1p(math.exp(-abs(z))) - t * z
-                work[d0 + j] = (1.0 / (1.0 + math.exp(-z)) - t) / den
-        if wscale > 0.0:  # this row's share of the weighted mean
-            s = wts[rows[r]] * wscale
-            total = before + (total - before) * s
-            for v in range(nv):
-                vstore(work, d0 + v * VW, vmul(vload(work, d0 + v * VW), vsplat(work, s)))
-        if nO == 1:  # as Sequential._n_correct
-            guess = 1 if work[y0] > (0.5 if kind == LOSS_MSE else 0.0) else 0
-        else:
-            guess, best = 0, work[y0]
-            for j in range(1, nO):
-                if work[y0 + j] > best:
-                    guess, best = j, work[y0 + j]
-        if guess == labels[rows[r]]:
-            correct += 1
-    grad_rows(work, vbase, dbase, ld, R, rt(0), nv, code, prm)  # dZ of the output activation (none: as is)
-    for r in range(R, Rp):
-        for v in range(nv):
-            vstore(work, dbase + r * ld + v * VW, zero)
-    return total / den, correct
-
-
-@njit(**_JIT)
-def barrier(sync, tid, P, n):
-    """Wait until all P threads passed barrier number n; returns the cycles waited, or -1 if
-    Python raised the abort flag."""
-    atomic_store(sync, 8 * tid, n)
-    started = cycles()
-    for u in range(P):
-        spins = 0
-        while atomic_load(sync, 8 * u) < n:
-            if atomic_load(sync, 8 * P) != 0:
-                return -1
-            spins += 1
-            if spins < SPIN:
-                cpu_relax()
-            else:
-                sched_yield()
-    return cycles() - started
-
-
-@njit(**_JIT)
-def _meet(sync, tid, P, n, first, b, long_wait):
-    """Barrier n of batch b: (status, cycles of a long wait, else 0). After the batch's first
-    barrier, stop if asked to: every thread reads the request after the same barrier, so all
-    stop at batch b with none of it applied."""
-    waited = barrier(sync, tid, P, n)
-    if waited < 0:
-        return STATUS_ABORTED, 0
-    if first and atomic_load(sync, 8 * P + 8) == b + 1:
-        return STATUS_CONTENDED, 0
-    return STATUS_DONE, waited if waited > long_wait else 0
-
-
-@njit(**_JIT)
-def _own(n, tid, P):
-    """Thread tid's block [lo, hi) of n units."""
-    return n * tid // P, n * (tid + 1) // P
-
-
 @njit(**_ENTRY)
 def epoch(X, T, labels, order, ids, wts, first, nbatch, bs, params, S1, S2, work, iwork, lay, h, sync, out, tid, P):
     """Train batches first .. first+nbatch-1 (batch b: rows order[b·bs : (b+1)·bs]) as thread tid of P;
@@ -357,6 +88,7 @@ def epoch(X, T, labels, order, ids, wts, first, nbatch, bs, params, S1, S2, work
     in its rows of X): OUT_BAD = its index, else -1.
     """
     VW = vwidth(params)
+    xs = writable(X)  # the tiles take X and work alike: one compile of each
     L, nI, nO, N = lay[H_L], lay[H_NI], lay[H_NO], lay[H_N]
     bsp, priv = lay[H_BSP], tid * lay[H_PRIV]
     ext = bsp + MR  # a row list: the batch (padded to tiles), then the next batch's first MR rows
@@ -396,18 +128,19 @@ def epoch(X, T, labels, order, ids, wts, first, nbatch, bs, params, S1, S2, work
             f0, f1 = _own(nI, tid, P)
             pb = lay[REC0 + F_PART] + (par * P + tid) * lay[REC0 + F_PSIZE]
             if tid == 0:
-                forward(X, rt(0), rows, nI, Rp, f0, f1, params, lay[REC0 + F_W], npo_l, rt(0), nv_l,
+                forward(xs, rt(0), rows, nI, Rp, f0, f1, params, lay[REC0 + F_W], npo_l, rt(0), nv_l,
                         params, lay[REC0 + F_B], work, pb, npo_l)
             else:
-                forward(X, rt(0), rows, nI, Rp, f0, f1, params, lay[REC0 + F_W], npo_l, rt(0), nv_l,
+                forward(xs, rt(0), rows, nI, Rp, f0, f1, params, lay[REC0 + F_W], npo_l, rt(0), nv_l,
                         work, lay[H_ZERO], work, pb, npo_l)
         else:  # this thread's columns u0:u1 of the first layer, its own block of W
             u0, u1 = _own(lay[REC0 + F_NV], tid, P)
             npo = lay[REC0 + F_NPO]
-            forward(X, rt(0), rows, nI, Rp, rt(0), nI, params, lay[lay[H_W0T] + tid], (u1 - u0) * VW, rt(0), u1 - u0,
+            forward(xs, rt(0), rows, nI, Rp, rt(0), nI, params, lay[lay[H_W0T] + tid], (u1 - u0) * VW, rt(0), u1 - u0,
                     params, lay[REC0 + F_B] + u0 * VW, work, lay[REC0 + F_Y] + u0 * VW, npo)
-            x_ok = reduce(work, lay[REC0 + F_Y], rt(0), rt(1), Rp, npo, u0, u1, params, rt(-1), lay[REC0 + F_ACT],
-                          lay[REC0 + F_MASK], lay[REC0 + F_Y], lay[REC0 + F_Z], lay[REC0 + F_PRM])
+            x_ok = reduce(work, lay[REC0 + F_Y], rt(0), rt(1), Rp, npo, u0, u1, params, rt(-1), lay[REC0 + F_Y],
+                          lay[REC0 + F_Z], lay[H_ZERO])
+            act_rows(work, lay[REC0 + F_Y], npo, Rp, u0, u1, lay[REC0 + F_ACT], lay[REC0 + F_PRM], lay[REC0 + F_MASK])
             _drop(work, lay, rt(REC0), rows, ids, Rp, u0, u1)
             if not x_ok:
                 if P == 1:
@@ -439,12 +172,13 @@ def epoch(X, T, labels, order, ids, wts, first, nbatch, bs, params, S1, S2, work
             pb = lay[rec + F_PART] + par * P * lay[rec + F_PSIZE]
             if i < L - 1:
                 u0, u1 = _own(lay[rec + F_NV], tid, P)
-                reduce(work, pb, lay[rec + F_PSIZE], P, Rp, npo, u0, u1, params, lay[rec + F_B],
-                       lay[rec + F_ACT], lay[rec + F_MASK], lay[rec + F_Y], lay[rec + F_Z], lay[rec + F_PRM])
+                reduce(work, pb, lay[rec + F_PSIZE], P, Rp, npo, u0, u1, params, lay[rec + F_B], lay[rec + F_Y],
+                       lay[rec + F_Z], lay[H_ZERO])
+                act_rows(work, lay[rec + F_Y], npo, Rp, u0, u1, lay[rec + F_ACT], lay[rec + F_PRM], lay[rec + F_MASK])
                 _drop(work, lay, rec, rows, ids, Rp, u0, u1)
             else:
-                reduce(work, pb, lay[rec + F_PSIZE], P, Rp, npo, rt(0), nv_l, params, rt(-1),
-                       act_l, lay[rec + F_MASK], y_l, z_l, prm_l)
+                reduce(work, pb, lay[rec + F_PSIZE], P, Rp, npo, rt(0), nv_l, params, rt(-1), y_l, z_l, lay[H_ZERO])
+                act_rows(work, y_l, npo, Rp, rt(0), nv_l, act_l, prm_l, lay[rec + F_MASK])
         if status:
             break
         if L == 1:
@@ -456,8 +190,9 @@ def epoch(X, T, labels, order, ids, wts, first, nbatch, bs, params, S1, S2, work
                 long_waits, waited = long_waits + (late > 0), waited + late
             pb = lay[REC0 + F_PART] + par * P * lay[REC0 + F_PSIZE]
             # every thread sums the partials alike: all see the same non-finite sum
-            x_ok = reduce(work, pb, lay[REC0 + F_PSIZE], P, Rp, npo_l, rt(0), nv_l, params, rt(-1),
-                          act_l, lay[REC0 + F_MASK], y_l, z_l, prm_l)
+            x_ok = reduce(work, pb, lay[REC0 + F_PSIZE], P, Rp, npo_l, rt(0), nv_l, params, rt(-1), y_l, z_l,
+                          lay[H_ZERO])
+            act_rows(work, y_l, npo_l, Rp, rt(0), nv_l, act_l, prm_l, lay[REC0 + F_MASK])
         if not x_ok:  # a NaN/inf in a row of X makes all its first-layer sums NaN or inf
             bad = b
             break
@@ -466,11 +201,12 @@ def epoch(X, T, labels, order, ids, wts, first, nbatch, bs, params, S1, S2, work
         den = float(R)
         if h[HY_DEN] > 0.0:  # a share of a global batch: the whole batch's rows, weight and scale
             den, weight, wscale = h[HY_DEN], h[HY_WEIGHT], h[HY_WSCALE]
-        value, hits = batch_loss(work, y_l, dz_l, tp, lay[H_NINF], npo_l, nv_l, nO, R, Rp,
-                                 lay[H_LOSS], act_l, labels, rows, v_l, prm_l, wts, wscale, den)
+        value, hits = batch_loss(work, y_l, dz_l, tp, lay[H_NINF], npo_l, nv_l, nO, R, Rp, lay[H_LOSS], labels,
+                                 rows, wts, wscale, den)
         if not math.isfinite(value):
             bad = b
             break
+        grad_rows(work, v_l, dz_l, npo_l, R, rt(0), nv_l, act_l, prm_l)  # dZ of the output activation
         done += 1
         correct += hits
         if weight == 0.0:  # every row weighs zero: no step, and no step counted
@@ -478,12 +214,13 @@ def epoch(X, T, labels, order, ids, wts, first, nbatch, bs, params, S1, S2, work
         step_scalars(h, h[HY_T0] + applied + 1)
         # ---- backward: the last layer (its dX first: it needs the old W)
         if tid == 0:
-            bias_step(work, dz_l, npo_l, Rp, rt(0), nv_l, params, S1, S2, lay[last + F_B], h, g_at)
+            bias_grad(work, dz_l, npo_l, Rp, rt(0), nv_l, g_at)
+            apply_step(params, S1, S2, lay[last + F_B], rt(0), work, g_at, rt(1), nv_l, h, rt(False))
         if L == 1:
             if sgd:
                 scale(work, dz_l, dz_l, npo_l, Rp, rt(0), nv_l, h)
             f0, f1 = _own(nI, tid, P)
-            update(X, rt(0), rows, nI, Rp, f0, f1, work, dz_l, npo_l, rt(0), nv_l, params, S1, S2,
+            update(xs, rt(0), rows, nI, Rp, f0, f1, work, dz_l, npo_l, rt(0), nv_l, params, S1, S2,
                    lay[last + F_W], npo_l, h, rt(True), work, g_at)
         else:
             prev = last - REC
@@ -502,12 +239,13 @@ def epoch(X, T, labels, order, ids, wts, first, nbatch, bs, params, S1, S2, work
             if lay[rec + F_DM] >= 0:  # dY of the dropped output: through the mask first
                 mask_rows(work, lay[rec + F_DZ], lay[rec + F_DM], npo, Rp, u0, u1)
             grad_rows(work, lay[rec + F_V], lay[rec + F_DZ], npo, Rp, u0, u1, lay[rec + F_ACT], lay[rec + F_PRM])
-            bias_step(work, lay[rec + F_DZ], npo, Rp, u0, u1, params, S1, S2, lay[rec + F_B], h, g_at)
+            bias_grad(work, lay[rec + F_DZ], npo, Rp, u0, u1, g_at)
+            apply_step(params, S1, S2, lay[rec + F_B] + u0 * VW, rt(0), work, g_at, rt(1), u1 - u0, h, rt(False))
             if sgd:  # others still read this layer's dZ for their dX: scale into a copy
                 scale(work, lay[rec + F_DZ], lay[rec + F_DS], npo, Rp, u0, u1, h)
             du = lay[rec + F_DS] if sgd else lay[rec + F_DZ]
             if i == 0:
-                update(X, rt(0), rows, nI, Rp, rt(0), nI, work, du + u0 * VW, npo, rt(0), u1 - u0,
+                update(xs, rt(0), rows, nI, Rp, rt(0), nI, work, du + u0 * VW, npo, rt(0), u1 - u0,
                        params, S1, S2, lay[lay[H_W0T] + tid], (u1 - u0) * VW, h, rt(True), work, g_at)
             else:
                 if P > 1:

@@ -1,5 +1,6 @@
 """What the compiled epoch's threads and tiles use beside vectors (intrinsics): atomics for the
-spin barrier, a cache prefetch, the cycle counter, the x86 pause, ``sched_yield`` and ``rt``.
+spin barrier, a cache prefetch, the cycle counter, the x86 pause, ``sched_yield``, and the typing
+helpers ``rt`` and ``writable``.
 
 numba's disk cache keys a kernel on its own file only: ``epoch_codegen`` names the generated
 epoch module by a hash that includes this file, so an edit here recompiles it. Nothing here can
@@ -102,3 +103,17 @@ def rt(typingctx, x):
         return context.cast(builder, args[0], sig.args[0], plain)
 
     return plain(x), codegen
+
+
+@intrinsic
+def writable(typingctx, A):
+    """``A`` typed as a writable array (the same data): a read-only and a writable argument would
+    compile a callee twice. For arrays the callee only reads."""
+    if not (isinstance(A, types.Array) and not A.mutable):
+        return None
+    plain = A.copy(readonly=False)
+
+    def codegen(context, builder, sig, args):
+        return args[0]  # the same data model: only numba's type differs
+
+    return plain(A), codegen
