@@ -169,9 +169,11 @@ class NumbaBackend(FusedOps):
                 C, beta = np.empty((M, N), A.dtype), 0.0
             if self.num_threads > 1 and work >= PARALLEL_MIN_WORK and not self._blas_threaded:
                 threads.use_threads(self.num_threads)
-                _kernels.gemm_tiles_parallel(A, B, C, float(alpha), float(beta), self.num_threads)
+                _kernels.gemm_tiles_parallel(A.reshape(-1), B.reshape(-1), C.reshape(-1), M, N, P, float(alpha),
+                                             float(beta), self.num_threads)
             else:
-                _kernels.gemm_tiles(A, B, C, float(alpha), float(beta), 0, -1)
+                _kernels.gemm_tiles(A.reshape(-1), B.reshape(-1), C.reshape(-1), M, N, P, float(alpha), float(beta),
+                                    0, -1)
             return C
         cap = self._blas_cap
         if C is None and alpha == 1.0:

@@ -46,7 +46,8 @@ class FusedOps(Backend):
         if b is None and act == "identity":
             return Z  # as the reference: nothing to do
         Y = np.empty_like(Z)
-        layer_ops.load().bias_act(Z, Z[0] if b is None else b, b is not None, rule.code, settings(params), Y)
+        layer_ops.load().bias_act(Z.reshape(-1), Z[0] if b is None else b, Z.shape[1], b is not None, rule.code,
+                                  settings(params), Y.reshape(-1))
         return Y
 
     @kernel_op
@@ -57,7 +58,7 @@ class FusedOps(Backend):
         if not (usable(V, 2) and usable(dY, 2) and dY.dtype is V.dtype and dY.shape == V.shape):
             return super().act_backward(V, dY, act, params)
         dZ = np.empty_like(V)
-        layer_ops.load().act_backward(V, dY, rule.code, settings(params), dZ)
+        layer_ops.load().act_backward(V.reshape(-1), dY.reshape(-1), rule.code, settings(params), dZ.reshape(-1))
         return dZ
 
     # ---- losses --------------------------------------------------------
@@ -77,7 +78,7 @@ class FusedOps(Backend):
         if not self._loss_operands_fit(Z, T):
             return super().sigmoid_xent(Z, T)
         dZ = np.empty_like(Z)
-        loss = self._kernel_module.sigmoid_xent(Z, T, dZ)
+        loss = self._kernel_module.sigmoid_xent(Z.reshape(-1), T.reshape(-1), dZ.reshape(-1), Z.shape[0])
         return Z.dtype.type(loss), dZ
 
     # ---- optimizer steps (generated from fastnn.ops.optimizers: layer_ops.py) --

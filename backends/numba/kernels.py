@@ -292,11 +292,9 @@ def _tile_count(M, N, L):
 
 
 @njit(**KERNEL)
-def gemm_tiles(A, B, C, alpha, beta, t0, t1):
-    """Tiles ``t0 .. t1-1`` (t1 = -1: to the last) of ``C = alpha·A @ B + beta·C``, row-tile major."""
-    M, P = A.shape
-    N = B.shape[1]
-    a, b, c = A.ravel(), B.ravel(), C.ravel()
+def gemm_tiles(a, b, c, M, N, P, alpha, beta, t0, t1):
+    """Tiles ``t0 .. t1-1`` (t1 = -1: to the last) of ``C = alpha·A @ B + beta·C``, row-tile major;
+    A (M, P), B (P, N), C (M, N) flat (ravel() here would cost every process numba's array module)."""
     alpha, beta = _as_dtype_of(a, alpha), _as_dtype_of(a, beta)
     L = vwidth(a)
     n_col_tiles = (N + 4 * L - 1) // (4 * L)
@@ -315,12 +313,12 @@ def gemm_tiles(A, B, C, alpha, beta, t0, t1):
 
 
 @njit(**PARALLEL)
-def gemm_tiles_parallel(A, B, C, alpha, beta, n_threads):
+def gemm_tiles_parallel(a, b, c, M, N, P, alpha, beta, n_threads):
     """All tiles, in up to ``n_threads`` contiguous runs shared among the threads."""
-    n_tiles = _tile_count(C.shape[0], C.shape[1], vwidth(A))
+    n_tiles = _tile_count(M, N, vwidth(a))
     n_chunks = min(n_threads, n_tiles)
     for chunk in prange(n_chunks):
-        gemm_tiles(A, B, C, alpha, beta, chunk * n_tiles // n_chunks, (chunk + 1) * n_tiles // n_chunks)
+        gemm_tiles(a, b, c, M, N, P, alpha, beta, chunk * n_tiles // n_chunks, (chunk + 1) * n_tiles // n_chunks)
 
 
 # ---- fused losses and the bias gradient (activations and optimizer steps: layer_ops.py) ----
@@ -362,16 +360,14 @@ def softmax_xent(Z, T, dZ):
 
 
 @njit(**KERNEL)
-def sigmoid_xent(Z, T, dZ):
+def sigmoid_xent(z, t, dz, B):
     """Sigmoid cross-entropy on logits, fused; returns the loss (float64), fills dZ.
 
     loss += softplus(z) − t·z with softplus(z) = max(z, 0) + ln(1 + e^−|z|);
     dZ = (σ(z) − t) / B, σ from the same e^−|z| (stable both ways).
     """
-    B, n = Z.shape
-    zero, one = _zero(Z), _one(Z)
+    zero, one = _zero(z), _one(z)
     inv_B = one / B
-    z, t, dz = Z.ravel(), T.ravel(), dZ.ravel()
     loss = 0.0
     for k in range(z.size):
         e = exp(-abs(z[k]))

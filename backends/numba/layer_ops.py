@@ -3,7 +3,8 @@
 ``bias_act`` / ``act_backward`` hold one loop per activation of ``fastnn.ops.activations`` (the
 code picks the loop once, outside it, so each loop vectorises), and ``update_<rule>`` one kernel
 per rule of ``fastnn.ops.optimizers``, touching only its own slots. The module is written and
-cached by ``generated.load``.
+cached by ``generated.load``. Arrays arrive flat (the callers' views): ``ravel()`` inside a kernel
+makes loading it from the cache import numba's array module (~35 ms of a process's first predict).
 """
 from __future__ import annotations
 
@@ -63,18 +64,14 @@ def _per_activation(formula, operand, source, store):
 
 def _bias_act():
     return "\n".join([
-        "@njit(**_K)", "def bias_act(Z, b, has_bias, code, p, Y):",
-        '    """Y = act(Z + b): Z, Y (B, n), b (n,); the bias per row, the activation over Y flat."""',
-        "    B, n = Z.shape",
+        "@njit(**_K)", "def bias_act(z, b, n, has_bias, code, p, y):",
+        '    """y = act(z + b): z, y (B·n,) flat rows, b (n,) added to every row; then the activation."""',
         "    if has_bias:",
-        "        for i in range(B):",
-        "            z, y = Z[i], Y[i]",
+        "        for i in range(z.size // n):",
         "            for j in range(n):",
-        "                y[j] = z[j] + b[j]",
-        "    y = Y.ravel()",
-        "    if not has_bias:",
-        "        z = Z.ravel()",
-        "        for k in range(y.size):  # (not Y[:] = Z: numba's slice assignment takes seconds to compile)",
+        "                y[i * n + j] = z[i * n + j] + b[j]",
+        "    else:",
+        "        for k in range(y.size):  # (not y[:] = z: numba's slice assignment takes seconds to compile)",
         "            y[k] = z[k]",
         *_settings("y"),
         *_per_activation(lambda rule: rule.forward(SymMath, var("z"), *_params(rule)), "z", "y", "y[k] = {}")])
@@ -82,9 +79,8 @@ def _bias_act():
 
 def _act_backward():
     return "\n".join([
-        "@njit(**_K)", "def act_backward(V, dY, code, p, dZ):",
-        '    """dZ = dY · act\' from V, the activation\'s output Y or its input Z as its entry needs; all (B, n)."""',
-        "    vv, dy, dz = V.ravel(), dY.ravel(), dZ.ravel()",
+        "@njit(**_K)", "def act_backward(vv, dy, code, p, dz):",
+        '    """dz = dy · act\' from vv, the activation\'s output Y or its input Z as its entry needs; all flat."""',
         *_settings("vv"),
         *_per_activation(lambda rule: rule.derivative(SymMath, var("v"), *_params(rule)), "v", "vv",
                          "dz[k] = dy[k] * {}"),
@@ -98,9 +94,8 @@ def _update(rule):
     statements, out = lower({"w": w, **new}, "python", _const)
     body = _assignments(statements, 8)
     arrays = ["W_", "G_"] + [f"S{i + 1}_" for i in range(optimizers.MAX_SLOTS)]
-    lines = ["@njit(**_K)", f"def update_{rule.name}(W, G, S1, S2, h):",
+    lines = ["@njit(**_K)", f"def update_{rule.name}({', '.join(arrays)}, h):",
              f'    """One {rule.name} step in place on the flat W from G; slots {", ".join(rule.slots) or "none"}."""',
-             f"    {', '.join(arrays)} = W.ravel(), G.ravel(), S1.ravel(), S2.ravel()",
              "    like = W_",
              *[f"    h_{name} = _c(like, h[{i}])" for i, name in enumerate(rule.inputs)],
              "    for k in range(W_.size):",

@@ -29,18 +29,19 @@ def warm_layers(backend, dtype, kernels):
     no_params = np.zeros(layer_ops.N_PARAMS)
 
     A, B, C = np.ones((2, 3), dtype), np.ones((3, 4), dtype), np.empty((2, 4), dtype)
-    kernels.gemm_tiles(A, B, C, 1.0, 0.0, 0, -1)
-    kernels.gemm_tiles_parallel(A, B, C, 1.0, 0.0, backend.num_threads)
+    a, b, c = A.reshape(-1), B.reshape(-1), C.reshape(-1)
+    kernels.gemm_tiles(a, b, c, 2, 4, 3, 1.0, 0.0, 0, -1)
+    kernels.gemm_tiles_parallel(a, b, c, 2, 4, 3, 1.0, 0.0, backend.num_threads)
     if kernels.ensure_blas():
         blas_threads.recap_all()
     kernels.blas_gemm(A, False, B, False, C, C.dtype.type(1.0), C.dtype.type(0.0))
     kernels.sum_rows(C, np.empty(4, dtype))
     ops = layer_ops.load()
     for has_bias in (True, False):
-        ops.bias_act(C, C[0], has_bias, 1, no_params, np.empty_like(C))
-    ops.act_backward(C, C, 1, no_params, np.empty_like(C))
+        ops.bias_act(c, C[0], 4, has_bias, 1, no_params, np.empty_like(c))
+    ops.act_backward(c, c, 1, no_params, np.empty_like(c))
     kernels.softmax_xent(C, C, np.empty_like(C))
-    kernels.sigmoid_xent(C, C, np.empty_like(C))
+    kernels.sigmoid_xent(c, c, np.empty_like(c), 2)
     for rule in optimizers.RULES:
         w = C.reshape(-1)
         getattr(ops, f"update_{rule.name}")(w, w.copy(), w.copy(), w.copy(), np.zeros(len(rule.inputs)))
