@@ -57,6 +57,7 @@ from . import validation as check
 from .callbacks import checked as checked_callbacks
 from .history import History
 from .losses import get_loss
+from .distributed_compiled import compiled_epoch, compiled_steps
 from .mpi_ranks import Ranks, share
 
 #: rows of X (and T) hashed to check that every rank holds the same data (evenly spaced)
@@ -89,7 +90,6 @@ def fit(net, comm, X, y, *, epochs, batch_size, loss, optimizer, lr, shuffle, va
                     class_weight)
     ranks.agree()
     ranks.same(_fingerprint(net, job), "the data, initial weights, batch order or settings")
-    job.steps = _compiled_steps(net, ranks, job)
     return _train(net, ranks, job)
 
 
@@ -133,26 +133,6 @@ def _prepared(net, rank, X, y, epochs, batch_size, loss, optimizer, lr, shuffle,
                            verbose=verbose, regression=regression)
 
 
-def _compiled_steps(net, ranks, job):
-    """The backend's compiled steps (``Trainer.data_parallel``) where every rank has them, else None
-    (the layer path): ranks on two paths could round differently and their weights part. Each rank
-    runs at most its share of the machine's cores in threads (ranks × threads ≤ cores)."""
-    steps = ranks.run(_local_steps, net, ranks, job)
-    ranks.agree()
-    everywhere = ranks.sum(np.array([steps is not None], np.int64))[0] == ranks.size
-    return steps if everywhere else None
-
-
-def _local_steps(net, ranks, job):
-    trainer, _ = net.backend.training_plan(net, job.loss, job.optimizer, job.X.shape[0], job.epochs,
-                                           job.batch_size)
-    if trainer is None or job.epochs == 0:
-        return None
-    here = ranks.comm.Split_type(ranks.MPI.COMM_TYPE_SHARED).Get_size()  # ranks on this machine
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return trainer.data_parallel(job.X, job.T, job.labels, job.weights, job.batch_size, max(1, cores // here))
-
-
 def _fingerprint(net, job) -> bytes:
     """A digest of what must be equal on every rank: data (shape, dtype, sampled rows), weights
     per row, settings, the starting weights and batch generator (the checkpoint's, on resume)."""
@@ -182,7 +162,7 @@ def _fingerprint(net, job) -> bytes:
 
 
 def _train(net, ranks, job) -> History:
-    """fit's epoch loop over the ranks (the layer path; see ``Training.fit`` for the one-process loop)."""
+    """fit's epoch loop over the ranks (see ``Training.fit`` for the one-process loop)."""
     from . import io
 
     loud = job.verbose and ranks.rank == 0
@@ -190,6 +170,8 @@ def _train(net, ranks, job) -> History:
     history, first_epoch = History(), 0
     if job.resumed is not None:
         first_epoch, history = io.apply_checkpoint(net, job.resumed, loud)
+    # after the checkpoint: the steps take the optimizer (and its state) it gave the model
+    job.steps = compiled_steps(net, ranks, job, job.epochs - first_epoch)
     history.path = path_in_words(ranks.size, job.steps is not None)
     if loud:
         print(f"fit: backend {net.backend.name}, {history.path}", file=sys.stderr)
@@ -205,7 +187,7 @@ def _train(net, ranks, job) -> History:
         saved = net._snapshot()
         started = time.perf_counter()
         order = net.batch_rng.permutation(n) if job.shuffle else np.arange(n)
-        run_epoch = _epoch if job.steps is None else _epoch_compiled
+        run_epoch = _epoch if job.steps is None else compiled_epoch
         loss_sum, correct = run_epoch(net, ranks, job, order, epoch, saved)
         mean_loss = loss_sum / total_weight
         if not math.isfinite(mean_loss):  # the same sum on every rank: every rank raises
@@ -288,56 +270,6 @@ def _epoch(net, ranks, job, order, epoch, saved) -> tuple[float, int]:
     if totals[2]:
         ranks.agree(failed_somewhere=True)
     return float(totals[0]), int(totals[1])
-
-
-def _epoch_compiled(net, ranks, job, order, epoch, saved) -> tuple[float, int]:
-    """:func:`_epoch` on the backend's compiled steps: per global batch, this rank's share's gradient
-    (``steps.gradients``), ONE Allreduce of it and the two flags, ``steps.step()``."""
-    steps = job.steps
-    sums = steps.sums
-    failed, diverged = sums.shape[0] - 2, sums.shape[0] - 1
-    step = job.batch_size * ranks.size
-    n, local_loss, local_correct = job.X.shape[0], 0.0, 0
-    ranks.run(steps.begin_epoch)
-    try:
-        for batch, start in enumerate(range(0, n, step)):
-            rows = order[start:min(start + step, n)]
-            lo, hi = share(len(rows), ranks.size, ranks.rank)
-            batch_weight, wscale = _global_weight(job.weights, rows)
-            done = ranks.run(steps.gradients, rows[lo:hi], len(rows), batch_weight, wscale)
-            if done is not None:
-                local_loss += done[0]
-                local_correct += done[1]
-            sums[diverged] = done is not None and done[2]
-            sums[failed] = ranks.error is not None
-            if batch_weight == 0:  # weighs zero on every rank: no step; a failure waits for the epoch's end
-                continue
-            ranks.sum(sums)
-            if sums[failed]:
-                ranks.agree(failed_somewhere=True)
-            if sums[diverged]:
-                from .training import TrainingDiverged
-                raise TrainingDiverged(f"fit: the loss became NaN or inf in epoch {epoch + 1}, batch {batch + 1} "
-                                       f"(on some rank); training stopped before that update")
-            ranks.run(steps.step)
-    finally:
-        ranks.run(steps.end_epoch)
-    totals = ranks.sum(np.array([local_loss, local_correct, ranks.error is not None], np.float64))
-    if totals[2]:
-        ranks.agree(failed_somewhere=True)
-    return float(totals[0]), int(totals[1])
-
-
-def _global_weight(weights, rows) -> tuple[float, float]:
-    """``(weight, wscale)`` of a global batch, as the compiled epoch weighs a batch of one process:
-    its rows (or Σw) and 0 (the plain mean), or, with weights that differ, Σw and rows / Σw."""
-    if weights is None:
-        return float(len(rows)), 0.0
-    w = weights[rows]
-    total = float(w.sum())
-    if total == 0.0 or bool(np.all(w == w[0])):
-        return total, 0.0
-    return total, len(rows) / total
 
 
 def _local_step(net, job, layers, dense, set_rows, mine, batch_weight, sums):

@@ -69,6 +69,11 @@ class Optimizer:
         self.t = 0
         self._groups: dict[bool, FlatGroup | None] = {}  # by decays: see _group
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy (copy.deepcopy, pickle) without the flat groups: they hold the layers, and are
+        rebuilt at the next step anyway (the copy's arrays are not the groups' views)."""
+        return {**self.__dict__, "_groups": {}}
+
     @staticmethod
     def _params(dense_layers):
         """``(key, layer, "W"|"b", decays)`` for every parameter, in a fixed order."""

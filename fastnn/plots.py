@@ -35,24 +35,26 @@ def _save(fig, path):
 
 
 def training_curves(history, path, title=None):
-    """Loss and accuracy per epoch, training vs test (``val_*``), side by side, to ``path``."""
+    """Loss and accuracy per epoch, training vs test (``val_*``), side by side, to ``path`` (a
+    regression, which has no accuracy: its loss alone)."""
     h = history.history if hasattr(history, "history") else history
     epochs = h["epoch"]
-    fig = _figure(figsize=(10, 4), layout="constrained")
-    loss_ax, acc_ax = fig.subplots(1, 2)
+    has_accuracy = "accuracy" in h
+    fig = _figure(figsize=(10, 4) if has_accuracy else (5, 4), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2) if has_accuracy else (fig.subplots(1, 1), None)
     loss_ax.plot(epochs, h["loss"], "o-", label="train")
     if "val_loss" in h:
         loss_ax.plot(epochs, h["val_loss"], "s-", label="test")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
-    acc_ax.plot(epochs, 100 * np.asarray(h["accuracy"]), "o-", label="train")
-    if "val_accuracy" in h:
-        acc_ax.plot(epochs, 100 * np.asarray(h["val_accuracy"]), "s-", label="test")
-    if "val_accuracy" in h:
-        best = int(np.argmax(h["val_accuracy"]))
-        acc_ax.axvline(epochs[best], color="grey", linestyle=":",
-                       label=f"best test: {100 * h['val_accuracy'][best]:.2f}% (epoch {epochs[best]})")
-    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    for ax in (loss_ax, acc_ax):
+    if has_accuracy:
+        acc_ax.plot(epochs, 100 * np.asarray(h["accuracy"]), "o-", label="train")
+        if "val_accuracy" in h:
+            acc_ax.plot(epochs, 100 * np.asarray(h["val_accuracy"]), "s-", label="test")
+            best = int(np.argmax(h["val_accuracy"]))
+            acc_ax.axvline(epochs[best], color="grey", linestyle=":",
+                           label=f"best test: {100 * h['val_accuracy'][best]:.2f}% (epoch {epochs[best]})")
+        acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (loss_ax, acc_ax) if has_accuracy else (loss_ax,):
         ax.grid(alpha=0.3)
         ax.legend()
         ax.xaxis.get_major_locator().set_params(integer=True)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import fastnn
-from fastnn.distributed import _global_weight, share
+from fastnn.distributed_compiled import global_weight
+from fastnn.mpi_ranks import share
 from fastnn.losses import get_loss
 
 pytest.importorskip("numba", reason="the compiled epoch is the numba backend's")
@@ -53,7 +54,7 @@ def _two_ranks(net_factory, X, y, w, optimizer, batch, epochs, threads):
         total = 0.0
         for start in range(0, len(y), batch * RANKS):
             rows = order[start:start + batch * RANKS]
-            weight, wscale = _global_weight(w, rows)
+            weight, wscale = global_weight(w, rows)
             for rank, s in enumerate(steps):
                 lo, hi = share(len(rows), RANKS, rank)
                 total += s.gradients(rows[lo:hi], len(rows), weight, wscale)[0]

@@ -96,6 +96,17 @@ WORKER = COMMON + textwrap.dedent("""
     whole.fit(X, y, epochs=4, batch_size=batch, optimizer=optimizer("sgd"), comm=comm)
     report["saves"] = len(saves)
     report["resume_equal"] = all(np.array_equal(a, b) for a, b in zip(weights(resumed), weights(whole)))
+    if "numba_sgd64" in cases:  # the compiled steps resume with the checkpoint's Adam and its state
+        ckpt = f"{out}/ckpt_numba.npz"
+        net("float64", backend="numba").fit(X, y, epochs=2, batch_size=batch, optimizer=optimizer("adam"),
+                                            checkpoint=ckpt, comm=comm)
+        resumed = net("float64", seed=99, backend="numba")
+        history = resumed.fit(X, y, epochs=4, batch_size=batch, checkpoint=ckpt, resume=True, comm=comm)
+        whole = net("float64", backend="numba")
+        whole.fit(X, y, epochs=4, batch_size=batch, optimizer=optimizer("adam"), comm=comm)
+        report["numba_resume_path"] = history.path
+        report["numba_resume_close"] = all(np.allclose(a, b, rtol=1e-12, atol=1e-12)
+                                           for a, b in zip(weights(resumed), weights(whole)))
 
     # validation on rank 0 + EarlyStopping: the same stopping epoch everywhere
     Xv, yv, _ = data(11, seed=1)
@@ -197,6 +208,15 @@ def test_rank_0_alone_checkpoints_and_a_resume_equals_an_uninterrupted_run(ran):
     assert [r["saves"] for r in reports] == [4, 0]  # 2 epochs, then epochs 3-4 resumed: on rank 0 only
     assert all(r["resume_equal"] for r in reports)
     assert fastnn.load(out / "ckpt.npz").n_in == 5
+
+
+def test_a_resume_on_the_compiled_steps_continues_the_checkpoints_optimizer(ran):
+    if not NUMBA[0]:
+        pytest.skip(f"numba backend unavailable: {NUMBA[1]}")
+    _, reports = ran
+    for report in reports:  # no optimizer given: Adam, its moments and step count, from the checkpoint
+        assert report["numba_resume_path"].startswith("compiled epoch")
+        assert report["numba_resume_close"]
 
 
 def test_validation_and_early_stopping_stop_every_rank_at_the_same_epoch(ran):

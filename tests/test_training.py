@@ -598,3 +598,26 @@ def test_a_regression_logs_no_training_accuracy_and_a_classification_by_mse_does
     net = fastnn.Sequential(fastnn.Dense(3, 8), fastnn.ReLU(), fastnn.Dense(8, 2), backend="numpy")
     history = net.fit(X, (y > 0).astype(int), epochs=1, loss="mse", verbose=1)  # Nielsen's quadratic cost
     assert 0 <= history.history["accuracy"][0] <= 1 and "train acc" in capsys.readouterr().err
+
+
+def test_an_optimizer_copies_and_pickles_after_a_fit():
+    import copy
+    import pickle
+
+    X, y = np.random.default_rng(0).normal(size=(40, 3)), np.arange(40) % 2
+    net = fastnn.Sequential(fastnn.Dense(3, 4), fastnn.ReLU(), fastnn.Dense(4, 2), backend="numpy", seed=0)
+    opt = fastnn.Adam(lr=0.01)
+    net.fit(X, y, epochs=2, optimizer=opt)
+    for other in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):  # the layers are not part of a copy
+        assert other.t == opt.t and sorted(other.state) == sorted(opt.state)
+        np.testing.assert_array_equal(other.state["0.W"]["M"], opt.state["0.W"]["M"])
+
+
+def test_training_curves_of_a_regression_plot_its_loss_alone(tmp_path):
+    pytest.importorskip("matplotlib", reason="fastnn.plots needs matplotlib (pip install 'fastnn[plot]')")
+    from fastnn import plots
+    X = np.random.default_rng(0).normal(size=(60, 3))
+    net = fastnn.Sequential(fastnn.Dense(3, 8), fastnn.ReLU(), fastnn.Dense(8, 1), backend="numpy")
+    history = net.fit(X, X.sum(axis=1, keepdims=True), epochs=2, loss="mse", validation_split=0.2)
+    plots.training_curves(history, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0

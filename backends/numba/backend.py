@@ -266,7 +266,7 @@ class NumbaBackend(FusedOps):
         for ``dtype``, and record it as cached; returns the seconds it took."""
         started = time.perf_counter()
         if part == "epoch":
-            from .epoch import warmup as epoch_warmup
+            from .epoch_shared import warmup as epoch_warmup  # the data-parallel step too (MPI)
             epoch_warmup((dtype,))  # marks the part as cached itself (fit builds through it too)
         else:
             warm_layers(self, np.dtype(dtype), _load_kernels())

@@ -52,8 +52,8 @@ PARENT_WAIT_S = 60.0
 #: The backend's sources a kernel is made from or called with (its argument types: epoch.py), beside
 #: the op tables: a change in any makes new kernels, so the markers of what is cached change with them.
 _SOURCES = ("kernels.py", "epoch.py", "epoch_template.py", "epoch_codegen.py", "epoch_ops.py", "layer_ops.py",
-            "generated.py", "simd.py", "simd_math.py", "sync.py", "epoch_products.py", "epoch_dropout.py",
-            "epoch_loss.py", "epoch_barrier.py")
+            "generated.py", "simd.py", "simd_math.py", "sync.py", "epoch_products.py.in", "epoch_dropout.py.in",
+            "epoch_loss.py.in", "epoch_barrier.py.in")
 _key = None
 _spawned: list[tuple[str, subprocess.Popen[bytes]]] = []  # the background processes this one started (kept: no "still running" warning)
 _folders: dict[str, tuple[str | None, list[str]]] = {}  # cache_dir() -> (the folder used, or None; what was wrong with those refused)

@@ -211,13 +211,18 @@ class EpochTrainer(Trainer):
             return
         step = max(1, STAGE_ROWS // bs) * bs
         for start in range(0, n, step):
-            idx = np.asarray(order[start:start + step])
-            Xs = np.asarray(X[idx]).astype(self.dtype)  # (rows, nI): only this part's rows, in memory
-            if self.scale is not None:
-                Xs *= self.dtype.type(self.scale)
-            local = _read_only(np.arange(idx.shape[0], dtype=np.int64))
-            Ws = _read_only(wts[idx]) if wts.shape[0] else wts
-            yield _read_only(Xs), _read_only(T[idx]), _read_only(labels[idx]), local, _read_only(idx), Ws, start // bs
+            yield *self._staged(X, T, labels, wts, np.asarray(order[start:start + step])), start // bs
+
+    def _staged(self, X, T, labels, wts, idx):
+        """``(X, T, labels, order, ids, weights)`` of the rows ``idx`` alone, X's converted to the
+        model's dtype (and scaled, under a Rescale) as the layer path converts each batch; ``ids``
+        are their row indices in X (Dropout's masks follow them)."""
+        Xs = np.asarray(X[idx]).astype(self.dtype)  # (rows, nI): only these rows, in memory
+        if self.scale is not None:
+            Xs *= self.dtype.type(self.scale)
+        local = _read_only(np.arange(idx.shape[0], dtype=np.int64))
+        Ws = _read_only(wts[idx]) if wts.shape[0] else wts
+        return _read_only(Xs), _read_only(T[idx]), _read_only(labels[idx]), local, _read_only(idx), Ws
 
     def _ids_for(self, n):
         """0, 1, ..., n - 1: the rows' indices in X, where X is passed whole."""

@@ -162,7 +162,7 @@ def _dispatch(name, call, then=None):
 
 #: Template text after the tiles, in this order: the tile drivers, then the other kernels by topic
 #: (one generated module: numba's cache does not notice edits in other files a cached kernel calls).
-PARTS = ("epoch_products.py", "epoch_dropout.py", "epoch_loss.py", "epoch_barrier.py")
+PARTS = ("epoch_products.py.in", "epoch_dropout.py.in", "epoch_loss.py.in", "epoch_barrier.py.in")
 
 
 def source(cache=True):

@@ -6,9 +6,9 @@ in. Here it runs one batch per call under the rule ``OPT_GRADIENT``, which store
 this process's share of the global batch in a flat buffer instead (the rows scaled by the *global*
 batch's count or weight); the caller sums that buffer over the processes (one MPI Allreduce), and
 ``apply_gradient`` takes the model's own rule's step from it. Returning to Python at each batch
-costs ~10-20 µs, small beside the Allreduce it waits for; an MPI call from inside the kernel would
-need an MPI binding of our own in compiled code (numba-mpi takes no float32), and the kernel
-would still need the gradient buffer.
+costs little beside the Allreduce it waits for (on one thread; with more, their start and join
+too); an MPI call from inside the kernel would need an MPI binding of our own in compiled code
+(numba-mpi takes no float32), and the kernel would still need the gradient buffer.
 """
 from __future__ import annotations
 
@@ -101,13 +101,7 @@ class DataParallelSteps:
         or, staged, these rows gathered and converted to the model's dtype (and scaled)."""
         if not self.staged:
             return self.X, self.T, self.labels, _read_only(rows), self.trainer._ids_for(self.n), self.wts
-        Xs = np.asarray(self.X[rows]).astype(self.trainer.dtype)
-        if self.trainer.scale is not None:
-            Xs *= self.trainer.dtype.type(self.trainer.scale)
-        local = _read_only(np.arange(rows.shape[0], dtype=np.int64))
-        wts = _read_only(self.wts[rows]) if self.wts.shape[0] else self.wts
-        return (_read_only(Xs), _read_only(self.T[rows]), _read_only(self.labels[rows]), local, _read_only(rows),
-                wts)
+        return self.trainer._staged(self.X, self.T, self.labels, self.wts, rows)
 
 
 

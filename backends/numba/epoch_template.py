@@ -58,7 +58,7 @@ REC0, REC = 17, 19  # layer i's record starts at lay[REC0 + REC * i]
 F_NOUT, F_NPO, F_NV, F_ACT, F_W, F_B, F_Y, F_DZ, F_PART, F_PSIZE, F_MASK, F_DS, F_Z, F_V, F_PRM, \
     F_DM, F_DB, F_DT, F_DSC = range(19)
 # Dropout after a hidden layer (F_DM >= 0): its masks (rows x npo) at F_DM, the epoch's hash base
-# (uint64 bits) at F_DB, the keep threshold at F_DT, the kept units' scale at work[F_DSC] (epoch_dropout.py)
+# (uint64 bits) at F_DB, the keep threshold at F_DT, the kept units' scale at work[F_DSC] (epoch_dropout.py.in)
 # the codes of the op tables and the row h (float64, one per thread): generated
 # <<CODES>>
 # out (float64, 8 per thread)

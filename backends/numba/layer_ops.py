@@ -4,7 +4,7 @@
 code picks the loop once, outside it, so each loop vectorises), and ``update_<rule>`` one kernel
 per rule of ``fastnn.ops.optimizers``, touching only its own slots. The module is written and
 cached by ``generated.load``. Arrays arrive flat (the callers' views): ``ravel()`` inside a kernel
-makes loading it from the cache import numba's array module (~35 ms of a process's first predict).
+makes loading it from the cache import numba's array module, in every process that predicts.
 """
 from __future__ import annotations
 

@@ -1,0 +1,97 @@
+"""A data-parallel fit (``fastnn.distributed``) on the backend's compiled steps
+(``Trainer.data_parallel``: the numba backend's compiled epoch, one native call per batch that writes
+this rank's share of the gradient into one flat buffer): which ranks use them, and the epoch loop."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .mpi_ranks import share
+
+
+def compiled_steps(net, ranks, job, epochs_left):
+    """Collective: the compiled steps where every rank has them, else None (the layer path): ranks
+    on two paths could round differently and their weights part. Made after a resume applied its
+    checkpoint: the steps hold ``net.optimizer``, the one the checkpoint gave the model. Each rank
+    runs at most its share of its machine's cores in threads (ranks × threads ≤ cores)."""
+    node = ranks.comm.Split_type(ranks.MPI.COMM_TYPE_SHARED)  # every rank: a collective
+    here = node.Get_size()  # the ranks on this machine
+    node.Free()
+    steps = ranks.run(_local_steps, net, job, epochs_left, here)
+    ranks.agree()
+    everywhere = ranks.sum(np.array([steps is not None], np.int64))[0] == ranks.size
+    return steps if everywhere else None
+
+
+def _local_steps(net, job, epochs_left, ranks_here):
+    if epochs_left <= 0:
+        return None
+    trainer, _ = net.backend.training_plan(net, net.loss, net.optimizer, job.X.shape[0], epochs_left, job.batch_size)
+    if trainer is None:
+        return None
+    cpus = os.cpu_count() or 1
+    mine = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
+    threads = max(1, min(mine, cpus // ranks_here))  # (bound to a socket: at most the cores bound)
+    return trainer.data_parallel(job.X, job.T, job.labels, job.weights, job.batch_size, threads)
+
+
+def compiled_epoch(net, ranks, job, order, epoch, saved) -> tuple[float, int]:
+    """``distributed._epoch`` on the compiled steps: per global batch, this rank's share's gradient
+    (``steps.gradients``), ONE Allreduce of it and the two flags, ``steps.step()``. (``saved``: as
+    ``_epoch`` takes it; no step of a bad batch is ever applied here, so nothing to restore.)"""
+    steps = job.steps
+    sums = steps.sums
+    failed, diverged = sums.shape[0] - 2, sums.shape[0] - 1
+    step = job.batch_size * ranks.size
+    n, local_loss, local_correct = job.X.shape[0], 0.0, 0
+    ranks.run(steps.begin_epoch)
+    try:
+        for batch, start in enumerate(range(0, n, step)):
+            rows = order[start:min(start + step, n)]
+            lo, hi = share(len(rows), ranks.size, ranks.rank)
+            batch_weight, wscale = global_weight(job.weights, rows)
+            done = ranks.run(steps.gradients, rows[lo:hi], len(rows), batch_weight, wscale)
+            if done is not None:
+                local_loss += done[0]
+                local_correct += done[1]
+            sums[diverged] = done is not None and done[2]
+            sums[failed] = ranks.error is not None
+            if batch_weight == 0:  # weighs zero on every rank: no step; a failure waits for the epoch's end
+                continue
+            ranks.sum(sums)
+            if sums[failed]:
+                ranks.agree(failed_somewhere=True)
+            if sums[diverged]:
+                from .training import TrainingDiverged
+                raise TrainingDiverged(f"fit: the loss became NaN or inf in epoch {epoch + 1}, batch {batch + 1} "
+                                       f"(on some rank); training stopped before that update")
+            ranks.run(steps.step)
+    finally:
+        _give_back(steps, ranks)
+    totals = ranks.sum(np.array([local_loss, local_correct, ranks.error is not None], np.float64))
+    if totals[2]:
+        ranks.agree(failed_somewhere=True)
+    return float(totals[0]), int(totals[1])
+
+
+def _give_back(steps, ranks):
+    """The parameters back to the model, on a rank that failed too (its model then holds the steps
+    taken, as every other rank's does); an error here is held like any other."""
+    try:
+        steps.end_epoch()
+    except Exception as error:  # noqa: BLE001 - held, then raised on every rank
+        if ranks.error is None:
+            ranks.error = error
+
+
+def global_weight(weights, rows) -> tuple[float, float]:
+    """``(weight, wscale)`` of a global batch, as the compiled epoch weighs a batch of one process:
+    its rows (or Σw) and 0 (the plain mean), or, with weights that differ, Σw and rows / Σw."""
+    if weights is None:
+        return float(len(rows)), 0.0
+    w = weights[rows]
+    total = float(w.sum())
+    if total == 0.0 or bool(np.all(w == w[0])):
+        return total, 0.0
+    return total, len(rows) / total
