@@ -40,7 +40,11 @@ def shown(verbose, stream=None):
 def waiting(message, after=0.5, every=3.0):
     """Log ``message`` once if the block is still running ``after`` seconds on, then a short
     "still at it" line every ``every`` seconds: a wait that turns out short (kernels loaded
-    from the disk cache) stays silent, and a compile never leaves the screen still for long."""
+    from the disk cache) stays silent, and a compile never leaves the screen still for long.
+    Nobody to tell (the logger's INFO lines go nowhere): no thread either."""
+    if not logger.isEnabledFor(logging.INFO):
+        yield
+        return
     done = threading.Event()
 
     def tell():
