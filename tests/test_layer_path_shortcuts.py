@@ -44,6 +44,16 @@ def _step_each_parameter(optimizer, net, state):
             backend.update(rule, P, getattr(layer, "d" + name), slots, h if decays else dict(h, weight_decay=0.0))
 
 
+def _step_both(net, plain, optimizer, reference, state, step):
+    """One step of ``optimizer`` on ``net`` (grouped) and of ``reference`` on ``plain``, parameter by
+    parameter, from the same gradients."""
+    _with_gradients(net, step)
+    _with_gradients(plain, step)
+    optimizer.step(net.backend, net.dense_layers)
+    _step_each_parameter(reference, plain, state)
+    reference.t = optimizer.t
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("kind", OPTIMIZERS)
 def test_grouped_steps_are_the_per_parameter_steps(kind, dtype):
@@ -51,11 +61,7 @@ def test_grouped_steps_are_the_per_parameter_steps(kind, dtype):
     optimizer, reference = OPTIMIZERS[kind](), OPTIMIZERS[kind]()
     state = {}
     for step in range(4):
-        _with_gradients(grouped, step)
-        _with_gradients(plain, step)
-        optimizer.step(grouped.backend, grouped.dense_layers)
-        _step_each_parameter(reference, plain, state)
-        reference.t = optimizer.t
+        _step_both(grouped, plain, optimizer, reference, state, step)
         for a, b in zip(grouped.dense_layers, plain.dense_layers):
             np.testing.assert_array_equal(a.W, b.W)
             np.testing.assert_array_equal(a.b, b.b)
@@ -78,11 +84,7 @@ def test_an_array_put_in_place_of_a_view_is_stepped_from():
         if step == 2:
             optimizer.state = {key: {slot: v.copy() for slot, v in entry.items()}
                                for key, entry in optimizer.state.items()}
-        _with_gradients(net, step)
-        _with_gradients(plain, step)
-        optimizer.step(net.backend, net.dense_layers)
-        _step_each_parameter(reference, plain, state)
-        reference.t = optimizer.t
+        _step_both(net, plain, optimizer, reference, state, step)
     for a, b in zip(net.dense_layers, plain.dense_layers):
         np.testing.assert_array_equal(a.W, b.W)
         np.testing.assert_array_equal(a.b, b.b)
