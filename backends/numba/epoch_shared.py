@@ -35,7 +35,7 @@ class DataParallelSteps:
     def __init__(self, trainer, X, T, labels, weights: NDArray[Any] | None, batch_size: int,
                  threads: int, spare: int = 2) -> None:
         self.trainer, self.kern = trainer, codegen.load()
-        self.X, self.T, self.labels, self.order, self.staged = trainer._checked(
+        self.X, self.T, self.labels, _, self.staged = trainer._checked(
             X, T, labels, np.arange(X.shape[0], dtype=np.int64))
         self.wts = _read_only(np.ascontiguousarray(weights if weights is not None else (), dtype=np.float64))
         self.n, self.bs = X.shape[0], int(batch_size)
@@ -62,7 +62,7 @@ class DataParallelSteps:
         """The gradient of ``rows`` (this process's share of a global batch of ``global_rows`` rows
         weighing ``global_weight``; ``wscale`` > 0: the weighted mean, each row counted wᵢ·wscale
         times) into ``sums``: ``(loss sum, correct, loss not finite)`` of these rows.
-        A global batch weighing zero: accuracy only, ``sums`` untouched (no step follows)."""
+        A global batch weighing zero: accuracy only, the gradient zero (no step follows)."""
         kern, buf = self.kern, self.trainer.layout
         if len(rows) == 0 or global_weight == 0:  # (the kernel writes every element of a batch's gradient)
             self._grad[:] = 0
