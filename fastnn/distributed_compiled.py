@@ -42,7 +42,7 @@ def compiled_epoch(net, ranks, job, order, epoch, saved) -> tuple[float, int]:
     ``_epoch`` takes it; no step of a bad batch is ever applied here, so nothing to restore.)"""
     steps = job.steps
     sums = steps.sums
-    failed, diverged = sums.shape[0] - 2, sums.shape[0] - 1
+    failed, not_finite = sums.shape[0] - 2, sums.shape[0] - 1
     step = job.batch_size * ranks.size
     n, local_loss, local_correct = job.X.shape[0], 0.0, 0
     ranks.run(steps.begin_epoch)
@@ -55,24 +55,26 @@ def compiled_epoch(net, ranks, job, order, epoch, saved) -> tuple[float, int]:
             if done is not None:
                 local_loss += done[0]
                 local_correct += done[1]
-            sums[diverged] = done is not None and done[2]
+            sums[not_finite] = done is not None and done[2]
             sums[failed] = ranks.error is not None
             if batch_weight == 0:  # weighs zero on every rank: no step; a failure waits for the epoch's end
                 continue
             ranks.sum(sums)
             if sums[failed]:
                 ranks.agree(failed_somewhere=True)
-            if sums[diverged]:
-                from .training import TrainingDiverged
-                raise TrainingDiverged(f"fit: the loss became NaN or inf in epoch {epoch + 1}, batch {batch + 1} "
-                                       f"(on some rank); training stopped before that update")
+            if sums[not_finite]:
+                raise diverged(epoch, batch)
             ranks.run(steps.step)
     finally:
         _give_back(steps, ranks)
-    totals = ranks.sum(np.array([local_loss, local_correct, ranks.error is not None], np.float64))
-    if totals[2]:
-        ranks.agree(failed_somewhere=True)
-    return float(totals[0]), int(totals[1])
+    return ranks.totals(local_loss, local_correct)
+
+
+def diverged(epoch, batch):
+    """The error every rank raises where a global batch's loss was NaN/inf (none of it applied)."""
+    from .training import TrainingDiverged
+    return TrainingDiverged(f"fit: the loss became NaN or inf in epoch {epoch + 1}, batch {batch + 1} "
+                            f"(on some rank); training stopped before that update")
 
 
 def _give_back(steps, ranks):

@@ -71,6 +71,14 @@ class Ranks:
                              f"{', '.join(map(str, differ))}); every rank must pass the same data, "
                              f"model (seed), settings and checkpoint file")
 
+    def totals(self, loss_sum: float, correct: int) -> tuple[float, int]:
+        """Collective, at an epoch's end: ``(loss_sum, correct)`` summed over the ranks; raises on
+        every rank if any rank holds an error."""
+        totals = self.sum(np.array([loss_sum, correct, self.error is not None], np.float64))
+        if totals[2]:
+            self.agree(failed_somewhere=True)
+        return float(totals[0]), int(totals[1])
+
     def sum(self, values: np.ndarray) -> np.ndarray:
         """Collective: the element-wise sum over ranks, in place."""
         self.comm.Allreduce(self.MPI.IN_PLACE, values, op=self.MPI.SUM)
