@@ -54,10 +54,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import validation as check
-from .callbacks import checked as checked_callbacks
 from .history import History
-from .losses import get_loss
-from .distributed_compiled import compiled_epoch, compiled_steps
+from .distributed_compiled import compiled_epoch, compiled_steps, diverged
 from .mpi_ranks import Ranks, share
 
 #: rows of X (and T) hashed to check that every rank holds the same data (evenly spaced)
@@ -95,42 +93,22 @@ def fit(net, comm, X, y, *, epochs, batch_size, loss, optimizer, lr, shuffle, va
 
 def _prepared(net, rank, X, y, epochs, batch_size, loss, optimizer, lr, shuffle, validation_data, validation_split,
               verbose, checkpoint, resume, on_epoch_end, callbacks, sample_weight, class_weight):
-    """fit's arguments checked and placed (as ``Training.fit`` does), the checkpoint read but
-    not applied: a SimpleNamespace of what training needs."""
+    """fit's arguments checked and placed (``fit_arguments``, as ``Training.fit`` takes them), the
+    checkpoint read but not applied: a SimpleNamespace of what training needs."""
     from . import io
-    from .metrics import is_regression, sample_weights
-    from .training import _training_weights
+    from .fit_arguments import checked as checked_arguments
 
-    epochs = check.count("epochs", epochs, minimum=0)
-    batch_size = check.count("batch_size", batch_size, minimum=1)
-    loss = get_loss(loss or net.loss or "cross_entropy")
-    chosen_optimizer = optimizer is not None or lr is not None
-    optimizer = check.optimizer(optimizer, lr, net.optimizer)
-    if resume and not checkpoint:
-        raise ValueError("fit: resume=True needs checkpoint='path.npz'")
-    callbacks = checked_callbacks(callbacks, on_epoch_end)
-    X = check.training_set(net, X, check_finite=False)
-    T, labels = check.targets(net, y, X.shape[0])
-    regression = is_regression(net, loss, y)
-    weights = sample_weights(sample_weight, X.shape[0], net.backend.to_numpy)
-    if validation_split and validation_data is None:
-        keep = check.split_point(validation_split, X.shape[0])
-        validation_data = (X[keep:, ...], T[keep:, ...])
-        X, T, labels = X[:keep, ...], T[:keep, ...], labels[:keep]
-        weights = None if weights is None else weights[:keep]
-    weights = _training_weights(net, weights, class_weight, T, labels)
-    if validation_data is not None:
-        validation_data = check.validation_pair(net, validation_data)
-    check.placed_finite(net.backend, X)
-    resumed = None
+    args = checked_arguments(net, X, y, epochs=epochs, batch_size=batch_size, loss=loss, optimizer=optimizer, lr=lr,
+                             shuffle=shuffle, validation_data=validation_data, validation_split=validation_split,
+                             checkpoint=checkpoint, resume=resume, on_epoch_end=on_epoch_end, callbacks=callbacks,
+                             sample_weight=sample_weight, class_weight=class_weight)
+    job = SimpleNamespace(**vars(args))  # and what the ranks add to it below and in _train
+    check.placed_finite(net.backend, job.X)
+    job.resumed = None
     if resume:
-        settings = {"loss": loss.name or None, "batch_size": batch_size, "shuffle": bool(shuffle),
-                    "optimizer": optimizer.config() if chosen_optimizer else None}
-        resumed = io.read_checkpoint(net, checkpoint, settings, verbose if rank == 0 else 0)
-    return SimpleNamespace(epochs=epochs, batch_size=batch_size, loss=loss, optimizer=optimizer, shuffle=shuffle,
-                           callbacks=callbacks, X=X, T=T, labels=labels, weights=weights,
-                           validation_data=validation_data, checkpoint=checkpoint, resumed=resumed,
-                           verbose=verbose, regression=regression)
+        job.resumed = io.read_checkpoint(net, checkpoint, job.resume_settings, verbose if rank == 0 else 0)
+    job.shuffle, job.checkpoint, job.verbose = shuffle, checkpoint, verbose
+    return job
 
 
 def _fingerprint(net, job) -> bytes:
@@ -257,19 +235,14 @@ def _epoch(net, ranks, job, order, epoch, saved) -> tuple[float, int]:
                 ranks.agree(failed_somewhere=True)
             if flags[1] and backend.check_every_batch:
                 net._restore_if_not_finite(saved)
-                from .training import TrainingDiverged
-                raise TrainingDiverged(f"fit: the loss became NaN or inf in epoch {epoch + 1}, batch {batch + 1} "
-                                       f"(on some rank); training stopped before that update")
+                raise diverged(epoch, batch)
             at = 0
             for layer, (w, w_shape, b, b_shape) in zip(dense, sizes):
                 layer.dW = backend.asarray(sums[at:at + w].reshape(w_shape), dtype=net.dtype)
                 layer.db = backend.asarray(sums[at + w:at + w + b].reshape(b_shape), dtype=net.dtype)
                 at += w + b
             net.optimizer.step(backend, dense)
-    totals = ranks.sum(np.array([local_loss, local_correct, ranks.error is not None], np.float64))
-    if totals[2]:
-        ranks.agree(failed_somewhere=True)
-    return float(totals[0]), int(totals[1])
+    return ranks.totals(local_loss, local_correct)
 
 
 def _local_step(net, job, layers, dense, set_rows, mine, batch_weight, sums):

@@ -21,10 +21,8 @@ from numpy.typing import ArrayLike
 from . import notices
 from . import validation as check
 from .callbacks import ResumeCheckpoint
-from .callbacks import checked as checked_callbacks
 from .history import History
-from .losses import Loss, LossName, get_loss
-from .row_weights import training_weights as _training_weights  # distributed.py imports it from here
+from .losses import Loss, LossName
 
 if TYPE_CHECKING:
     import os
@@ -150,7 +148,7 @@ class Training:
         - A model trains in one thread at a time: ``fit`` or ``backprop`` while another
           thread's runs raises ``RuntimeError`` at once (a callback may call ``backprop``).
         - ``comm=MPI.COMM_WORLD`` (mpi4py, ``pip install 'fastnn[mpi]'``, run under ``mpiexec``):
-          data-parallel training, layer by layer; every rank passes the same data and seed,
+          data-parallel training; every rank passes the same data and seed,
           ``batch_size`` is per rank, and N ranks at batch b train as one process at batch N·b.
           Rank 0 alone writes the checkpoint and runs the validation. Details:
           :mod:`fastnn.distributed`. A communicator of one rank trains as without it.
@@ -163,29 +161,17 @@ class Training:
                                    resume=resume, on_epoch_end=on_epoch_end, callbacks=callbacks,
                                    sample_weight=sample_weight, class_weight=class_weight)
         from . import io
-        from .metrics import is_regression, sample_weights
+        from .fit_arguments import checked as checked_arguments
 
-        epochs = check.count("epochs", epochs, minimum=0)
-        batch_size = check.count("batch_size", batch_size, minimum=1)
-        loss = get_loss(loss or self.loss or "cross_entropy")
-        chosen_optimizer = optimizer is not None or lr is not None
-        optimizer = check.optimizer(optimizer, lr, self.optimizer)
-        if resume and not checkpoint:
-            raise ValueError("fit: resume=True needs checkpoint='path.npz'")
-        callbacks = checked_callbacks(callbacks, on_epoch_end)
-        X = check.training_set(self, X, check_finite=False)
-        T, labels = check.targets(self, y, X.shape[0])
-        regression = is_regression(self, loss, y)
-        weights = sample_weights(sample_weight, X.shape[0], self.backend.to_numpy)
-        if validation_split and validation_data is None:
-            keep = check.split_point(validation_split, X.shape[0])
-            validation_data = (X[keep:, ...], T[keep:, ...])  # target rows: any kind of y
-            X, T, labels = X[:keep, ...], T[:keep, ...], labels[:keep]
-            weights = None if weights is None else weights[:keep]
-        weights = _training_weights(self, weights, class_weight, T, labels)
+        args = checked_arguments(self, X, y, epochs=epochs, batch_size=batch_size, loss=loss, optimizer=optimizer,
+                                 lr=lr, shuffle=shuffle, validation_data=validation_data,
+                                 validation_split=validation_split, checkpoint=checkpoint, resume=resume,
+                                 on_epoch_end=on_epoch_end, callbacks=callbacks, sample_weight=sample_weight,
+                                 class_weight=class_weight)
+        epochs, batch_size, loss, optimizer, callbacks = (args.epochs, args.batch_size, args.loss, args.optimizer,
+                                                          args.callbacks)
+        X, T, labels, weights, validation_data = args.X, args.T, args.labels, args.weights, args.validation_data
         total_weight = X.shape[0] if weights is None else float(weights.sum())
-        if validation_data is not None:
-            validation_data = check.validation_pair(self, validation_data)
         n = X.shape[0]
         trainer = path = None
         if not resume:  # a resume changes the model first: its trainer is chosen below
@@ -197,9 +183,7 @@ class Training:
             check.placed_finite(self.backend, X)
         resumed = None
         if resume:  # the whole checkpoint is checked here; nothing of it is applied yet
-            settings = {"loss": loss.name or None, "batch_size": batch_size, "shuffle": bool(shuffle),
-                        "optimizer": optimizer.config() if chosen_optimizer else None}
-            resumed = io.read_checkpoint(self, checkpoint, settings, verbose)
+            resumed = io.read_checkpoint(self, checkpoint, args.resume_settings, verbose)
         previous = self.loss, self.optimizer
         self.loss, self.optimizer = loss, optimizer  # only now: a refused call changes nothing
 
@@ -242,7 +226,7 @@ class Training:
                     self._restore(saved)
                     raise TrainingDiverged(f"fit: the loss became {mean_loss} in epoch {epoch + 1}; "
                                            f"weights restored to the end of epoch {epoch}")
-                logs = {"loss": mean_loss, **({} if regression else {"accuracy": correct / n}),
+                logs = {"loss": mean_loss, **({} if args.regression else {"accuracy": correct / n}),
                         "lr": float(self.optimizer.lr)}
                 if validation_data is not None:
                     scores = self.evaluate(*validation_data, loss=loss)
