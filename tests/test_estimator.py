@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fastnn
-from fastnn import MLPClassifier
+from fastnn import MLPClassifier, MLPRegressor
 from fastnn.estimator import HAVE_SKLEARN, NotFittedError, _validation_split
 from conftest import blobs
 
@@ -432,8 +432,9 @@ if HAVE_SKLEARN:
     # runs all the same, so the collection-time note about that is expected, not news.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not inherit from `sklearn.base.BaseEstimator`")
-        # max_iter=100 is scikit-learn's own setting for MLPClassifier in its check suite.
-        _checks = parametrize_with_checks([MLPClassifier(max_iter=100, backend="numpy")],
+        # max_iter=100 is scikit-learn's own setting for its MLPs in its check suite.
+        _checks = parametrize_with_checks([MLPClassifier(max_iter=100, backend="numpy"),
+                                           MLPRegressor(max_iter=100, backend="numpy")],
                                           expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
 
     # scikit-learn's checks feed data around 100 on purpose

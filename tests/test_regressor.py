@@ -280,31 +280,6 @@ def test_works_inside_a_pipeline_and_cross_validation(data):
     assert scores.shape == (2,) and np.all(scores > 0.5)
 
 
-#: Checks deliberately excluded, with the reason. None are needed today; keep this the only list.
-EXPECTED_FAILED_CHECKS = {}
-
-if HAVE_SKLEARN:
-    from sklearn.utils.estimator_checks import parametrize_with_checks
-
-    # Not a subclass of sklearn.base.BaseEstimator on purpose (fastnn.estimator_base): the
-    # collection-time note about that is expected, not news.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not inherit from `sklearn.base.BaseEstimator`")
-        # max_iter=100 is scikit-learn's own setting for MLPRegressor in its check suite.
-        _checks = parametrize_with_checks([MLPRegressor(max_iter=100, backend="numpy")],
-                                          expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
-
-    # scikit-learn's checks feed data around 100 on purpose
-    @pytest.mark.filterwarnings("ignore::fastnn.UnscaledInputWarning")
-    @_checks
-    def test_sklearn_estimator_checks(estimator, check):
-        check(estimator)
-else:
-    @pytest.mark.skip(reason="scikit-learn is not installed: its estimator checks cannot run")
-    def test_sklearn_estimator_checks():
-        pass
-
-
 # ---- scikit-learn is optional -----------------------------------------------------------
 def test_fit_and_predict_import_neither_sklearn_nor_scipy():
     script = textwrap.dedent("""
