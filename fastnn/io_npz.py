@@ -43,6 +43,16 @@ def _shown(value, width=60):
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
+def _refuse_other_names(path, kind, unexpected, missing):
+    """A file's names against its description's: one the model does not have is refused before
+    anything is read, a parameter it lacks is named."""
+    if unexpected:
+        raise ModelFileError(f"{path}: {kind} {_shown(unexpected[0])} is not part of the model its "
+                             f"description gives (refused unread)")
+    if missing:
+        raise ModelFileError(f"{path}: parameter {missing[0]} is missing")
+
+
 def _is_count(value):
     """A positive int, as sizes and epochs are (JSON's true is not 1 here)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
@@ -285,12 +295,8 @@ def _read(path, max_bytes, with_state=False):
         meta = _read_description(archive, members, path)
         params, state = _expected(meta, path)
         unexpected = sorted(set(members) - {"meta"} - set(params) - set(state))
-        if unexpected:
-            raise ModelFileError(f"{path}: member {_shown(unexpected[0] + '.npy')} is not part of the model "
-                                 f"its description gives (refused unread)")
-        missing = [name for name in params if name not in members]
-        if missing:
-            raise ModelFileError(f"{path}: parameter {missing[0]} is missing")
+        _refuse_other_names(path, "member", [name + ".npy" for name in unexpected],
+                            [name for name in params if name not in members])
         wanted = dict(params)
         if with_state:
             wanted.update((name, shape) for name, shape in state.items() if name in members)

@@ -28,8 +28,8 @@ import struct
 import numpy as np
 
 from .files import atomic_writer, open_regular, read_into
-from .io_npz import (MAX_DEPTH, MAX_DESCRIPTION_BYTES, ModelFileError, _expected, _nesting, _shown,
-                     checked_description)
+from .io_npz import (MAX_DEPTH, MAX_DESCRIPTION_BYTES, ModelFileError, _expected, _nesting, _refuse_other_names,
+                     _shown, checked_description)
 
 #: The key of ``__metadata__`` that holds the model's JSON description.
 DESCRIPTION_KEY = "fastnn"
@@ -154,13 +154,8 @@ def _span(entry, name, shape, path):
 def _spans(header, params, path, data_bytes, max_bytes):
     """name -> ``(begin, dtype)`` of every parameter, once the tensors tile the data exactly."""
     tensors = {name: entry for name, entry in header.items() if name != "__metadata__"}
-    unexpected = sorted(set(tensors) - set(params))
-    if unexpected:
-        raise ModelFileError(f"{path}: tensor {_shown(unexpected[0])} is not part of the model its "
-                             f"description gives (refused unread)")
-    missing = [name for name in params if name not in tensors]
-    if missing:
-        raise ModelFileError(f"{path}: parameter {missing[0]} is missing")
+    _refuse_other_names(path, "tensor", sorted(set(tensors) - set(params)),
+                        [name for name in params if name not in tensors])
     spans = [(*_span(tensors[name], name, shape, path), name) for name, shape in params.items()]
     spans.sort(key=lambda span: span[:2])  # by offsets only: dtypes do not compare
     end = 0

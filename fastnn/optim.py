@@ -13,18 +13,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .io_npz import _shown
 from .ops import optimizers as _rules
 from .param_groups import FlatGroup, groupable
 
 if TYPE_CHECKING:
     from .backend import Array, Backend
     from .layers import Dense
-
-
-def _shown(value, width=60):
-    """``repr(value)``, cut to ``width`` characters: a message may quote what a file holds."""
-    text = repr(value)
-    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _number(value):
