@@ -4,8 +4,8 @@ Every rank passes the same data, model seed and settings; ``batch_size`` is per 
 global batch is the ``batch_size × ranks`` rows a single process at that batch size would take
 (the same rows, in the same order), shared out in contiguous pieces as even as they go (a
 short last batch may leave a rank none: it still joins the sum). A rank runs forward and
-backward on its rows with per-row scale ``wᵢ / Σw`` over the *global* batch, so one Allreduce
-(sum) of every ``dW``/``db`` gives each rank the gradient of the whole batch, and the same
+backward on its rows with per-row scale ``wᵢ / Σw`` over the *global* batch, so one sum over the
+ranks of every ``dW``/``db`` gives each rank the gradient of the whole batch, and the same
 optimizer step keeps the weights identical everywhere: N ranks at batch b train as one process
 at batch N·b (float64 to ~1e-12; float32 within rounding). Dropout masks are keyed by row
 index, so they match too.
@@ -33,6 +33,9 @@ cores in threads (cores ÷ ranks on that machine), so ranks and threads never ov
   CUDA-aware (Open MPI built with CUDA, MVAPICH2-GDR, MPICH built with GPU support: MPI has no
   portable query of it): then the Allreduce takes the device buffer itself, after the stream is
   synchronized, and only the two flags cross to the host.
+- The per-batch sum (``fastnn.mpi_sum``): through an MPI-3 shared window among the ranks of one
+  machine, then an Allreduce among one rank per machine; ``FASTNN_MPI_SHARED_SUM=0``: a plain
+  Allreduce instead.
 
     # mpiexec -n 2 python train.py
     from mpi4py import MPI
@@ -57,6 +60,7 @@ from . import validation as check
 from .history import History
 from .distributed_compiled import compiled_epoch, compiled_steps, diverged
 from .mpi_ranks import Ranks, share
+from .mpi_sum import BatchSum
 
 #: rows of X (and T) hashed to check that every rank holds the same data (evenly spaced)
 SAMPLED_ROWS = 64
@@ -67,8 +71,8 @@ CUDA_AWARE_MPI = "FASTNN_CUDA_AWARE_MPI"
 
 
 def device_buffers(backend) -> bool:
-    """True when the gradients go to the Allreduce in device memory: a CuPy backend under
-    ``FASTNN_CUDA_AWARE_MPI=1``."""
+    """True when the gradients go to the Allreduce in device memory (no shared window): a CuPy
+    backend under ``FASTNN_CUDA_AWARE_MPI=1``."""
     return backend.name == "cupy" and os.environ.get(CUDA_AWARE_MPI, "").strip() == "1"
 
 
@@ -148,13 +152,36 @@ def _train(net, ranks, job) -> History:
     history, first_epoch = History(), 0
     if job.resumed is not None:
         first_epoch, history = io.apply_checkpoint(net, job.resumed, loud)
-    # after the checkpoint: the steps take the optimizer (and its state) it gave the model
-    job.steps = compiled_steps(net, ranks, job, job.epochs - first_epoch)
-    history.path = path_in_words(ranks.size, job.steps is not None)
-    if loud:
-        print(f"fit: backend {net.backend.name}, {history.path}", file=sys.stderr)
-    n, total_weight = job.X.shape[0], job.X.shape[0] if job.weights is None else float(job.weights.sum())
+    machine = ranks.comm.Split_type(ranks.MPI.COMM_TYPE_SHARED)  # the ranks on this one (a collective)
+    job.batch_sum = None
+    try:
+        # after the checkpoint: the steps take the optimizer (and its state) it gave the model
+        job.steps = compiled_steps(net, ranks, job, job.epochs - first_epoch, machine.Get_size())
+        history.path = path_in_words(ranks.size, job.steps is not None)
+        if loud:
+            print(f"fit: backend {net.backend.name}, {history.path}", file=sys.stderr)
+        if not device_buffers(net.backend):  # the gradients, then two flags
+            job.batch_sum = BatchSum(ranks.comm, ranks.MPI, _gradient_values(net, job) + 2, net.dtype, machine)
+        return _epochs(net, ranks, job, history, first_epoch)
+    finally:
+        if job.batch_sum is not None:
+            job.batch_sum.free()
+        machine.Free()
 
+
+def _gradient_values(net, job) -> int:
+    """How many values each batch's gradient has (as the path that runs lays them out)."""
+    if job.steps is not None:
+        return job.steps.size
+    return sum(d.W.size + d.b.size for d in net.dense_layers)
+
+
+def _epochs(net, ranks, job, history, first_epoch) -> History:
+    """``_train``'s epoch loop, its set-up done."""
+    from . import io
+
+    loud = job.verbose and ranks.rank == 0
+    n, total_weight = job.X.shape[0], job.X.shape[0] if job.weights is None else float(job.weights.sum())
     net.stop_training = False
     for callback in job.callbacks:
         callback.set_model(net)
@@ -197,7 +224,7 @@ def _train(net, ranks, job) -> History:
 
 def _epoch(net, ranks, job, order, epoch, saved) -> tuple[float, int]:
     """One epoch: ``(loss_sum, n_correct)`` over every rank's rows, the same on every rank.
-    Each global batch: this rank's share forward and backward, ONE Allreduce of every
+    Each global batch: this rank's share forward and backward, ONE sum over the ranks of every
     gradient (plus two flags: a rank failed, a loss was NaN/inf), the optimizer's step."""
     backend = net.backend
     layers, dense = net.training_layers(job.loss), net.dense_layers
@@ -207,8 +234,10 @@ def _epoch(net, ranks, job, order, epoch, saved) -> tuple[float, int]:
     step = job.batch_size * ranks.size
     n, local_loss, local_correct = job.X.shape[0], 0.0, 0
     device = device_buffers(backend)
-    # one buffer for every batch's Allreduce: the gradients, then the two flags
-    sums = (backend.xp if device else np).empty(n_grads + 2, dtype=np.dtype(net.dtype))
+    # one buffer for every batch's sum: the gradients, then the two flags; on the host the
+    # sum's total is copied out (the layers keep their dW and db: no view of a shared window)
+    sums = backend.xp.empty(n_grads + 2, dtype=np.dtype(net.dtype)) if device else job.batch_sum.mine
+    summed = sums if device else np.empty_like(sums)
     flags = np.zeros(2, np.dtype(net.dtype))
     with net._dropout_batches(layers, net.epochs_trained) as set_rows:
         for batch, start in enumerate(range(0, n, step)):
@@ -227,10 +256,12 @@ def _epoch(net, ranks, job, order, epoch, saved) -> tuple[float, int]:
             if device:  # the flags to the device, and the device's work done before MPI reads it
                 sums[failed:] = backend.asarray(flags)
                 backend.synchronize()
+                ranks.sum(sums)
+                flags[:] = backend.to_numpy(sums[failed:])
             else:
                 sums[failed:] = flags
-            ranks.sum(sums)
-            flags[:] = backend.to_numpy(sums[failed:]) if device else sums[failed:]
+                np.copyto(summed, job.batch_sum.sum())
+                flags[:] = summed[failed:]
             if flags[0]:
                 ranks.agree(failed_somewhere=True)
             if flags[1] and backend.check_every_batch:
@@ -238,8 +269,8 @@ def _epoch(net, ranks, job, order, epoch, saved) -> tuple[float, int]:
                 raise diverged(epoch, batch)
             at = 0
             for layer, (w, w_shape, b, b_shape) in zip(dense, sizes):
-                layer.dW = backend.asarray(sums[at:at + w].reshape(w_shape), dtype=net.dtype)
-                layer.db = backend.asarray(sums[at + w:at + w + b].reshape(b_shape), dtype=net.dtype)
+                layer.dW = backend.asarray(summed[at:at + w].reshape(w_shape), dtype=net.dtype)
+                layer.db = backend.asarray(summed[at + w:at + w + b].reshape(b_shape), dtype=net.dtype)
                 at += w + b
             net.optimizer.step(backend, dense)
     return ranks.totals(local_loss, local_correct)

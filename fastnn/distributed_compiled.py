@@ -10,15 +10,12 @@ import numpy as np
 from .mpi_ranks import share
 
 
-def compiled_steps(net, ranks, job, epochs_left):
+def compiled_steps(net, ranks, job, epochs_left, ranks_here):
     """Collective: the compiled steps where every rank has them, else None (the layer path): ranks
     on two paths could round differently and their weights part. Made after a resume applied its
     checkpoint: the steps hold ``net.optimizer``, the one the checkpoint gave the model. Each rank
-    runs at most its share of its machine's cores in threads (ranks × threads ≤ cores)."""
-    node = ranks.comm.Split_type(ranks.MPI.COMM_TYPE_SHARED)  # every rank: a collective
-    here = node.Get_size()  # the ranks on this machine
-    node.Free()
-    steps = ranks.run(_local_steps, net, job, epochs_left, here)
+    runs at most its share of its machine's cores in threads (``ranks_here`` × threads ≤ cores)."""
+    steps = ranks.run(_local_steps, net, job, epochs_left, ranks_here)
     ranks.agree()
     everywhere = ranks.sum(np.array([steps is not None], np.int64))[0] == ranks.size
     return steps if everywhere else None
@@ -38,11 +35,12 @@ def _local_steps(net, job, epochs_left, ranks_here):
 
 def compiled_epoch(net, ranks, job, order, epoch, saved) -> tuple[float, int]:
     """``distributed._epoch`` on the compiled steps: per global batch, this rank's share's gradient
-    (``steps.gradients``), ONE Allreduce of it and the two flags, ``steps.step()``. (``saved``: as
-    ``_epoch`` takes it; no step of a bad batch is ever applied here, so nothing to restore.)"""
-    steps = job.steps
-    sums = steps.sums
-    failed, not_finite = sums.shape[0] - 2, sums.shape[0] - 1
+    (``steps.gradients``), ONE sum of it and the two flags over the ranks (``job.batch_sum``),
+    ``steps.step``. (``saved``: as ``_epoch`` takes it; no step of a bad batch is ever applied
+    here, so nothing to restore.)"""
+    steps, batch_sum = job.steps, job.batch_sum
+    sums = batch_sum.mine
+    failed, not_finite = steps.size, steps.size + 1
     step = job.batch_size * ranks.size
     n, local_loss, local_correct = job.X.shape[0], 0.0, 0
     ranks.run(steps.begin_epoch)
@@ -51,7 +49,7 @@ def compiled_epoch(net, ranks, job, order, epoch, saved) -> tuple[float, int]:
             rows = order[start:min(start + step, n)]
             lo, hi = share(len(rows), ranks.size, ranks.rank)
             batch_weight, wscale = global_weight(job.weights, rows)
-            done = ranks.run(steps.gradients, rows[lo:hi], len(rows), batch_weight, wscale)
+            done = ranks.run(steps.gradients, rows[lo:hi], len(rows), batch_weight, wscale, sums)
             if done is not None:
                 local_loss += done[0]
                 local_correct += done[1]
@@ -59,12 +57,12 @@ def compiled_epoch(net, ranks, job, order, epoch, saved) -> tuple[float, int]:
             sums[failed] = ranks.error is not None
             if batch_weight == 0:  # weighs zero on every rank: no step; a failure waits for the epoch's end
                 continue
-            ranks.sum(sums)
-            if sums[failed]:
+            summed = batch_sum.sum()
+            if summed[failed]:
                 ranks.agree(failed_somewhere=True)
-            if sums[not_finite]:
+            if summed[not_finite]:
                 raise diverged(epoch, batch)
-            ranks.run(steps.step)
+            ranks.run(steps.step, summed)
     finally:
         _give_back(steps, ranks)
     return ranks.totals(local_loss, local_correct)

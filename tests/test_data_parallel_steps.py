@@ -46,6 +46,7 @@ def _two_ranks(net_factory, X, y, w, optimizer, batch, epochs, threads):
         trainer = net.backend.epoch_trainer(net, loss, opt)
         assert trainer is not None
         steps.append(trainer.data_parallel(X, T, labels, w, batch, threads))
+    buffers = [np.zeros(s.size, dtype=nets[0].dtype) for s in steps]  # each "rank"'s own
     sums = []
     order = np.arange(len(y))
     for _ in range(epochs):
@@ -57,11 +58,10 @@ def _two_ranks(net_factory, X, y, w, optimizer, batch, epochs, threads):
             weight, wscale = global_weight(w, rows)
             for rank, s in enumerate(steps):
                 lo, hi = share(len(rows), RANKS, rank)
-                total += s.gradients(rows[lo:hi], len(rows), weight, wscale)[0]
-            summed = steps[0].sums + steps[1].sums  # the Allreduce
+                total += s.gradients(rows[lo:hi], len(rows), weight, wscale, into=buffers[rank])[0]
+            summed = buffers[0] + buffers[1]  # the sum over the ranks
             for s in steps:
-                s.sums[:] = summed
-                s.step()
+                s.step(summed)
         for s, net in zip(steps, nets):
             s.end_epoch()
             net.epochs_trained += 1  # as fit counts epochs (Dropout's masks follow it)
@@ -102,3 +102,24 @@ def test_two_shares_summed_train_as_one_process_at_twice_the_batch(name, threads
     np.testing.assert_allclose(np.array(loss_sums) / total_weight, history.history["loss"],
                                rtol=1e-12 if dtype == "float64" else 1e-5)
     assert got.optimizer.t == one.optimizer.t  # Adam's bias corrections count the same steps
+
+
+@pytest.mark.parametrize("bad", ["float64", "short", "strided", "read-only", "list"])
+def test_a_gradient_buffer_the_kernel_cannot_take_is_refused_by_name(bad):
+    net = _net("float32", False, 1)
+    loss, opt = get_loss("cross_entropy"), fastnn.SGD(lr=0.1)
+    net.loss, net.optimizer = loss, opt
+    X, y, _ = _data(40)
+    T = np.eye(10, dtype=np.float32)[y]
+    steps = net.backend.epoch_trainer(net, loss, opt).data_parallel(X, T, y.astype(np.int64), None, 8, 1)
+    buffer = {"float64": np.zeros(steps.size), "short": np.zeros(steps.size - 1, np.float32),
+              "strided": np.zeros(2 * steps.size, np.float32)[::2], "read-only": np.zeros(steps.size, np.float32),
+              "list": [0.0] * steps.size}[bad]
+    if bad == "read-only":
+        buffer.flags.writeable = False
+    steps.begin_epoch()
+    with pytest.raises(ValueError, match=f"at least {steps.size} values"):
+        steps.gradients(np.arange(8), 8, 8.0, 0.0, into=buffer)
+    with pytest.raises(ValueError, match="gradient buffer must be"):
+        steps.step(buffer)
+    steps.end_epoch()

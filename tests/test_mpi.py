@@ -108,6 +108,17 @@ WORKER = COMMON + textwrap.dedent("""
         report["numba_resume_close"] = all(np.allclose(a, b, rtol=1e-12, atol=1e-12)
                                            for a, b in zip(weights(resumed), weights(whole)))
 
+    # the per-batch sum as a plain Allreduce (no shared window): the very same weights
+    os.environ["FASTNN_MPI_SHARED_SUM"] = "0"
+    name = "numba_adam32_drop" if "numba_adam32_drop" in cases else "adam32_drop"
+    dtype, opt, rows, dropout, _, backend = cases[name]
+    model = net(dtype, dropout, backend=backend)
+    history = model.fit(*data(rows)[:2], epochs=epochs, batch_size=batch, optimizer=optimizer(opt), comm=comm)
+    del os.environ["FASTNN_MPI_SHARED_SUM"]
+    shared = np.load(f"{out}/{name}_{rank}.npz")
+    report["plain_allreduce_equal"] = all(np.array_equal(a, shared[f"arr_{i}"])
+                                          for i, a in enumerate(weights(model)))
+
     # validation on rank 0 + EarlyStopping: the same stopping epoch everywhere
     Xv, yv, _ = data(11, seed=1)
     stopper = fastnn.EarlyStopping(monitor="val_loss", patience=1)
@@ -150,11 +161,47 @@ FAILING = COMMON + textwrap.dedent("""
 """)
 
 
-def _launch(tmp_path, script, *args, timeout=90):
+SUM_LAYOUTS = ["machine", "pairs", "uneven", "singles", "switched off"]
+SUMS = textwrap.dedent("""
+    # BatchSum over 4 ranks: one machine's shared window, two "machines" of two ranks (shared
+    # windows and their leaders' Allreduce), "machines" of three and one, four of one, and the
+    # window switched off
+    import os, sys
+    import numpy as np
+    from mpi4py import MPI
+    from fastnn.mpi_sum import BatchSum
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    done = []
+    for layout in LAYOUTS:
+        os.environ["FASTNN_MPI_SHARED_SUM"] = "0" if layout == "switched off" else "1"
+        if layout in ("machine", "switched off"):
+            node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        else:
+            node = comm.Split({"pairs": rank // 2, "uneven": rank // 3, "singles": rank}[layout], rank)
+        for dtype in (np.float32, np.float64):
+            batch_sum = BatchSum(comm, MPI, 1001, dtype, node=node)
+            shared = batch_sum.window is not None
+            assert shared == (layout in ("machine", "pairs") or (layout == "uneven" and rank < 3)), layout
+            for batch in range(4):
+                batch_sum.mine[:] = np.arange(1001) * (rank + 1) + batch
+                total = batch_sum.sum()
+                expected = np.arange(1001) * (size * (size + 1) // 2) + batch * size
+                assert total.dtype == dtype and np.array_equal(total, expected), (layout, dtype, batch)
+            batch_sum.free()
+        node.Free()
+        done.append(layout)
+    with open(f"{sys.argv[1]}/sums_{rank}.txt", "w") as f:
+        f.write(",".join(done))
+""")
+
+
+def _launch(tmp_path, script, *args, timeout=90, ranks=RANKS):
     path = tmp_path / "script.py"
     path.write_text(script)
     env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    return subprocess.run([_mpiexec(), "-n", str(RANKS), sys.executable, str(path), *args],
+    return subprocess.run([_mpiexec(), "-n", str(ranks), sys.executable, str(path), *args],
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -201,6 +248,18 @@ def test_two_ranks_train_as_one_process_at_twice_the_batch(ran, name):
         assert np.array_equal(per_rank[0][f"arr_{i}"], per_rank[1][f"arr_{i}"])
     how = "compiled epoch, one native call per batch," if CASES[name][5] == "numba" else "layer by layer"
     assert reports[0][name + "_path"] == f"{how} over 2 MPI ranks (data parallel)"
+
+
+def test_the_batch_sum_adds_every_ranks_buffer_on_one_machine_and_across_machines(tmp_path):
+    done = _launch(tmp_path, f"LAYOUTS = {SUM_LAYOUTS}\n" + SUMS, str(tmp_path), timeout=60, ranks=4)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for rank in range(4):
+        assert (tmp_path / f"sums_{rank}.txt").read_text() == ",".join(SUM_LAYOUTS)
+
+
+def test_a_plain_allreduce_per_batch_gives_the_same_weights_as_the_shared_window(ran):
+    _, reports = ran
+    assert all(report["plain_allreduce_equal"] for report in reports)
 
 
 def test_rank_0_alone_checkpoints_and_a_resume_equals_an_uninterrupted_run(ran):

@@ -3,10 +3,10 @@ over the processes, then the step.
 
 The whole-epoch kernel fuses every gradient into its update, so no process could add another's
 in. Here it runs one batch per call under the rule ``OPT_GRADIENT``, which stores the gradient of
-this process's share of the global batch in a flat buffer instead (the rows scaled by the *global*
-batch's count or weight); the caller sums that buffer over the processes (one MPI Allreduce), and
-``apply_gradient`` takes the model's own rule's step from it. Returning to Python at each batch
-costs little beside the Allreduce it waits for (on one thread; with more, their start and join
+this process's share of the global batch in a flat buffer of the caller's instead (the rows scaled
+by the *global* batch's count or weight); the caller sums that buffer over the processes
+(``fastnn.mpi_sum``), and ``apply_gradient`` takes the model's own rule's step from the sum.
+Returning to Python at each batch costs ~26 µs (on one thread; with more, their start and join
 too); an MPI call from inside the kernel would need an MPI binding of our own in compiled code
 (numba-mpi takes no float32), and the kernel would still need the gradient buffer.
 """
@@ -28,12 +28,13 @@ NEVER = np.iinfo(np.int64).max
 
 
 class DataParallelSteps:
-    """``begin_epoch()``, then per global batch ``gradients(...)``, a sum of ``sums`` over the
-    processes, ``step()``; ``end_epoch()`` gives the model its parameters back. ``sums`` holds the
-    gradient, then ``spare`` free slots for the caller's flags (summed in the same Allreduce)."""
+    """``begin_epoch()``, then per global batch ``gradients(..., into)``, the sum of ``into`` over
+    the processes, ``step(summed)``; ``end_epoch()`` gives the model its parameters back. The
+    buffers are the caller's: flat, C-contiguous, of the model's dtype, at least ``size`` values
+    (the gradient; any beyond are the caller's, e.g. flags summed with it)."""
 
     def __init__(self, trainer, X, T, labels, weights: NDArray[Any] | None, batch_size: int,
-                 threads: int, spare: int = 2) -> None:
+                 threads: int) -> None:
         self.trainer, self.kern = trainer, codegen.load()
         self.X, self.T, self.labels, _, self.staged = trainer._checked(
             X, T, labels, np.arange(X.shape[0], dtype=np.int64))
@@ -42,9 +43,8 @@ class DataParallelSteps:
         self.P = max(1, min(int(threads), trainer._threads_for(self.bs, self.n)))
         self.steps = 0
         trainer._start(self.kern, self.n, self.bs, self.P)  # the layout: its size makes the buffers here
-        size = trainer.layout.params.shape[0]
-        self.sums = aligned(size + spare, trainer.dtype)
-        self._grad, self._none = self.sums[:size], aligned(1, trainer.dtype)
+        self.size, self.dtype = trainer.layout.params.shape[0], np.dtype(trainer.dtype)
+        self._none = aligned(1, trainer.dtype)
         self._h = aligned(self.P * epoch_ops.H_WIDTH, np.float64).reshape(self.P, epoch_ops.H_WIDTH)
 
     def begin_epoch(self) -> None:
@@ -58,14 +58,15 @@ class DataParallelSteps:
         self.steps = 0
 
     def gradients(self, rows: NDArray[Any], global_rows: int, global_weight: float,
-                  wscale: float) -> tuple[float, int, bool]:
+                  wscale: float, into: NDArray[Any]) -> tuple[float, int, bool]:
         """The gradient of ``rows`` (this process's share of a global batch of ``global_rows`` rows
         weighing ``global_weight``; ``wscale`` > 0: the weighted mean, each row counted wᵢ·wscale
-        times) into ``sums``: ``(loss sum, correct, loss not finite)`` of these rows.
+        times) into ``into[:size]``: ``(loss sum, correct, loss not finite)`` of these rows.
         A global batch weighing zero: accuracy only, the gradient zero (no step follows)."""
         kern, buf = self.kern, self.trainer.layout
+        grad = self._gradient_of(into)
         if len(rows) == 0 or global_weight == 0:  # (the kernel writes every element of a batch's gradient)
-            self._grad[:] = 0
+            grad[:] = 0
         if len(rows) == 0:  # a short last batch left this process none: zeros, and it joins the sum
             return 0.0, 0, False
         X, T, labels, order, ids, wts = self._rows(np.asarray(rows, dtype=np.int64))
@@ -76,19 +77,30 @@ class DataParallelSteps:
         if self.P > 1:
             loss, hits, bad, _, _, _ = self.trainer._run_threads(
                 kern, (X.reshape(-1), T.reshape(-1), labels, order, ids, wts), R, [(0, 1)], self.P,
-                state=(self._grad, self._none, self._h))
+                state=(grad, self._none, self._h))
         else:  # one thread: the kernel called here, without the threads' set-up (every batch)
-            kern.epoch(X.reshape(-1), T.reshape(-1), labels, order, ids, wts, 0, 1, R, buf.params, self._grad,
+            kern.epoch(X.reshape(-1), T.reshape(-1), labels, order, ids, wts, 0, 1, R, buf.params, grad,
                        self._none, buf.work, buf.iwork, buf.lay, self._h[0], buf.sync, buf.out[0], 0, 1)
             out = buf.out[0]
             loss, hits, bad = out[kern.OUT_LOSS], out[kern.OUT_CORRECT], out[kern.OUT_BAD]
         return float(loss), int(hits), bad >= 0
 
-    def step(self) -> None:
-        """One step of the model's optimizer from the summed gradient in ``sums``."""
+    def step(self, summed: NDArray[Any]) -> None:
+        """One step of the model's optimizer from the gradient summed over the processes,
+        ``summed[:size]``."""
         layout = self.trainer.layout
-        self.kern.apply_gradient(layout.params, layout.S1, layout.S2, self._grad, layout.lay, layout.h[0])
+        self.kern.apply_gradient(layout.params, layout.S1, layout.S2, self._gradient_of(summed), layout.lay,
+                                 layout.h[0])
         self.steps += 1
+
+    def _gradient_of(self, buffer):
+        """``buffer[:size]``, checked: the kernel writes and reads it as this model's flat gradient."""
+        if not (isinstance(buffer, np.ndarray) and buffer.ndim == 1 and buffer.dtype == self.dtype
+                and buffer.shape[0] >= self.size and buffer.flags.c_contiguous and buffer.flags.writeable):
+            raise ValueError(f"data-parallel steps: the gradient buffer must be a writable, C-contiguous 1-D "
+                             f"{self.dtype} array of at least {self.size} values, not {type(buffer).__name__} "
+                             f"{getattr(buffer, 'dtype', '')} {getattr(buffer, 'shape', '')}")
+        return buffer[:self.size]
 
     def end_epoch(self) -> None:
         """The parameters and optimizer state back to the model."""

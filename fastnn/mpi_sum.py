@@ -1,0 +1,102 @@
+"""The per-batch sum of a data-parallel fit: one flat buffer (the gradients and two flags) summed
+over every rank, through memory that the ranks on one machine share.
+
+An MPI Allreduce moves each rank's buffer through MPI's own copies; ranks on one machine can
+instead write their buffers into one MPI-3 shared window, each add its share of the columns over
+every rank's slot, and read the total where it lies (for network B's 101,770 float32 gradients
+between two ranks here: ~25 µs against the Allreduce's 90-180 µs, which was most of a batch's
+cost at 64 rows per rank). Across machines one rank per machine (its leader) Allreduces its
+machine's total with the other leaders': the hierarchical allreduce of MPICH, NCCL and Horovod.
+Every rank reads the same total, added in the same order, so the weights stay identical.
+
+``FASTNN_MPI_SHARED_SUM=0`` turns the shared window off (a plain Allreduce per batch), e.g. where
+``/dev/shm`` is too small for one.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+#: "0": every batch's sum is a plain MPI Allreduce (no shared window)
+SHARED_SUM = "FASTNN_MPI_SHARED_SUM"
+#: bytes each slot starts on (a cache line: no two ranks write one line)
+ALIGN = 64
+
+
+class BatchSum:
+    """Collective: ``mine`` (``size`` values of ``dtype``) is this rank's to write; after the
+    collective :meth:`sum`, ``total`` holds every rank's ``mine`` added, the same on every rank,
+    until the next :meth:`sum`. :meth:`free` (collective) ends it: no view of ``mine`` or
+    ``total`` may outlive it. ``node``: the ranks of ``comm`` that share memory with this one
+    (``comm.Split_type(MPI.COMM_TYPE_SHARED)``: this machine's; a test may split one machine into
+    several); the caller frees it."""
+
+    def __init__(self, comm: Any, MPI: Any, size: int, dtype: Any, node: Any) -> None:
+        self.comm, self.MPI, self.size, self.dtype, self.node = comm, MPI, int(size), np.dtype(dtype), node
+        wanted = np.array([os.environ.get(SHARED_SUM, "").strip() != "0"], np.int64)
+        comm.Allreduce(MPI.IN_PLACE, wanted, op=MPI.MIN)  # every rank takes the same way
+        here, me = node.Get_size(), node.Get_rank()
+        self.window: Any = None  # MPI.Win of the slots and the total, where the machine has 2+ ranks
+        self.leaders: Any = None  # one rank per machine, where there are 2+ machines
+        self._slots: list[np.ndarray] = []
+        self.mine: Any
+        self.total: Any
+        self._plain = not wanted[0]
+        if self._plain or here == 1:  # (a rank alone on its machine: its own total)
+            self.mine = self.total = np.zeros(self.size, self.dtype)
+        else:
+            slot = -(-self.size * self.dtype.itemsize // ALIGN) * ALIGN
+            # rank 0 of the machine allocates every slot and the total (plus room to align them)
+            self.window = MPI.Win.Allocate_shared((here + 1) * slot + ALIGN if me == 0 else 0, 1, comm=node)
+            self.window.Lock_all(MPI.MODE_NOCHECK)  # loads and stores from now on; Sync orders them
+            memory, _ = self.window.Shared_query(0)
+            raw = np.frombuffer(memory, np.uint8)
+            skip = -raw.ctypes.data % ALIGN
+            self._slots = [raw[skip + k * slot: skip + k * slot + self.size * self.dtype.itemsize].view(self.dtype)
+                           for k in range(here + 1)]
+            self.mine, self.total = self._slots[me], self._slots[here]
+            self.mine[:] = 0
+            self._lo, self._hi = self.size * me // here, self.size * (me + 1) // here
+        if not self._plain and comm.Get_size() > here:  # other machines: their totals through the leaders
+            self.leaders = comm.Split(0 if me == 0 else MPI.UNDEFINED, comm.Get_rank())
+
+    def sum(self) -> np.ndarray:
+        """Collective: ``total`` = every rank's ``mine`` added (returned)."""
+        MPI = self.MPI
+        if self._plain:
+            self.comm.Allreduce(MPI.IN_PLACE, self.total, op=MPI.SUM)
+            return self.total
+        if self.window is not None:
+            self._meet()  # every slot written
+            lo, hi, slots = self._lo, self._hi, self._slots
+            np.add(slots[0][lo:hi], slots[1][lo:hi], out=self.total[lo:hi])
+            for slot in slots[2:-1]:  # (the same order on every rank: the same rounding)
+                np.add(self.total[lo:hi], slot[lo:hi], out=self.total[lo:hi])
+            self._meet()  # the machine's total complete (and every slot read: writable again)
+        if self.leaders is not None:
+            if self.leaders != MPI.COMM_NULL:
+                self.leaders.Allreduce(MPI.IN_PLACE, self.total, op=MPI.SUM)
+            if self.window is not None:
+                self._meet()  # the leader's Allreduce done: every machine's total in it
+        return self.total
+
+    def _meet(self) -> None:
+        """A barrier of the machine's ranks that also orders their loads and stores of the window
+        (MPI-3's shared memory: sync, barrier, sync)."""
+        self.window.Sync()
+        self.node.Barrier()
+        self.window.Sync()
+
+    def free(self) -> None:
+        """Collective: the shared window freed; ``mine`` and ``total`` no longer usable."""
+        self.mine = self.total = None
+        self._slots = []
+        if self.window is not None:
+            self.window.Unlock_all()
+            self.window.Free()
+            self.window = None
+        if self.leaders is not None and self.leaders != self.MPI.COMM_NULL:
+            self.leaders.Free()
+        self.leaders = None
