@@ -80,6 +80,7 @@ def _upd_tile(mk, nv):
            "    far = r1 - r0 >= PREFETCH_ROWS",
            f"    for k in range(k0, k1, {mk}):",
            "        o = pbase + k * ldw + j0",
+           "        ahead = far and k + PREFETCH < astride  # past the row's end: another row, not the next one",
            "        if sgd:"]
     for m in range(mk):
         out += ["            " + "; ".join(f"a{m}_{v} = vmul(c, vload(P, o + {m} * ldw + {v} * VW))"
@@ -90,7 +91,7 @@ def _upd_tile(mk, nv):
             "            d = dbase + r * ldd + j0",
             "            " + "; ".join(f"d{v} = vload(D, d + {v} * VW)" for v in range(nv)),
             "            p = abase + rows[r] * astride + k",
-            "            if far:  # the line PREFETCH floats on in this row: 64 rows at once defeat the hardware's",
+            "            if ahead:  # the line PREFETCH floats on in this row: 64 rows at once defeat the hardware's",
             "                prefetch(A, p + PREFETCH)"]
     for m in range(mk):
         out += [f"            s = vbroadcast(A, p + {m})",
@@ -129,14 +130,14 @@ def _dx_tile(mk):
 
 
 def _step_tile():
-    """Lines that put the gradient of W's rows k:kn, vectors v:v+nv, into G (mk rows per step)."""
+    """Lines that put the gradient of W's rows t0:kn, vectors v:v+nv, into G (mk rows per step)."""
     lines = []
     for mk in (MK, 1):
         lines += ["if mk == MK:" if mk == MK else "else:"]
         for i, nv in enumerate(WIDTHS):
             test = "if" if i == 0 else "elif" if i < len(WIDTHS) - 1 else "else"
             lines += [f"    {test} nv == {nv}:" if test != "else" else "    else:",
-                      f"        upd_{mk}x{nv}(A, abase, rows, astride, rt(0), nrows, k, kn, D, dbase, ldd, v * VW,"
+                      f"        upd_{mk}x{nv}(A, abase, rows, astride, rt(0), nrows, t0, kn, D, dbase, ldd, v * VW,"
                       " P, pbase, ldw, sgd, keep, G, gbase)"]
     return lines
 

@@ -8,6 +8,7 @@ kernels' cache keys include it (``kernels.SIMD_DIGEST``, ``epoch_codegen``).
 from __future__ import annotations
 
 import math
+import struct
 
 import numpy as np
 from llvmlite import ir
@@ -48,7 +49,14 @@ def vexp(typingctx, a):
         for k in range(p["degree"], 0, -1):  # Horner: 1 + r(1 + r/2(1 + r/3(...)))
             poly = _fma(builder, builder.fmul(r, const(1.0 / k)), poly, const(1.0))
         int_t = ir.VectorType(ir.IntType(bits), a.width)
-        exponent = builder.add(builder.fptosi(n, int_t), ir.Constant(int_t, [p["bias"]] * a.width))
+        if bits == 64:  # n as an integer: n + 1.5·2^52 holds it in its low bits (AVX2 has no vector
+            # double-to-int64 conversion: LLVM would convert lane by lane)
+            magic = 6755399441055744.0
+            low = builder.bitcast(builder.fadd(n, const(magic)), int_t)
+            n_int = builder.sub(low, ir.Constant(int_t, [struct.unpack("<q", struct.pack("<d", magic))[0]] * a.width))
+        else:
+            n_int = builder.fptosi(n, int_t)
+        exponent = builder.add(n_int, ir.Constant(int_t, [p["bias"]] * a.width))
         scale = builder.bitcast(builder.shl(exponent, ir.Constant(int_t, [p["mantissa"]] * a.width)), vt)
         y = builder.fmul(poly, scale)
         y = builder.select(builder.fcmp_ordered(">", x, const(p["hi"])), const(float("inf")), y)
