@@ -152,6 +152,10 @@ class EpochTrainer(Trainer):
         self.threads = _available_threads(backend)
         self._key, self.layout, self._kern = None, None, None
         self.last_threads = None
+        #: multiply-adds per row (forward), fixed by the model's widths
+        self._macs_per_row = float(sum(a * b for a, b in zip(dims[:-1], dims[1:])))
+        self._splits = {}  # (batch size, rows) -> (batches per compiled call, threads): see _split
+        self._inputs = None  # (X, T, labels) of the last call, and what _checked made of them
 
     def describe(self, batch_size: int, rows: int | None = None) -> str:
         """The path, for ``fit(verbose=1)``."""
@@ -164,11 +168,10 @@ class EpochTrainer(Trainer):
     def __call__(self, X: Array, T: Array, labels: Array, order: NDArray[Any],
                  batch_size: int, weights: NDArray[Any] | None = None) -> tuple[float, int, int]:
         X, T, labels, order, staged = self._checked(X, T, labels, order)
-        wts = _read_only(np.ascontiguousarray(weights if weights is not None else (), dtype=np.float64))
+        wts = _NO_WEIGHTS if weights is None else _read_only(np.ascontiguousarray(weights, dtype=np.float64))
         n, bs = X.shape[0], int(batch_size)
         kern = self._kern = self._kern or codegen.load()
-        per_call = max(1, int(CHUNK_WORK / max(1.0, bs * self._macs_per_row)))
-        P = self._threads_for(bs, n)
+        per_call, P = self._split(bs, n)
         self._start(kern, n, bs, P)
         total, correct, bad, applied = 0.0, 0, -1, 0
         for Xp, Tp, Lp, Op, ids, Wp, b0 in self._parts(X, T, labels, order, wts, bs, staged):
@@ -239,20 +242,33 @@ class EpochTrainer(Trainer):
     def _checked(self, X, T, labels, order):
         """The arrays as the kernel takes them (read-only views), and whether X needs staging:
         stored in another dtype (uint8 pixels, a memmap), or scaled by a Rescale."""
+        X, T, labels, staged = self._checked_inputs(X, T, labels)
         n = X.shape[0]
-        staged = self.scale is not None or X.dtype != self.dtype or not X.flags.c_contiguous
-        if not staged:
-            X = _read_only(X)
-        T = np.ascontiguousarray(T, dtype=self.dtype)
-        labels = np.ascontiguousarray(labels, dtype=np.int64)
         order = np.ascontiguousarray(order, dtype=np.int64)
-        if X.shape != (n, self.dims[0]) or T.shape != (n, self.dims[-1]) or labels.shape != (n,) \
-                or order.shape != (n,):
+        if order.shape != (n,):
             raise ValueError(f"compiled epoch: inconsistent shapes X {X.shape}, T {T.shape}, "
                              f"labels {labels.shape}, order {order.shape}")
         if n and (order.min() < 0 or order.max() >= n):
             raise ValueError("compiled epoch: order must index the rows of X")
-        return X, _read_only(T), _read_only(labels), _read_only(order), staged
+        return X, T, labels, _read_only(order), staged
+
+    def _checked_inputs(self, X, T, labels):
+        """``(X, T, labels, staged)`` of :meth:`_checked`, kept for the next call with the same three
+        arrays (every epoch of a fit) where they are views of them: a conversion's copy is made anew."""
+        last = self._inputs
+        if last is not None and last[0] is X and last[1] is T and last[2] is labels:
+            return last[3]
+        n = X.shape[0]
+        staged = self.scale is not None or X.dtype != self.dtype or not X.flags.c_contiguous
+        Xk = X if staged else _read_only(X)
+        Tk = np.ascontiguousarray(T, dtype=self.dtype)
+        Lk = np.ascontiguousarray(labels, dtype=np.int64)
+        if Xk.shape != (n, self.dims[0]) or Tk.shape != (n, self.dims[-1]) or Lk.shape != (n,):
+            raise ValueError(f"compiled epoch: inconsistent shapes X {Xk.shape}, T {Tk.shape}, "
+                             f"labels {Lk.shape}")
+        checked = Xk, _read_only(Tk), _read_only(Lk), staged
+        self._inputs = (X, T, labels, checked) if Tk is T and Lk is labels else None
+        return checked
 
     def _run_threads(self, kern, args, bs, chunks, P, state=None):
         """Run the chunks on P threads: (loss, hits, bad batch, batches done, steps taken, contended).
@@ -305,9 +321,14 @@ class EpochTrainer(Trainer):
         return total, correct, bad, done, applied, status == kern.STATUS_CONTENDED
 
     # ---- threads --------------------------------------------------------------
-    @property
-    def _macs_per_row(self):
-        return float(sum(a * b for a, b in zip(self.dims[:-1], self.dims[1:])))
+    def _split(self, bs, n):
+        """``(batches per compiled call, threads)`` for batch ``bs`` of ``n`` rows, worked out once
+        (every epoch of a fit asks the same)."""
+        split = self._splits.get((bs, n))
+        if split is None:
+            per_call = max(1, int(CHUNK_WORK / max(1.0, bs * self._macs_per_row)))
+            split = self._splits[bs, n] = per_call, self._threads_for(bs, n)
+        return split
 
     def _threads_for(self, bs, rows=None):
         """As many threads as the work per batch pays for, each owning at least one vector of
@@ -325,6 +346,10 @@ def _read_only(a):
     view = a.view()
     view.flags.writeable = False
     return view
+
+
+#: The weights of an unweighted fit, as the kernel takes them (no row weighs anything)
+_NO_WEIGHTS = _read_only(np.zeros(0))
 
 
 def _available_threads(backend):

@@ -126,6 +126,8 @@ class Layout:
         self.out = aligned(P * 8, np.float64).reshape(P, 8)
         self.sync = np.zeros(8 * (P + 2), dtype=np.int64)  # see the template: counts, abort, stop
         self._pieces = {}  # id(flat buffer) -> (buffer, its pieces)
+        self._keys = [(f"{i}.W", f"{i}.b") for i in range(L)]  # the optimizer state's names
+        self._shapes = [(dims[i], dims[i + 1]) for i in range(L)]  # of each W
 
     def set_rows(self, n):
         """The kernel's next calls take ``n`` rows (a staged part of the epoch, or all)."""
@@ -167,44 +169,53 @@ class Layout:
         """Parameters, optimizer state and hyper-parameters into the buffers (an array that is
         already a view of them, handed out by ``copy_out``, is there already)."""
         for layer, (W, whole, b) in zip(dense_layers, self.pieces(self.params)):
-            if layer.W is not whole:
-                for view, cols in W:
-                    view[...] = layer.W[:, cols]
+            _put(W, whole, layer.W)
             if layer.b is not b:
                 b[...] = layer.b
+        state = opt.state
         for slot, flat in zip(opt.rule.slots, (self.S1, self.S2)):
-            for i, (W, whole, b) in enumerate(self.pieces(flat)):
-                value = opt.state.get(f"{i}.W", {}).get(slot)
-                if value is None or value is not whole:
-                    for view, cols in W:
-                        view[...] = 0 if value is None else value[:, cols]
-                value = opt.state.get(f"{i}.b", {}).get(slot)
-                if value is None or value is not b:
+            for (key_W, key_b), (W, whole, b) in zip(self._keys, self.pieces(flat)):
+                _put(W, whole, state.get(key_W, _NONE).get(slot))
+                value = state.get(key_b, _NONE).get(slot)
+                if value is not b:
                     b[...] = 0 if value is None else value
-        h = self.h  # see epoch_ops: the rule, the steps taken, its inputs (per-step scalars: the kernel's)
-        h[:] = 0
-        h[:, epoch_ops.HY_KIND], h[:, epoch_ops.HY_T0] = opt.rule.code, opt.t
+        # see epoch_ops: the rule, the steps taken, its inputs (per-step scalars: the kernel's, which
+        # writes them and the step count here: the whole row is written every run)
+        row = [0.0] * epoch_ops.H_WIDTH
+        row[epoch_ops.HY_KIND], row[epoch_ops.HY_T0] = opt.rule.code, opt.t
         for i, value in enumerate(opt.hyper().values()):
-            h[:, epoch_ops.HY_IN + i] = value
+            row[epoch_ops.HY_IN + i] = value
+        self.h[:] = row  # one row for every thread
 
     def copy_out(self, dense_layers, opt, applied):
         """Parameters (and, after a step, the optimizer state) back where SGD/Adam keep them: as
         views of the buffers where one view holds a whole array (the next epoch then copies
         nothing in: as the CUDA-graph trainer, the layers hold the trainer's own arrays), else
         copied out of the threads' column blocks or the padding."""
-        for layer, (W, whole, b) in zip(dense_layers, self.pieces(self.params)):
-            give_params(layer, W=whole if whole is not None else _store(layer.W, W, (layer.n_in, layer.n_out),
-                                                                         self.dtype), b=b)
+        for layer, (W, whole, b), shape in zip(dense_layers, self.pieces(self.params), self._shapes):
+            give_params(layer, W=whole if whole is not None else _store(layer.W, W, shape, self.dtype), b=b)
         if applied == 0:  # no step taken: the optimizer state stays as it was (maybe absent)
             return
+        state = opt.state
         for slot, flat in zip(opt.rule.slots, (self.S1, self.S2)):
-            for i, (W, whole, b) in enumerate(self.pieces(flat)):
-                entry = opt.state.setdefault(f"{i}.W", {})
-                entry[slot] = whole if whole is not None else _store(entry.get(slot), W, (self.dims[i], self.dims[i + 1]),
-                                                                     self.dtype)
-                opt.state.setdefault(f"{i}.b", {})[slot] = b
+            for (key_W, key_b), (W, whole, b), shape in zip(self._keys, self.pieces(flat), self._shapes):
+                entry = state.setdefault(key_W, {})
+                entry[slot] = whole if whole is not None else _store(entry.get(slot), W, shape, self.dtype)
+                state.setdefault(key_b, {})[slot] = b
         if opt.counts_steps:
             opt.t += applied
+
+
+#: An optimizer state entry not there yet
+_NONE: dict = {}
+
+
+def _put(parts, whole, value):
+    """``value`` (a parameter, or an optimizer state array; None: zeros) into its pieces of a buffer,
+    unless it is the whole view of them already (``copy_out`` handed it out)."""
+    if value is None or value is not whole:
+        for view, cols in parts:
+            view[...] = 0 if value is None else value[:, cols]
 
 
 def _whole(parts):
