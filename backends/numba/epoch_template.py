@@ -25,8 +25,8 @@ import numpy as np
 from numba import njit
 
 from fastnn.backends.numba.simd import (
-    VECTOR_BITS, vabs, vlog1p, vwhere_ge, vwhere_gt, vadd, vbroadcast, vdiv, vexp, vfma, vload,
-    vmax, vmaxlanes, vmul, vsplat, vsqrt, vstore, vstore4, vsub, vsum, vsum4, vwidth)
+    VECTOR_BITS, vabs, vlog, vlog1p, vwhere_ge, vwhere_gt, vadd, vbroadcast, vdiv, vexp, vexp2, vfind, vfma, vload,
+    vlane, vmax, vmaxlanes, vmul, vsplat, vsqrt, vstore, vstore4, vsub, vsum, vsum4, vwidth)
 from fastnn.backends.numba.sync import (
     atomic_load, atomic_store, cpu_relax, cycles, prefetch, rt, sched_yield, writable)
 
@@ -46,8 +46,9 @@ MK = 0  # rows of W per update tile (set by the generator)
 DK = 0  # columns of dX per dX tile (set by the generator)
 ROW_CHUNK = 64  # rows of the batch per pass of a plain SGD update
 # dX of a layer with at most DX_VIA_FORWARD_NV output vectors, for at least DX_VIA_FORWARD_ROWS rows of
-# the batch: forward tiles on Wᵀ (fewer rows: transposing W's block each batch costs more than it saves)
-DX_VIA_FORWARD_NV, DX_VIA_FORWARD_ROWS = 2, 32
+# the batch: forward tiles on Wᵀ (fewer rows: transposing W's block each batch costs more than it saves;
+# more vectors: the dX tiles' horizontal sums are then few enough)
+DX_VIA_FORWARD_NV, DX_VIA_FORWARD_ROWS = 3, 32
 PREFETCH = 64  # how far ahead in a row of X the update asks for data (floats)
 PREFETCH_ROWS = 32  # from this many rows per pass (fewer: the hardware's own prefetch keeps up)
 

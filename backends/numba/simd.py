@@ -365,6 +365,23 @@ def vmaxlanes(typingctx, a):
 
 
 @intrinsic
+def vfind(typingctx, a, x):
+    """The first lane of ``a`` equal to the number ``x``, or the width where none is (no branches)."""
+    if not (isinstance(a, Vec) and isinstance(x, types.Float) and x == a.dtype):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v, n, i64 = args[0], a.width, ir.IntType(64)
+        hits = builder.bitcast(builder.fcmp_ordered("==", v, _splat(builder, args[1], v.type)), ir.IntType(n))
+        hits = builder.or_(builder.zext(hits, i64), ir.Constant(i64, 1 << n))  # bit n: "none" reads as n
+        cttz = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64, ir.IntType(1)]),
+                                              "llvm.cttz.i64")
+        return builder.call(cttz, [hits, ir.Constant(ir.IntType(1), 1)])
+
+    return types.intp(a, x), codegen
+
+
+@intrinsic
 def vlane(typingctx, a, k):
     """Lane ``k`` of ``a``."""
     if not (isinstance(a, Vec) and isinstance(k, types.Integer)):
@@ -377,6 +394,6 @@ def vlane(typingctx, a, k):
     return a.dtype(a, k), codegen
 
 
-# exp, log1p and where, which the op tables' formulas use, are in simd_math.py: their names stay
+# exp, log, log1p and where (the op tables' formulas and the loss use them) are in simd_math.py: their names stay
 # importable from here
-from .simd_math import exp, vexp, vlog1p, vwhere_ge, vwhere_gt  # noqa: E402,F401
+from .simd_math import exp, vexp, vexp2, vlog, vlog1p, vwhere_ge, vwhere_gt  # noqa: E402,F401
