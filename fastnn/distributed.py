@@ -153,20 +153,22 @@ def _train(net, ranks, job) -> History:
     if job.resumed is not None:
         first_epoch, history = io.apply_checkpoint(net, job.resumed, loud)
     machine = ranks.comm.Split_type(ranks.MPI.COMM_TYPE_SHARED)  # the ranks on this one (a collective)
-    job.batch_sum = None
-    try:
-        # after the checkpoint: the steps take the optimizer (and its state) it gave the model
-        job.steps = compiled_steps(net, ranks, job, job.epochs - first_epoch, machine.Get_size())
-        history.path = path_in_words(ranks.size, job.steps is not None)
-        if loud:
-            print(f"fit: backend {net.backend.name}, {history.path}", file=sys.stderr)
-        if not device_buffers(net.backend):  # the gradients, then two flags
-            job.batch_sum = BatchSum(ranks.comm, ranks.MPI, _gradient_values(net, job) + 2, net.dtype, machine)
-        return _epochs(net, ranks, job, history, first_epoch)
-    finally:
-        if job.batch_sum is not None:
-            job.batch_sum.free()
-        machine.Free()
+    # after the checkpoint: the steps take the optimizer (and its state) it gave the model
+    job.steps = compiled_steps(net, ranks, job, job.epochs - first_epoch, machine.Get_size())
+    history.path = path_in_words(ranks.size, job.steps is not None)
+    if loud:
+        print(f"fit: backend {net.backend.name}, {history.path}", file=sys.stderr)
+    job.device = ranks.everywhere(device_buffers(net.backend))  # the same way on every rank
+    job.batch_sum = None if job.device else BatchSum(
+        ranks.comm, ranks.MPI, _gradient_values(net, job) + 2, net.dtype, machine)  # the gradients, two flags
+    history = _epochs(net, ranks, job, history, first_epoch)
+    # Freed only after a fit that ended well: an error's traceback keeps its frames' locals, views of
+    # the shared window among them (a debugger reading them after a free would crash); after an
+    # error the window stays until MPI finalizes.
+    if job.batch_sum is not None:
+        job.batch_sum.free()
+    machine.Free()
+    return history
 
 
 def _gradient_values(net, job) -> int:
@@ -233,7 +235,7 @@ def _epoch(net, ranks, job, order, epoch, saved) -> tuple[float, int]:
     failed = n_grads  # the two flags (a rank failed, a loss was NaN/inf) follow the gradients
     step = job.batch_size * ranks.size
     n, local_loss, local_correct = job.X.shape[0], 0.0, 0
-    device = device_buffers(backend)
+    device = job.device
     # one buffer for every batch's sum: the gradients, then the two flags; on the host the
     # sum's total is copied out (the layers keep their dW and db: no view of a shared window)
     sums = backend.xp.empty(n_grads + 2, dtype=np.dtype(net.dtype)) if device else job.batch_sum.mine

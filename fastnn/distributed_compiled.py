@@ -14,22 +14,34 @@ def compiled_steps(net, ranks, job, epochs_left, ranks_here):
     """Collective: the compiled steps where every rank has them, else None (the layer path): ranks
     on two paths could round differently and their weights part. Made after a resume applied its
     checkpoint: the steps hold ``net.optimizer``, the one the checkpoint gave the model. Each rank
-    runs at most its share of its machine's cores in threads (``ranks_here`` × threads ≤ cores)."""
-    steps = ranks.run(_local_steps, net, job, epochs_left, ranks_here)
+    runs at most its share of its machine's cores in threads (``ranks_here`` × threads ≤ cores),
+    and every rank as many as the one with fewest: the threads' split of a layer lays out the flat
+    gradient, so ranks on other thread counts would add up mismatched values."""
+    threads = ranks.least(_threads_here(ranks_here))
+    steps = ranks.run(_local_steps, net, job, epochs_left, threads)
     ranks.agree()
-    everywhere = ranks.sum(np.array([steps is not None], np.int64))[0] == ranks.size
-    return steps if everywhere else None
+    if not ranks.everywhere(steps is not None):
+        return None
+    fewest = ranks.least(steps.P)  # (a rank's backend may allow fewer: num_threads)
+    if steps.P != fewest:
+        steps = ranks.run(_local_steps, net, job, epochs_left, fewest)
+    ranks.agree()
+    return steps
 
 
-def _local_steps(net, job, epochs_left, ranks_here):
+def _threads_here(ranks_here):
+    """This rank's share of its machine's cores (bound to some: at most those)."""
+    cpus = os.cpu_count() or 1
+    mine = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
+    return max(1, min(mine, cpus // ranks_here))
+
+
+def _local_steps(net, job, epochs_left, threads):
     if epochs_left <= 0:
         return None
     trainer, _ = net.backend.training_plan(net, net.loss, net.optimizer, job.X.shape[0], epochs_left, job.batch_size)
     if trainer is None:
         return None
-    cpus = os.cpu_count() or 1
-    mine = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
-    threads = max(1, min(mine, cpus // ranks_here))  # (bound to a socket: at most the cores bound)
     return trainer.data_parallel(job.X, job.T, job.labels, job.weights, job.batch_size, threads)
 
 

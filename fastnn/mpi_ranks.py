@@ -79,6 +79,16 @@ class Ranks:
             self.agree(failed_somewhere=True)
         return float(totals[0]), int(totals[1])
 
+    def everywhere(self, mine: bool) -> bool:
+        """Collective: True when ``mine`` is True on every rank (one decision for all of them)."""
+        return bool(self.sum(np.array([bool(mine)], np.int64))[0] == self.size)
+
+    def least(self, mine: int) -> int:
+        """Collective: the smallest of every rank's ``mine``."""
+        value = np.array([mine], np.int64)
+        self.comm.Allreduce(self.MPI.IN_PLACE, value, op=self.MPI.MIN)
+        return int(value[0])
+
     def sum(self, values: np.ndarray) -> np.ndarray:
         """Collective: the element-wise sum over ranks, in place."""
         self.comm.Allreduce(self.MPI.IN_PLACE, values, op=self.MPI.SUM)

@@ -9,12 +9,15 @@ cost at 64 rows per rank). Across machines one rank per machine (its leader) All
 machine's total with the other leaders': the hierarchical allreduce of MPICH, NCCL and Horovod.
 Every rank reads the same total, added in the same order, so the weights stay identical.
 
-``FASTNN_MPI_SHARED_SUM=0`` turns the shared window off (a plain Allreduce per batch), e.g. where
-``/dev/shm`` is too small for one.
+``FASTNN_MPI_SHARED_SUM=0`` turns the shared window off (a plain Allreduce per batch). So does a
+``/dev/shm`` with too little free room for it (a container's default is 64 MB; the window takes
+ranks-on-the-machine + 1 times the gradient's bytes), with a warning: MPI libraries on Linux keep
+the window there, and a page they cannot back ends the process with SIGBUS, not an error.
 """
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -23,6 +26,25 @@ import numpy as np
 SHARED_SUM = "FASTNN_MPI_SHARED_SUM"
 #: bytes each slot starts on (a cache line: no two ranks write one line)
 ALIGN = 64
+#: where Linux MPI libraries put shared windows; the free room asked of it, times the window's bytes
+SHM, ROOM_FACTOR = "/dev/shm", 2
+
+
+def room_for(nbytes: int, warn: bool = True) -> bool:
+    """False (and, with ``warn``, a warning) where ``SHM`` has less than ``ROOM_FACTOR × nbytes``
+    free; True where there is room, or no ``SHM`` to ask (another system: left to its MPI library)."""
+    try:
+        stats = os.statvfs(SHM)
+    except OSError:
+        return True
+    free = stats.f_bavail * stats.f_frsize
+    if free >= ROOM_FACTOR * nbytes:
+        return True
+    if warn:
+        warnings.warn(f"fit over MPI: {SHM} has {free / 2**20:.0f} MB free, too little for the gradients' shared "
+                      f"window ({nbytes / 2**20:.0f} MB): each batch's sum is a plain Allreduce (slower). A larger "
+                      f"{SHM} (docker run --shm-size=...) brings the window back.", RuntimeWarning, stacklevel=2)
+    return False
 
 
 class BatchSum:
@@ -35,9 +57,12 @@ class BatchSum:
 
     def __init__(self, comm: Any, MPI: Any, size: int, dtype: Any, node: Any) -> None:
         self.comm, self.MPI, self.size, self.dtype, self.node = comm, MPI, int(size), np.dtype(dtype), node
-        wanted = np.array([os.environ.get(SHARED_SUM, "").strip() != "0"], np.int64)
-        comm.Allreduce(MPI.IN_PLACE, wanted, op=MPI.MIN)  # every rank takes the same way
         here, me = node.Get_size(), node.Get_rank()
+        slot = -(-self.size * self.dtype.itemsize // ALIGN) * ALIGN
+        switched_on = os.environ.get(SHARED_SUM, "").strip() != "0"
+        fits = here == 1 or room_for((here + 1) * slot + ALIGN, warn=me == 0)  # (one warning per machine)
+        wanted = np.array([switched_on and fits], np.int64)
+        comm.Allreduce(MPI.IN_PLACE, wanted, op=MPI.MIN)  # every rank takes the same way
         self.window: Any = None  # MPI.Win of the slots and the total, where the machine has 2+ ranks
         self.leaders: Any = None  # one rank per machine, where there are 2+ machines
         self._slots: list[np.ndarray] = []
@@ -47,7 +72,6 @@ class BatchSum:
         if self._plain or here == 1:  # (a rank alone on its machine: its own total)
             self.mine = self.total = np.zeros(self.size, self.dtype)
         else:
-            slot = -(-self.size * self.dtype.itemsize // ALIGN) * ALIGN
             # rank 0 of the machine allocates every slot and the total (plus room to align them)
             self.window = MPI.Win.Allocate_shared((here + 1) * slot + ALIGN if me == 0 else 0, 1, comm=node)
             self.window.Lock_all(MPI.MODE_NOCHECK)  # loads and stores from now on; Sync orders them

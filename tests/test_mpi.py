@@ -108,6 +108,41 @@ WORKER = COMMON + textwrap.dedent("""
         report["numba_resume_close"] = all(np.allclose(a, b, rtol=1e-12, atol=1e-12)
                                            for a, b in zip(weights(resumed), weights(whole)))
 
+    # ranks that could run other thread counts (rank 0 two, rank 1 one) run as many as the fewest:
+    # the threads' split of a layer lays out the flat gradient the ranks add up
+    if "numba_sgd64" in cases:
+        import fastnn.distributed_compiled as compiled
+        compiled._threads_here = lambda ranks_here: 2 if rank == 0 else 1
+        rng = np.random.default_rng(7)
+        Xw, yw = rng.random((200, 784)), rng.integers(0, 10, 200)
+        backend = fastnn.get_backend("numba", num_threads=2 if rank == 0 else 1)
+        wide = fastnn.Sequential(fastnn.Dense(784, 128), fastnn.ReLU(), fastnn.Dense(128, 10), seed=1,
+                                 dtype="float32", backend=backend)
+        try:
+            wide.fit(Xw, yw, epochs=1, batch_size=50, optimizer=optimizer("adam"), comm=comm)
+            report["mixed_threads"] = "ok"
+        except Exception as error:
+            report["mixed_threads"] = f"{type(error).__name__}: {error}"
+
+    # a fit that diverges: its traceback's frames (as a debugger reads them) hold views of the
+    # shared window, which must still be there (a freed one crashes the process here)
+    diverging = {"numpy": "numpy", **({"numba": "numba"} if "numba_sgd64" in cases else {})}
+    for backend in diverging:
+        blowing_up = fastnn.Sequential(fastnn.Dense(5, 8), fastnn.ReLU(), fastnn.Dense(8, 3), seed=3,
+                                       dtype="float64", backend=backend)
+        Xd, yd, _ = data(64)
+        try:
+            blowing_up.fit(Xd * 1e3, yd, epochs=50, batch_size=batch, optimizer=fastnn.SGD(lr=1e6), comm=comm)
+            report[f"diverged_{backend}"] = "no divergence"
+        except fastnn.TrainingDiverged as error:
+            frame, read = error.__traceback__, 0
+            while frame is not None:
+                for value in list(frame.tb_frame.f_locals.values()):
+                    if isinstance(value, np.ndarray):
+                        read += int(np.isfinite(value.sum()) or 1)
+                frame = frame.tb_next
+            report[f"diverged_{backend}"] = read > 0
+
     # the per-batch sum as a plain Allreduce (no shared window): the very same weights
     os.environ["FASTNN_MPI_SHARED_SUM"] = "0"
     name = "numba_adam32_drop" if "numba_adam32_drop" in cases else "adam32_drop"
@@ -200,8 +235,10 @@ SUMS = textwrap.dedent("""
 def _launch(tmp_path, script, *args, timeout=90, ranks=RANKS):
     path = tmp_path / "script.py"
     path.write_text(script)
-    env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    return subprocess.run([_mpiexec(), "-n", str(ranks), sys.executable, str(path), *args],
+    # numba may run 2 threads (a case below gives one rank two); each rank's share of the cores
+    # (one here) still bounds them. ``-m mpi4py``: an error outside fit aborts the job, not a hang
+    env = dict(os.environ, NUMBA_NUM_THREADS="2", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    return subprocess.run([_mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpi4py", str(path), *args],
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -255,6 +292,31 @@ def test_the_batch_sum_adds_every_ranks_buffer_on_one_machine_and_across_machine
     assert done.returncode == 0, done.stdout + done.stderr
     for rank in range(4):
         assert (tmp_path / f"sums_{rank}.txt").read_text() == ",".join(SUM_LAYOUTS)
+
+
+def test_after_a_diverged_fit_the_arrays_its_traceback_holds_can_still_be_read(ran):
+    _, reports = ran
+    for report in reports:
+        assert report["diverged_numpy"] is True
+        assert report.get("diverged_numba", True) is True
+
+
+def test_ranks_that_could_run_other_thread_counts_run_the_same(ran):
+    if not NUMBA[0]:
+        pytest.skip(f"numba backend unavailable: {NUMBA[1]}")
+    _, reports = ran
+    assert [report["mixed_threads"] for report in reports] == ["ok", "ok"]
+
+
+def test_a_dev_shm_too_small_for_the_window_means_a_plain_allreduce_and_says_so(monkeypatch):
+    from types import SimpleNamespace
+    from fastnn import mpi_sum
+    free = {"blocks": 1000}
+    monkeypatch.setattr(mpi_sum.os, "statvfs", lambda path: SimpleNamespace(f_bavail=free["blocks"], f_frsize=4096))
+    with pytest.warns(RuntimeWarning, match="too little for the gradients' shared window"):
+        assert not mpi_sum.room_for(3 * 2**20)  # 4 MB free, 6 MB asked
+    free["blocks"] = 2000
+    assert mpi_sum.room_for(3 * 2**20)  # 8 MB free
 
 
 def test_a_plain_allreduce_per_batch_gives_the_same_weights_as_the_shared_window(ran):
