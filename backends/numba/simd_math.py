@@ -42,13 +42,12 @@ def _exp_ir(builder, x, bits):
     for k in range(p["degree"], 0, -1):  # Horner: 1 + r(1 + r/2(1 + r/3(...)))
         poly = _fma(builder, builder.fmul(r, const(1.0 / k)), poly, const(1.0))
     int_t = ir.VectorType(ir.IntType(bits), lanes)
-    if bits == 64:  # n as an integer: n + 1.5·2^52 holds it in its low bits (AVX2 has no vector
-        # double-to-int64 conversion: LLVM would convert lane by lane)
-        magic = 6755399441055744.0
-        low = builder.bitcast(builder.fadd(n, const(magic)), int_t)
-        n_int = builder.sub(low, ir.Constant(int_t, [struct.unpack("<q", struct.pack("<d", magic))[0]] * lanes))
-    else:
-        n_int = builder.fptosi(n, int_t)
+    # n as an integer: n + 1.5·2^mantissa holds it in its low bits. (AVX2 has no vector double-to-int64
+    # conversion: LLVM would convert lane by lane; and fptosi of a NaN is poison, this a NaN's bits)
+    magic = 1.5 * 2.0 ** p["mantissa"]
+    magic_bits = struct.unpack("<q" if bits == 64 else "<i", struct.pack("<d" if bits == 64 else "<f", magic))[0]
+    low = builder.bitcast(builder.fadd(n, const(magic)), int_t)
+    n_int = builder.sub(low, ir.Constant(int_t, [magic_bits] * lanes))
     exponent = builder.add(n_int, ir.Constant(int_t, [p["bias"]] * lanes))
     scale = builder.bitcast(builder.shl(exponent, ir.Constant(int_t, [p["mantissa"]] * lanes)), vt)
     y = builder.fmul(poly, scale)
