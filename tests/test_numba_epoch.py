@@ -121,6 +121,17 @@ def test_same_as_reference_shapes(sizes, act, loss, batch_size):
     _assert_same(*_fit_both(sizes, act, loss, OPTIMIZERS["adam+wd"], batch_size))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch_size", [64, 65, 200])
+def test_plain_sgds_weight_decay_is_taken_once_per_step_at_batches_past_a_row_chunk(batch_size, threads):
+    # plain SGD adds to W in chunks of ROW_CHUNK rows (64): the decay belongs to the step, not to each chunk
+    sizes = [20, 16, 3]
+    ref, comp, ref_hist, comp_hist = _fit_both(sizes, "relu", "cross_entropy", lambda: SGD(0.1, weight_decay=0.5),
+                                               batch_size, threads=threads, data=_data(sizes, n=400),
+                                               shuffle=False)
+    _assert_same(ref, comp, ref_hist, comp_hist)
+
+
 @pytest.mark.parametrize("head, loss", [(Softmax, "cross_entropy"), (Sigmoid, "binary_cross_entropy")])
 def test_final_activation_folded_into_the_loss(head, loss):
     _assert_same(*_fit_both([5, 12, 3], "tanh", loss, OPTIMIZERS["momentum+wd"], 4, head=head))
