@@ -160,7 +160,7 @@ def _train(net, ranks, job) -> History:
         print(f"fit: backend {net.backend.name}, {history.path}", file=sys.stderr)
     job.device = ranks.everywhere(device_buffers(net.backend))  # the same way on every rank
     job.batch_sum = None if job.device else BatchSum(
-        ranks.comm, ranks.MPI, _gradient_values(net, job) + 2, net.dtype, machine)  # the gradients, two flags
+        ranks, _gradient_values(net, job) + 2, net.dtype, machine)  # the gradients, two flags
     history = _epochs(net, ranks, job, history, first_epoch)
     # Freed only after a fit that ended well: an error's traceback keeps its frames' locals, views of
     # the shared window among them (a debugger reading them after a free would crash); after an

@@ -51,24 +51,24 @@ class BatchSum:
     """Collective: ``mine`` (``size`` values of ``dtype``) is this rank's to write; after the
     collective :meth:`sum`, ``total`` holds every rank's ``mine`` added, the same on every rank,
     until the next :meth:`sum`. :meth:`free` (collective) ends it: no view of ``mine`` or
-    ``total`` may outlive it. ``node``: the ranks of ``comm`` that share memory with this one
-    (``comm.Split_type(MPI.COMM_TYPE_SHARED)``: this machine's; a test may split one machine into
-    several); the caller frees it."""
+    ``total`` may outlive it. ``ranks``: the communicator's ``mpi_ranks.Ranks``; ``node``: its
+    ranks that share memory with this one (``comm.Split_type(MPI.COMM_TYPE_SHARED)``: this
+    machine's; a test may split one machine into several); the caller frees it."""
 
-    def __init__(self, comm: Any, MPI: Any, size: int, dtype: Any, node: Any) -> None:
-        self.comm, self.MPI, self.size, self.dtype, self.node = comm, MPI, int(size), np.dtype(dtype), node
+    def __init__(self, ranks: Any, size: int, dtype: Any, node: Any) -> None:
+        self.comm, self.MPI, self.size, self.dtype, self.node = ranks.comm, ranks.MPI, int(size), np.dtype(dtype), node
+        comm, MPI = self.comm, self.MPI
         here, me = node.Get_size(), node.Get_rank()
         slot = -(-self.size * self.dtype.itemsize // ALIGN) * ALIGN
         switched_on = os.environ.get(SHARED_SUM, "").strip() != "0"
         fits = here == 1 or room_for((here + 1) * slot + ALIGN, warn=me == 0)  # (one warning per machine)
-        wanted = np.array([switched_on and fits], np.int64)
-        comm.Allreduce(MPI.IN_PLACE, wanted, op=MPI.MIN)  # every rank takes the same way
+        wanted = ranks.everywhere(switched_on and fits)  # every rank takes the same way
         self.window: Any = None  # MPI.Win of the slots and the total, where the machine has 2+ ranks
         self.leaders: Any = None  # one rank per machine, where there are 2+ machines
         self._slots: list[np.ndarray] = []
         self.mine: Any
         self.total: Any
-        self._plain = not wanted[0]
+        self._plain = not wanted
         if self._plain or here == 1:  # (a rank alone on its machine: its own total)
             self.mine = self.total = np.zeros(self.size, self.dtype)
         else:

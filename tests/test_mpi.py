@@ -204,6 +204,7 @@ SUMS = textwrap.dedent("""
     import os, sys
     import numpy as np
     from mpi4py import MPI
+    from fastnn.mpi_ranks import Ranks
     from fastnn.mpi_sum import BatchSum
 
     comm = MPI.COMM_WORLD
@@ -216,7 +217,7 @@ SUMS = textwrap.dedent("""
         else:
             node = comm.Split({"pairs": rank // 2, "uneven": rank // 3, "singles": rank}[layout], rank)
         for dtype in (np.float32, np.float64):
-            batch_sum = BatchSum(comm, MPI, 1001, dtype, node=node)
+            batch_sum = BatchSum(Ranks(comm), 1001, dtype, node=node)
             shared = batch_sum.window is not None
             assert shared == (layout in ("machine", "pairs") or (layout == "uneven" and rank < 3)), layout
             for batch in range(4):
