@@ -245,21 +245,17 @@ class NumbaBackend(FusedOps):
     def _nothing_ready(self, dtype):
         """True when every part of ``dtype`` would compile now and the cache could keep both: all a
         job shorter than either compile needs to know to train on the reference ops, asked without numba."""
-        if not self.defer_compile or dtype in self._kernel_dtypes:
-            return False
-        if any(not numba_cache.cacheable(part) or numba_cache.is_cached(part, dtype.name) for part in numba_cache.PARTS):
-            return False
-        epoch = sys.modules.get(f"{__package__}.epoch")  # never imported: it built nothing
-        return epoch is None or not epoch.is_built(dtype.name)
+        return all(numba_cache.cacheable(part) and self._must_compile(part, dtype) for part in numba_cache.PARTS)
 
     def _must_compile(self, part, dtype):
-        """True when ``part`` would compile now (not deferred, not cached, not loaded in this process)."""
+        """True when ``part`` would compile now (not deferred, not cached, not loaded in this process);
+        asked without importing numba."""
         if not self.defer_compile or numba_cache.is_cached(part, dtype.name):
             return False
         if part == "layers":
             return dtype not in self._kernel_dtypes
-        from .epoch import is_built
-        return not is_built(dtype.name)
+        epoch = sys.modules.get(f"{__package__}.epoch")  # never imported: it built nothing
+        return epoch is None or not epoch.is_built(dtype.name)
 
     def warm(self, part: str, dtype: str) -> float:
         """Compile (or load from the disk cache) one part of the kernels, ``"epoch"`` or ``"layers"``,

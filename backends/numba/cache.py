@@ -51,9 +51,9 @@ LOCK, LOG = "background-compile.lock", "background-compile.json"
 PARENT_WAIT_S = 60.0
 #: The backend's sources a kernel is made from or called with (its argument types: epoch.py), beside
 #: the op tables: a change in any makes new kernels, so the markers of what is cached change with them.
-_SOURCES = ("kernels.py", "epoch.py", "epoch_template.py", "epoch_codegen.py", "epoch_ops.py", "layer_ops.py",
-            "generated.py", "simd.py", "simd_math.py", "sync.py", "epoch_products.py.in", "epoch_dropout.py.in",
-            "epoch_loss.py.in", "epoch_barrier.py.in")
+#: (The template parts the epoch's module is joined from: ``epoch_codegen.PARTS``, added in ``key``.)
+_SOURCES = ("kernels.py", "epoch.py", "epoch_shared.py", "epoch_template.py", "epoch_codegen.py", "epoch_ops.py",
+            "layer_ops.py", "generated.py", "simd.py", "simd_math.py", "sync.py")
 _key = None
 _spawned: list[tuple[str, subprocess.Popen[bytes]]] = []  # the background processes this one started (kept: no "still running" warning)
 _folders: dict[str, tuple[str | None, list[str]]] = {}  # cache_dir() -> (the folder used, or None; what was wrong with those refused)
@@ -202,8 +202,10 @@ def key():
         from fastnn import losses
         from fastnn.ops import activations, optimizers, symbolic
 
+        from .epoch_codegen import PARTS
+
         tables = [module.__file__ for module in (activations, optimizers, symbolic, losses)]
-        for path in [os.path.join(here, name) for name in _SOURCES] + tables:
+        for path in [os.path.join(here, name) for name in _SOURCES + PARTS] + tables:
             with open(path, "rb") as f:
                 h.update(f.read())
         _key = h.hexdigest()[:16]
@@ -244,8 +246,13 @@ def mark_cached(part, dtype):
                 pass
 
 
+def switched_on(variable: str) -> bool:
+    """An environment switch: on unless set to 0, false, no or off (unset or empty: on)."""
+    return os.environ.get(variable, "").strip().lower() not in ("0", "false", "no", "off")
+
+
 def background_enabled():
-    return os.environ.get("FASTNN_BACKGROUND_COMPILE", "1").strip().lower() not in ("0", "false", "no", "off")
+    return switched_on("FASTNN_BACKGROUND_COMPILE")
 
 
 def start_background(dtype):

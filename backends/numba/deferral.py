@@ -4,7 +4,6 @@ trains on the reference ops while a background process fills the cache for the n
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -17,8 +16,7 @@ _Op = TypeVar("_Op", bound=Callable[..., Any])
 
 def defer_by_default() -> bool:
     """``FASTNN_DEFER_COMPILE``: on unless set to 0, false, no or off."""
-    value = os.environ.get("FASTNN_DEFER_COMPILE", "").strip().lower()
-    return value not in ("0", "false", "no", "off")
+    return numba_cache.switched_on("FASTNN_DEFER_COMPILE")
 
 
 def kernel_op(method: _Op) -> _Op:
