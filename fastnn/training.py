@@ -220,7 +220,7 @@ class Training:
                     loss_sum, correct = result
                 else:
                     loss_sum, correct = self._epoch_layers(X, T, labels, order, batch_size, loss, epoch, saved,
-                                                           weights)
+                                                           weights, count_correct=not args.regression)
                 mean_loss = loss_sum / total_weight
                 if not math.isfinite(mean_loss):
                     self._restore(saved)
@@ -265,9 +265,10 @@ class Training:
             notices.logger.info(f"fit: backend {self.backend.name}, {path}")
         return trainer, path
 
-    def _epoch_layers(self, X, T, labels, order, batch_size, loss, epoch, saved, weights=None):
+    def _epoch_layers(self, X, T, labels, order, batch_size, loss, epoch, saved, weights=None, count_correct=True):
         """One epoch, batch by batch, with the backend's ops: ``(loss_sum, n_correct)``, the loss
-        summed over rows, each row's times its weight (``weights``: host float64, one per row, or None)."""
+        summed over rows, each row's times its weight (``weights``: host float64, one per row, or None);
+        ``count_correct=False`` (a regression: it logs no accuracy): n_correct 0, nothing counted."""
         backend, xp = self.backend, self.backend.xp
         layers = self.training_layers(loss)
         dense = self.dense_layers
@@ -281,11 +282,14 @@ class Training:
                 set_rows(idx)
                 scale, batch_weight = self._batch_weights(weights, host_order[start:stop])
                 if batch_weight == 0:  # every row weighs zero: no step (nor a step count); outputs for accuracy
+                    if not count_correct:
+                        continue
                     Y = self._run(layers, self._batch_rows(X, T, idx)[0])
                 else:
                     value, Y = self._batch_step(layers, X, T, idx, loss, epoch, batch, saved, scale)
                     loss_sum = loss_sum + value * batch_weight
-                correct = correct + self._n_correct(Y, xp.take(labels, idx, axis=0), loss)
+                if count_correct:
+                    correct = correct + self._n_correct(Y, xp.take(labels, idx, axis=0), loss)
                 if batch_weight != 0:
                     self.optimizer.step(backend, dense)
         return float(loss_sum), int(correct)
