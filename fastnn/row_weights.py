@@ -29,10 +29,12 @@ def training_weights(net: Training, weights: NDArray[np.float64] | None, class_w
 def class_weight_rows(class_weight: ClassWeight, T: NDArray[Any], labels: NDArray[Any],
                       n_out: int) -> NDArray[np.float64]:
     """``class_weight`` (``{class: weight}`` or ``"balanced"``) as one weight per row."""
-    if not np.all((T == 0) | (T == 1)) or (n_out > 1 and not np.all(T.sum(axis=1) == 1)):
+    from .metrics import _one_hot, n_classes as classes_of
+
+    if not _one_hot(T):
         raise ValueError("class_weight: needs class labels (1-D y) or one-hot target rows; y here has "
                          "target rows that are not one-hot")
-    n_classes = 2 if n_out == 1 else n_out
+    n_classes = classes_of(n_out)
     if isinstance(class_weight, str):
         if class_weight != "balanced":
             raise ValueError(f"class_weight: expected a dict {{class: weight}} or 'balanced', got {class_weight!r}")
