@@ -288,7 +288,9 @@ def _local_step(net, job, layers, dense, set_rows, mine, batch_weight, sums):
     idx = backend.asarray(mine)
     set_rows(idx)
     Xb, Tb = net._batch_rows(job.X, job.T, idx)
-    if batch_weight == 0:  # no step: only the outputs, for accuracy
+    if batch_weight == 0:  # no step: only the outputs, for accuracy (a regression has none)
+        if job.regression:
+            return 0.0, 0, False
         Y = net._run(layers, Xb)
         return 0.0, int(net._n_correct(Y, xp.take(job.labels, idx, axis=0), job.loss)), False
     if job.weights is None:  # the local mean, times this rank's share of the global batch's rows
@@ -306,7 +308,7 @@ def _local_step(net, job, layers, dense, set_rows, mine, batch_weight, sums):
             else:  # device buffers (a CUDA-aware MPI): no copy to the host
                 xp.multiply(grad.reshape(-1), factor, out=sums[at:at + grad.size])
             at += grad.size
-    correct = int(net._n_correct(Y, xp.take(job.labels, idx, axis=0), job.loss))
+    correct = 0 if job.regression else int(net._n_correct(Y, xp.take(job.labels, idx, axis=0), job.loss))
     return value * batch_weight, correct, not math.isfinite(value)
 
 
