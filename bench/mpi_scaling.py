@@ -10,8 +10,9 @@ Runs, each a fresh process (thread counts must be set before NumPy loads its BLA
 - 1 process × batch 128 and × 1024, with 1 thread and with 2 threads.
 
 Every run uses one backend (``--backend``): on ``numba`` (the default) one process trains with the
-compiled whole epoch and the ranks with its data-parallel steps (one native call per batch); on
-``numpy`` all of them train layer by layer. An epoch's time is the best of ``--epochs``
+compiled whole epoch and the ranks with its data-parallel steps (one native call per epoch on each
+rank, on parameters the ranks share; ``FASTNN_MPI_SHARED_SUM=0``: one per batch, a plain
+Allreduce between); on ``numpy`` all of them train layer by layer. An epoch's time is the best of ``--epochs``
 (``History``'s ``seconds``; for MPI, the slower rank's). Ratios above 1: the 2-rank run is faster.
 """
 from __future__ import annotations

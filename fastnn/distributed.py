@@ -12,7 +12,8 @@ index, so they match too.
 
 Two paths, the same on every rank: where every rank's backend has compiled steps
 (``Trainer.data_parallel``: the numba backend's compiled epoch, one native call per batch that
-writes the share's gradient into one flat buffer, ``backends/numba/epoch_shared.py``), those;
+writes the share's gradient into one flat buffer, ``backends/numba/epoch_shared.py``; or, every
+rank on one machine with one thread, one call per epoch: ``distributed_compiled``), those;
 else layer by layer on the backend's ops. Each rank runs at most its share of its machine's
 cores in threads (cores ÷ ranks on that machine), so ranks and threads never oversubscribe.
 
@@ -58,7 +59,7 @@ import numpy as np
 
 from . import validation as check
 from .history import History
-from .distributed_compiled import compiled_epoch, compiled_steps, diverged
+from .distributed_compiled import compiled_epoch, compiled_steps, diverged, whole_epochs
 from .mpi_ranks import Ranks, share
 from .mpi_sum import BatchSum
 
@@ -76,9 +77,10 @@ def device_buffers(backend) -> bool:
     return backend.name == "cupy" and os.environ.get(CUDA_AWARE_MPI, "").strip() == "1"
 
 
-def path_in_words(size: int, compiled: bool = False) -> str:
+def path_in_words(size: int, compiled: bool = False, whole_epochs: bool = False) -> str:
     """``History.path`` of a fit over ``size`` ranks."""
-    how = "compiled epoch, one native call per batch," if compiled else "layer by layer"
+    how = ("layer by layer" if not compiled else "compiled epoch, one native call per epoch," if whole_epochs
+           else "compiled epoch, one native call per batch,")
     return f"{how} over {size} MPI ranks (data parallel)"
 
 
@@ -155,12 +157,14 @@ def _train(net, ranks, job) -> History:
     machine = ranks.comm.Split_type(ranks.MPI.COMM_TYPE_SHARED)  # the ranks on this one (a collective)
     # after the checkpoint: the steps take the optimizer (and its state) it gave the model
     job.steps = compiled_steps(net, ranks, job, job.epochs - first_epoch, machine.Get_size())
-    history.path = path_in_words(ranks.size, job.steps is not None)
-    if loud:
-        print(f"fit: backend {net.backend.name}, {history.path}", file=sys.stderr)
     job.device = ranks.everywhere(device_buffers(net.backend))  # the same way on every rank
     job.batch_sum = None if job.device else BatchSum(
-        ranks, _gradient_values(net, job) + 2, net.dtype, machine)  # the gradients, two flags
+        ranks, _gradient_values(net, job) + 2, net.dtype, machine,  # the gradients, two flags
+        state=0 if job.steps is None else job.steps.size)
+    job.whole_epochs = whole_epochs(ranks, job)
+    history.path = path_in_words(ranks.size, job.steps is not None, job.whole_epochs)
+    if loud:
+        print(f"fit: backend {net.backend.name}, {history.path}", file=sys.stderr)
     history = _epochs(net, ranks, job, history, first_epoch)
     # Freed only after a fit that ended well: an error's traceback keeps its frames' locals, views of
     # the shared window among them (a debugger reading them after a free would crash); after an

@@ -1,6 +1,8 @@
 """A data-parallel fit (``fastnn.distributed``) on the backend's compiled steps
 (``Trainer.data_parallel``: the numba backend's compiled epoch, one native call per batch that writes
-this rank's share of the gradient into one flat buffer): which ranks use them, and the epoch loop."""
+this rank's share of the gradient into one flat buffer): which ranks use them, and the epoch loop;
+or, where every rank is on one machine with one thread, one native call per epoch on each rank
+(``whole_epochs``)."""
 from __future__ import annotations
 
 import os
@@ -45,11 +47,24 @@ def _local_steps(net, job, epochs_left, threads):
     return trainer.data_parallel(job.X, job.T, job.labels, job.weights, job.batch_size, threads)
 
 
+def whole_epochs(ranks, job) -> bool:
+    """Collective: whether every epoch runs as one native call per rank (``ranks_epoch``): every
+    rank on one machine with the shared window's state (``BatchSum.shared``), one thread per rank,
+    X passed whole. The batches then sum and step in the window with spin barriers, never returning
+    to Python, which cost ~30 µs a batch of the per-batch loop (network B at 64 rows per rank: a
+    tenth of an epoch) and a separate step of every parameter on every rank."""
+    steps, batch_sum = job.steps, job.batch_sum
+    return ranks.everywhere(steps is not None and batch_sum is not None and batch_sum.shared is not None
+                            and steps.whole_epochs)
+
+
 def compiled_epoch(net, ranks, job, order, epoch, saved) -> tuple[float, int]:
     """``distributed._epoch`` on the compiled steps: per global batch, this rank's share's gradient
     (``steps.gradients``), ONE sum of it and the two flags over the ranks (``job.batch_sum``),
     ``steps.step``. (``saved``: as ``_epoch`` takes it; no step of a bad batch is ever applied
     here, so nothing to restore.)"""
+    if job.whole_epochs:
+        return _whole_epoch(ranks, job, order, epoch)
     steps, batch_sum = job.steps, job.batch_sum
     sums = batch_sum.mine
     failed, not_finite = steps.size, steps.size + 1
@@ -80,6 +95,32 @@ def compiled_epoch(net, ranks, job, order, epoch, saved) -> tuple[float, int]:
     return ranks.totals(local_loss, local_correct)
 
 
+def _whole_epoch(ranks, job, order, epoch) -> tuple[float, int]:
+    """``compiled_epoch`` as one native call per rank on the machine's shared window: its rank 0
+    puts the parameters and optimizer state there, every rank runs ``steps.ranks_epoch`` on them
+    and takes them back."""
+    steps, batch_sum = job.steps, job.batch_sum
+    ranks.run(steps.begin_epoch)
+    ranks.agree()  # a rank that failed before the epoch: every rank raises here (the kernel's barriers
+    #                would wait for it)
+    try:
+        own = steps.state()
+        if batch_sum.me == 0:
+            for shared, mine in zip(batch_sum.shared, own):
+                shared[:len(mine)] = mine
+        batch_sum.meet()
+        loss, correct, bad = steps.ranks_epoch(order, batch_sum.slots, batch_sum.stride, batch_sum.shared,
+                                               batch_sum.sync, batch_sum.me, batch_sum.here)
+        for shared, mine in zip(batch_sum.shared, own):
+            mine[:] = shared[:len(mine)]
+        batch_sum.meet()  # every rank took its copy before the next epoch puts the state there
+    finally:
+        _give_back(steps, ranks)
+    if bad >= 0:
+        raise diverged(epoch, bad)
+    return ranks.totals(loss, correct)
+
+
 def diverged(epoch, batch):
     """The error every rank raises where a global batch's loss was NaN/inf (none of it applied)."""
     from .training import TrainingDiverged
@@ -103,7 +144,8 @@ def global_weight(weights, rows) -> tuple[float, float]:
     if weights is None:
         return float(len(rows)), 0.0
     w = weights[rows]
-    total = float(w.sum())
+    total = float(np.cumsum(w)[-1]) if len(w) else 0.0  # added in row order, as the kernels add them
+    #                                                    (NumPy's sum adds pairwise: other last bits)
     if total == 0.0 or bool(np.all(w == w[0])):
         return total, 0.0
     return total, len(rows) / total

@@ -53,27 +53,41 @@ class BatchSum:
     until the next :meth:`sum`. :meth:`free` (collective) ends it: no view of ``mine`` or
     ``total`` may outlive it. ``ranks``: the communicator's ``mpi_ranks.Ranks``; ``node``: its
     ranks that share memory with this one (``comm.Split_type(MPI.COMM_TYPE_SHARED)``: this
-    machine's; a test may split one machine into several); the caller frees it."""
+    machine's; a test may split one machine into several); the caller frees it.
 
-    def __init__(self, ranks: Any, size: int, dtype: Any, node: Any) -> None:
+    ``state`` > 0, where every rank is on one machine with another: the window also holds
+    ``shared`` (three arrays of ``state`` values: parameters and two optimizer slots) and ``sync``
+    (int64, ``8 × (ranks + 2)``, zeros), and ``slots`` is every rank's ``mine`` in one flat array
+    (rank k's at ``k × stride``): a compiled epoch's ranks sum and step there without MPI
+    (``distributed_compiled``). Otherwise ``shared`` is None."""
+
+    def __init__(self, ranks: Any, size: int, dtype: Any, node: Any, state: int = 0) -> None:
         self.comm, self.MPI, self.size, self.dtype, self.node = ranks.comm, ranks.MPI, int(size), np.dtype(dtype), node
         comm, MPI = self.comm, self.MPI
         here, me = node.Get_size(), node.Get_rank()
         slot = -(-self.size * self.dtype.itemsize // ALIGN) * ALIGN
+        one_machine = comm.Get_size() == here > 1
+        state_bytes = -(-int(state) * self.dtype.itemsize // ALIGN) * ALIGN if one_machine else 0
+        sync_bytes = 8 * 8 * (here + 2) if state_bytes else 0
+        window_bytes = (here + 1) * slot + 3 * state_bytes + sync_bytes + ALIGN
         switched_on = os.environ.get(SHARED_SUM, "").strip() != "0"
-        fits = here == 1 or room_for((here + 1) * slot + ALIGN, warn=me == 0)  # (one warning per machine)
+        fits = here == 1 or room_for(window_bytes, warn=me == 0)  # (one warning per machine)
         wanted = ranks.everywhere(switched_on and fits)  # every rank takes the same way
         self.window: Any = None  # MPI.Win of the slots and the total, where the machine has 2+ ranks
         self.leaders: Any = None  # one rank per machine, where there are 2+ machines
         self._slots: list[np.ndarray] = []
         self.mine: Any
         self.total: Any
+        self.shared: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.slots: Any = None
+        self.sync: Any = None
+        self.stride, self.me, self.here = slot // self.dtype.itemsize, me, here
         self._plain = not wanted
         if self._plain or here == 1:  # (a rank alone on its machine: its own total)
             self.mine = self.total = np.zeros(self.size, self.dtype)
         else:
             # rank 0 of the machine allocates every slot and the total (plus room to align them)
-            self.window = MPI.Win.Allocate_shared((here + 1) * slot + ALIGN if me == 0 else 0, 1, comm=node)
+            self.window = MPI.Win.Allocate_shared(window_bytes if me == 0 else 0, 1, comm=node)
             self.window.Lock_all(MPI.MODE_NOCHECK)  # loads and stores from now on; Sync orders them
             memory, _ = self.window.Shared_query(0)
             raw = np.frombuffer(memory, np.uint8)
@@ -82,6 +96,16 @@ class BatchSum:
                            for k in range(here + 1)]
             self.mine, self.total = self._slots[me], self._slots[here]
             self.mine[:] = 0
+            if state_bytes:
+                self.slots = raw[skip: skip + here * slot].view(self.dtype)
+                at = skip + (here + 1) * slot
+                self.shared = tuple(raw[at + k * state_bytes: at + k * state_bytes + int(state) * self.dtype.itemsize]
+                                    .view(self.dtype) for k in range(3))  # type: ignore[assignment]
+                at += 3 * state_bytes
+                self.sync = raw[at: at + sync_bytes].view(np.int64)
+                if me == 0:
+                    self.sync[:] = 0
+                self.meet()  # the counts zero before any rank reads them
             self._lo, self._hi = self.size * me // here, self.size * (me + 1) // here
         if not self._plain and comm.Get_size() > here:  # other machines: their totals through the leaders
             self.leaders = comm.Split(0 if me == 0 else MPI.UNDEFINED, comm.Get_rank())
@@ -93,29 +117,29 @@ class BatchSum:
             self.comm.Allreduce(MPI.IN_PLACE, self.total, op=MPI.SUM)
             return self.total
         if self.window is not None:
-            self._meet()  # every slot written
+            self.meet()  # every slot written
             lo, hi, slots = self._lo, self._hi, self._slots
             np.add(slots[0][lo:hi], slots[1][lo:hi], out=self.total[lo:hi])
             for slot in slots[2:-1]:  # (the same order on every rank: the same rounding)
                 np.add(self.total[lo:hi], slot[lo:hi], out=self.total[lo:hi])
-            self._meet()  # the machine's total complete (and every slot read: writable again)
+            self.meet()  # the machine's total complete (and every slot read: writable again)
         if self.leaders is not None:
             if self.leaders != MPI.COMM_NULL:
                 self.leaders.Allreduce(MPI.IN_PLACE, self.total, op=MPI.SUM)
             if self.window is not None:
-                self._meet()  # the leader's Allreduce done: every machine's total in it
+                self.meet()  # the leader's Allreduce done: every machine's total in it
         return self.total
 
-    def _meet(self) -> None:
-        """A barrier of the machine's ranks that also orders their loads and stores of the window
-        (MPI-3's shared memory: sync, barrier, sync)."""
+    def meet(self) -> None:
+        """Collective over the machine's ranks (with a window): a barrier that also orders their
+        loads and stores of the window (MPI-3's shared memory: sync, barrier, sync)."""
         self.window.Sync()
         self.node.Barrier()
         self.window.Sync()
 
     def free(self) -> None:
         """Collective: the shared window freed; ``mine`` and ``total`` no longer usable."""
-        self.mine = self.total = None
+        self.mine = self.total = self.slots = self.sync = self.shared = None
         self._slots = []
         if self.window is not None:
             self.window.Unlock_all()

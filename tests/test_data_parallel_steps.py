@@ -104,6 +104,83 @@ def test_two_shares_summed_train_as_one_process_at_twice_the_batch(name, threads
     assert got.optimizer.t == one.optimizer.t  # Adam's bias corrections count the same steps
 
 
+def _two_ranks_whole(net_factory, X, y, w, optimizer, batch, epochs):
+    """As ``_two_ranks``, each epoch one ``ranks_epoch`` call per "rank", the two on two threads at
+    once (the kernel releases the GIL), on parameters, slots and barrier counts they share as the
+    ranks of one machine share ``fastnn.mpi_sum``'s window."""
+    import threading
+
+    nets, steps = [net_factory() for _ in range(RANKS)], []
+    loss = get_loss("cross_entropy")
+    T = np.zeros((len(y), 10), dtype=nets[0].dtype)
+    T[np.arange(len(y)), y] = 1
+    for net in nets:
+        opt = optimizer()
+        net.loss, net.optimizer = loss, opt
+        steps.append(net.backend.epoch_trainer(net, loss, opt).data_parallel(X, T, y.astype(np.int64), w, batch, 1))
+        assert steps[-1].whole_epochs
+    stride = -(-steps[0].size // 16) * 16
+    slots = np.zeros(RANKS * stride, dtype=nets[0].dtype)
+    shared = tuple(np.zeros(len(a), dtype=nets[0].dtype) for a in steps[0].state())
+    sync = np.zeros(8 * (RANKS + 2), dtype=np.int64)
+    sums = []
+    for _ in range(epochs):
+        for s in steps:
+            s.begin_epoch()
+        for into, own in zip(shared, steps[0].state()):
+            into[:] = own
+        results = [None] * RANKS
+
+        def rank_runs(rank):
+            results[rank] = steps[rank].ranks_epoch(np.arange(len(y)), slots, stride, shared, sync, rank, RANKS)
+
+        workers = [threading.Thread(target=rank_runs, args=(rank,)) for rank in range(RANKS)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert all(result is not None and result[2] == -1 for result in results)
+        for s, net in zip(steps, nets):
+            for own, values in zip(s.state(), shared):
+                own[:] = values[:len(own)]
+            s.end_epoch()
+            net.epochs_trained += 1
+        sums.append(sum(result[0] for result in results))
+    return nets[0], sums
+
+
+@pytest.mark.parametrize("name", [name for name, case in CASES.items() if not case[4]])
+def test_whole_epochs_of_ranks_sharing_memory_step_as_the_per_batch_sum(name):
+    dtype, optimizer, dropout, weighted, _, rows = CASES[name]
+    X, y, w = _data(rows)
+    X, w = X.astype(dtype), w if weighted else None  # (X in another dtype: converted per batch, not whole)
+    factory = lambda: _net(dtype, dropout, 1)  # noqa: E731
+    per_batch, per_batch_sums, _ = _two_ranks(factory, X, y, w, optimizer, 16, 3, 1)
+    whole, whole_sums = _two_ranks_whole(factory, X, y, w, optimizer, 16, 3)
+    for a, b in zip(whole.dense_layers, per_batch.dense_layers):
+        assert np.array_equal(a.W, b.W) and np.array_equal(a.b, b.b)  # the same sums in the same order
+    np.testing.assert_allclose(whole_sums, per_batch_sums, rtol=1e-12 if dtype == "float64" else 1e-5)
+    assert whole.optimizer.t == per_batch.optimizer.t
+
+
+def test_whole_epochs_need_one_thread_and_x_passed_whole():
+    net = _net("float32", False, 2)
+    loss, opt = get_loss("cross_entropy"), fastnn.SGD(lr=0.1)
+    net.loss, net.optimizer = loss, opt
+    X, y, _ = _data(1611)
+    T = np.eye(10, dtype=np.float32)[y]
+    trainer = net.backend.epoch_trainer(net, loss, opt)
+    for threads, Xh, whole in ((2, X.astype(np.float32), False), (1, X, False), (1, X.astype(np.float32), True)):
+        steps = trainer.data_parallel(Xh, T, y.astype(np.int64), None, 16, threads)
+        assert steps.P == threads and steps.whole_epochs == whole  # (float64 X: converted per batch)
+    steps = trainer.data_parallel(X, T, y.astype(np.int64), None, 16, 1)
+    steps.begin_epoch()
+    with pytest.raises(RuntimeError, match="needs one thread"):
+        steps.ranks_epoch(np.arange(1611), np.zeros(2 * steps.size, np.float32), steps.size, steps.state(),
+                          np.zeros(32, np.int64), 0, 2)
+    steps.end_epoch()
+
+
 @pytest.mark.parametrize("bad", ["float64", "short", "strided", "read-only", "list"])
 def test_a_gradient_buffer_the_kernel_cannot_take_is_refused_by_name(bad):
     net = _net("float32", False, 1)

@@ -143,6 +143,25 @@ WORKER = COMMON + textwrap.dedent("""
                 frame = frame.tb_next
             report[f"diverged_{backend}"] = read > 0
 
+    # a whole epoch per call (X in memory) and the per-batch loop (a uint8 memmap, its rows read and
+    # converted batch by batch in Python): the same sums, the same steps, the very same weights
+    if "numba_adam32_drop" in cases:
+        import warnings
+        dtype, opt, rows, dropout, _, backend = cases["numba_adam32_drop"]
+        X8 = np.clip(np.round(data(rows)[0] * 3 + 8), 0, 255).astype(np.uint8)
+        y8 = data(rows)[1]
+        X8.tofile(f"{out}/x8_{rank}.u8")
+        on_disk = np.memmap(f"{out}/x8_{rank}.u8", dtype=np.uint8, mode="r", shape=X8.shape)
+        found = {}
+        for how, Xh in (("per_batch", on_disk), ("whole", X8.astype(np.float32))):
+            model = net(dtype, dropout, backend=backend)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # (unscaled pixels: not what this compares)
+                found[how] = model.fit(Xh, y8, epochs=epochs, batch_size=batch, optimizer=optimizer(opt),
+                                       comm=comm).path, weights(model)
+        report["per_batch_path"], report["whole_epoch_path"] = found["per_batch"][0], found["whole"][0]
+        report["whole_epoch_equal"] = all(np.array_equal(a, b) for a, b in zip(found["per_batch"][1], found["whole"][1]))
+
     # the per-batch sum as a plain Allreduce (no shared window): the very same weights
     os.environ["FASTNN_MPI_SHARED_SUM"] = "0"
     name = "numba_adam32_drop" if "numba_adam32_drop" in cases else "adam32_drop"
@@ -284,8 +303,19 @@ def test_two_ranks_train_as_one_process_at_twice_the_batch(ran, name):
         np.testing.assert_allclose(got["loss"], expected_loss, rtol=1e-5 if "32" in name else 1e-12)
     for i in range(len(expected)):  # every rank holds the very same weights
         assert np.array_equal(per_rank[0][f"arr_{i}"], per_rank[1][f"arr_{i}"])
-    how = "compiled epoch, one native call per batch," if CASES[name][5] == "numba" else "layer by layer"
+    # on numba each epoch is one call per rank (its ranks share the parameters, one thread each here)
+    how = "compiled epoch, one native call per epoch," if CASES[name][5] == "numba" else "layer by layer"
     assert reports[0][name + "_path"] == f"{how} over 2 MPI ranks (data parallel)"
+
+
+def test_a_whole_epoch_per_call_gives_the_weights_of_the_per_batch_loop(ran):
+    if not NUMBA[0]:
+        pytest.skip(f"numba backend unavailable: {NUMBA[1]}")
+    _, reports = ran
+    for report in reports:
+        assert report["whole_epoch_path"] == "compiled epoch, one native call per epoch, over 2 MPI ranks (data parallel)"
+        assert report["per_batch_path"] == "compiled epoch, one native call per batch, over 2 MPI ranks (data parallel)"
+        assert report["whole_epoch_equal"] is True
 
 
 def test_the_batch_sum_adds_every_ranks_buffer_on_one_machine_and_across_machines(tmp_path):

@@ -159,7 +159,8 @@ def _dispatch(name, call, then=None):
 
 #: Template text after the tiles, in this order: the tile drivers, then the other kernels by topic
 #: (one generated module: numba's cache does not notice edits in other files a cached kernel calls).
-PARTS = ("epoch_products.py.in", "epoch_dropout.py.in", "epoch_loss.py.in", "epoch_barrier.py.in")
+PARTS = ("epoch_products.py.in", "epoch_dropout.py.in", "epoch_loss.py.in", "epoch_barrier.py.in",
+         "epoch_ranks.py.in")
 
 
 def source(cache=True):

@@ -278,20 +278,7 @@ def epoch(X, T, labels, order, ids, wts, first, nbatch, bs, params, S1, S2, work
 def apply_gradient(params, S1, S2, G, lay, h):
     """One step of h's rule on every parameter from the gradient G (laid out as params): the
     data-parallel step, after the processes summed their shares (epoch's OPT_GRADIENT calls)."""
-    L, VW = lay[H_L], vwidth(params)
-    P = lay.shape[0] - REC0 - REC * L  # the threads the layout was made for (W0T's column blocks)
     t = h[HY_T0] + 1
     step_scalars(h, t)
-    for i in range(L):
-        rec = REC0 + REC * i
-        nv = lay[rec + F_NV]
-        if i == 0 and L > 1:
-            for tid in range(P):
-                u0, u1 = _own(nv, tid, P)
-                at = lay[lay[H_W0T] + tid]
-                apply_step(params, S1, S2, at, (u1 - u0) * VW, G, at, lay[H_NI], u1 - u0, h, rt(True))
-        else:
-            rows = lay[H_NI] if i == 0 else lay[rec - REC + F_NPO]
-            apply_step(params, S1, S2, lay[rec + F_W], lay[rec + F_NPO], G, lay[rec + F_W], rows, nv, h, rt(True))
-        apply_step(params, S1, S2, lay[rec + F_B], rt(0), G, lay[rec + F_B], rt(1), nv, h, rt(False))
+    _step_range(params, S1, S2, G, lay, h, rt(0), params.shape[0])
     h[HY_T0] = t
