@@ -57,6 +57,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from . import notices
 from . import validation as check
 from .history import History
 from .distributed_compiled import compiled_epoch, compiled_steps, diverged, whole_epochs
@@ -155,17 +156,18 @@ def _train(net, ranks, job) -> History:
     if job.resumed is not None:
         first_epoch, history = io.apply_checkpoint(net, job.resumed, loud)
     machine = ranks.comm.Split_type(ranks.MPI.COMM_TYPE_SHARED)  # the ranks on this one (a collective)
-    # after the checkpoint: the steps take the optimizer (and its state) it gave the model
-    job.steps = compiled_steps(net, ranks, job, job.epochs - first_epoch, machine.Get_size())
-    job.device = ranks.everywhere(device_buffers(net.backend))  # the same way on every rank
-    job.batch_sum = None if job.device else BatchSum(
-        ranks, _gradient_values(net, job) + 2, net.dtype, machine,  # the gradients, two flags
-        state=0 if job.steps is None else job.steps.size)
-    job.whole_epochs = whole_epochs(ranks, job)
-    history.path = path_in_words(ranks.size, job.steps is not None, job.whole_epochs)
-    if loud:
-        print(f"fit: backend {net.backend.name}, {history.path}", file=sys.stderr)
-    history = _epochs(net, ranks, job, history, first_epoch)
+    with notices.shown(loud):  # the backend's notices (a compile, which path), from rank 0
+        # after the checkpoint: the steps take the optimizer (and its state) it gave the model
+        job.steps = compiled_steps(net, ranks, job, job.epochs - first_epoch, machine.Get_size())
+        job.device = ranks.everywhere(device_buffers(net.backend))  # the same way on every rank
+        job.batch_sum = None if job.device else BatchSum(
+            ranks, _gradient_values(net, job) + 2, net.dtype, machine,  # the gradients, two flags
+            state=0 if job.steps is None else job.steps.size)
+        job.whole_epochs = whole_epochs(ranks, job)
+        history.path = path_in_words(ranks.size, job.steps is not None, job.whole_epochs)
+        if loud:
+            print(f"fit: backend {net.backend.name}, {history.path}", file=sys.stderr)
+        history = _epochs(net, ranks, job, history, first_epoch)
     # Freed only after a fit that ended well: an error's traceback keeps its frames' locals, views of
     # the shared window among them (a debugger reading them after a free would crash); after an
     # error the window stays until MPI finalizes.

@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from .mpi_ranks import share
+from .notices import logger
 
 
 def compiled_steps(net, ranks, job, epochs_left, ranks_here):
@@ -54,8 +55,17 @@ def whole_epochs(ranks, job) -> bool:
     to Python, which cost ~30 µs a batch of the per-batch loop (network B at 64 rows per rank: a
     tenth of an epoch) and a separate step of every parameter on every rank."""
     steps, batch_sum = job.steps, job.batch_sum
-    return ranks.everywhere(steps is not None and batch_sum is not None and batch_sum.shared is not None
-                            and steps.whole_epochs)
+    if not ranks.everywhere(steps is not None and batch_sum is not None and batch_sum.shared is not None
+                            and steps.whole_epochs):
+        return False
+    if ranks.everywhere(steps.ranks_ready()):
+        return True
+    # its kernel would compile first (~11 s, once per machine): longer than most fits gain, so this
+    # one loops per batch while the machine compiles it in the background for the next
+    if batch_sum.me == 0 and steps.ranks_later() and ranks.rank == 0:
+        logger.info("fit over MPI: the ranks' whole-epoch kernel is not compiled on this machine yet: this fit "
+                    "returns to Python at every batch; it compiles in the background for the next run")
+    return False
 
 
 def compiled_epoch(net, ranks, job, order, epoch, saved) -> tuple[float, int]:

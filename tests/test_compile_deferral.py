@@ -124,8 +124,36 @@ def test_the_background_switch_and_what_is_missing(cold, monkeypatch):
     assert numba_cache.start_background("float64") is False  # nothing missing
     assert numba_cache.start_background("float32") is True
     (command,), options = calls[0]
-    assert command[1:] == ["-m", "fastnn.backends.numba.cache", "float32"]
+    assert command[1:] == ["-m", "fastnn.backends.numba.cache", "float32", *numba_cache.PARTS]  # what it misses
     assert options["start_new_session"] and options["env"]["FASTNN_BACKGROUND_COMPILE"] == "0"
+
+
+def test_the_ranks_whole_epoch_compiles_for_mpi_alone_and_in_the_background(cold, monkeypatch):
+    from fastnn.backends.numba import epoch_shared
+    from fastnn.losses import get_loss
+
+    monkeypatch.setattr(epoch_shared, "_ranks_built", set())  # as in a new process
+    monkeypatch.setattr(numba_cache, "_spawned", [])  # (none running: earlier tests' are not this one's)
+    calls = []
+    monkeypatch.setattr(numba_cache.subprocess, "Popen", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setenv("FASTNN_BACKGROUND_COMPILE", "1")
+    assert numba_cache.RANKS not in numba_cache.PARTS  # neither warmup nor a job's background compile takes it
+    steps = {}
+    for defer in (True, False):
+        net = _net(fastnn.get_backend("numba", defer_compile=defer))
+        loss, opt = get_loss("cross_entropy"), fastnn.SGD(lr=0.1)
+        net.loss, net.optimizer = loss, opt
+        X, y = blobs(64, 20, 4)
+        T = np.eye(4, dtype=np.float32)[y]
+        trainer = net.backend.epoch_trainer(net, loss, opt)
+        steps[defer] = trainer.data_parallel(X.astype(np.float32), T, y.astype(np.int64), None, 8, 1)
+    assert steps[False].ranks_ready()  # no deferring: it compiles at the first epoch, saying so
+    assert not steps[True].ranks_ready()
+    assert steps[True].ranks_later() is True
+    (command,), _ = calls[0]
+    assert command[1:] == ["-m", "fastnn.backends.numba.cache", "float32", numba_cache.RANKS]
+    numba_cache.mark_cached(numba_cache.RANKS, "float32")  # as the background process does when done
+    assert steps[True].ranks_ready() and steps[True].ranks_later() is False
 
 
 def test_one_lock_holder_at_a_time(tmp_path):

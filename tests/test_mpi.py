@@ -268,8 +268,9 @@ def ran(tmp_path_factory):
     out = tmp_path_factory.mktemp("mpi")
     cases = {name: case for name, case in CASES.items() if case[5] != "numba" or NUMBA[0]}
     if NUMBA[0]:  # compiled (or loaded) here once, not by both ranks at once
-        from fastnn.backends.numba.epoch_shared import warmup
+        from fastnn.backends.numba.epoch_shared import warmup, warmup_ranks
         warmup()
+        warmup_ranks()
     done = _launch(out, WORKER, str(out), json.dumps(cases), str(BATCH), str(EPOCHS))
     assert done.returncode == 0, done.stdout + done.stderr
     reports = [json.loads((out / f"report_{rank}.json").read_text()) for rank in range(RANKS)]

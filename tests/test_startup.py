@@ -143,6 +143,6 @@ def test_a_cold_cache_trains_without_importing_numba(tmp_path):
     assert report["imported"] == [], report
     assert report["backend"] == "numba" and report["default"][0] == "numba", report
     assert "reference ops" in report["path"] and "compile in the background" in report["path"], report
-    assert report["started"] == [["-m", "fastnn.backends.numba.cache", "float32"]], report  # once
+    assert report["started"] == [["-m", "fastnn.backends.numba.cache", "float32", "epoch", "layers"]], report  # once
     limit = numba.config.NUMBA_NUM_THREADS  # numba's own rule, in this process (the same environment)
     assert f"num_threads must be an integer from 1 to {limit} (NUMBA_NUM_THREADS), got 0" in report["refused"]

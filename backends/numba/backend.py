@@ -258,12 +258,15 @@ class NumbaBackend(FusedOps):
         return epoch is None or not epoch.is_built(dtype.name)
 
     def warm(self, part: str, dtype: str) -> float:
-        """Compile (or load from the disk cache) one part of the kernels, ``"epoch"`` or ``"layers"``,
-        for ``dtype``, and record it as cached; returns the seconds it took."""
+        """Compile (or load from the disk cache) one part of the kernels, ``"epoch"``, ``"layers"``
+        or ``"ranks"`` (``cache.RANKS``), for ``dtype``, and record it as cached; returns the seconds it took."""
         started = time.perf_counter()
         if part == "epoch":
             from .epoch_shared import warmup as epoch_warmup  # the data-parallel step too (MPI)
             epoch_warmup((dtype,))  # marks the part as cached itself (fit builds through it too)
+        elif part == numba_cache.RANKS:
+            from .epoch_shared import warmup_ranks
+            warmup_ranks((dtype,))  # (marks it cached itself)
         else:
             warm_layers(self, np.dtype(dtype), _load_kernels())
             self._use_kernels(np.dtype(dtype))

@@ -42,9 +42,12 @@ from fastnn.files import atomic_writer
 from . import numba_cache_folders
 
 PARTS = ("epoch", "layers")
+#: A part only a data-parallel fit of ranks on one machine needs (``epoch_shared.warmup_ranks``):
+#: never compiled for others (``warmup``, a background compile of the parts a job missed).
+RANKS = "ranks"
 #: Seconds a cold compile of one part of one dtype takes, roughly (2 cores, Zen 3/4; AVX-512
 #: machines are faster): what a job must outlast before waiting for a compile pays.
-COMPILE_SECONDS = {"epoch": 13.0, "layers": 10.0}
+COMPILE_SECONDS = {"epoch": 13.0, "layers": 10.0, RANKS: 11.0}
 LOCK, LOG = "background-compile.lock", "background-compile.json"
 #: The background compile waits this long at most for the job that started it to end (a short
 #: script: until it ends; a long session: a minute, then it compiles beside it, at idle priority).
@@ -255,17 +258,17 @@ def background_enabled():
     return switched_on("FASTNN_BACKGROUND_COMPILE")
 
 
-def start_background(dtype):
-    """Compile the parts of ``dtype`` that are not cached yet in a process of their own, at idle
+def start_background(dtype, parts=PARTS):
+    """Compile the ``parts`` of ``dtype`` that are not cached yet in a process of their own, at idle
     priority; returns True when one was started (not when switched off or nothing is missing)."""
-    missing = [part for part in PARTS if cacheable(part) and not is_cached(part, dtype)]
+    missing = [part for part in parts if cacheable(part) and not is_cached(part, dtype)]
     if not missing or not background_enabled() or _running_here(dtype):
         return False
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", FASTNN_BACKGROUND_COMPILE="0",
                FASTNN_COMPILE_AFTER_PID=str(os.getpid()))
     try:
         _spawned.append((dtype, subprocess.Popen(
-            [sys.executable, "-m", "fastnn.backends.numba.cache", dtype], env=env, stdin=subprocess.DEVNULL,
+            [sys.executable, "-m", "fastnn.backends.numba.cache", dtype, *missing], env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)))
     except OSError:
         return False
@@ -336,8 +339,8 @@ def _alive(pid):
     return True
 
 
-def _compile(dtype):
-    """The background process: compile what ``dtype`` misses, then log the CPU seconds spent.
+def _compile(dtype, parts=PARTS):
+    """The background process: compile the ``parts`` ``dtype`` misses, then log the CPU seconds spent.
     It first waits (``PARENT_WAIT_S`` at most) for the job that started it to end: at idle
     priority it still slowed a 4 s script by ~25% on 2 cores (their vCPUs share a core's units)."""
     _idle_priority()
@@ -353,7 +356,7 @@ def _compile(dtype):
 
         started, done = time.perf_counter(), []
         backend = get_backend("numba", num_threads=1)
-        for part in PARTS:
+        for part in parts:
             if cacheable(part) and not is_cached(part, dtype):
                 backend.warm(part, dtype)
                 done.append(part)
@@ -366,4 +369,4 @@ def _compile(dtype):
 
 
 if __name__ == "__main__":
-    sys.exit(_compile(sys.argv[1]))
+    sys.exit(_compile(sys.argv[1], tuple(sys.argv[2:]) or PARTS))

@@ -64,20 +64,22 @@ def _upd_tile(mk, nv):
     """The update of W[k0:k1, nv vectors from j0] with dW[k, j] = Σ_{r0<=r<r1} A[row r, k] · D[r, j], mk rows of W
     at a time.
 
-    Plain SGD (``sgd``): D holds −lr·dZ already, so W ← keep·W + Σ_r A·D in registers
-    (keep = 1 − lr·weight_decay). Otherwise dW's rows k0:k1 go to the scratch G, row after row, for
-    ``update``'s call of the optimizer step (one call there: inside each tile it made its code once per tile).
+    ``mode`` ``TO_P``: P ← keep·P + Σ_r A·D in registers (plain SGD: D holds −lr·dZ already, keep =
+    1 − lr·weight_decay; the data-parallel gradient: P is the gradient buffer, keep 1, D dZ).
+    ``NEW_P``: P ← Σ_r A·D (the gradient buffer's first chunk of rows). ``TO_G``: dW's rows k0:k1 go to
+    the scratch G, row after row, for ``update``'s call of the optimizer step (one call there: inside
+    each tile it made its code once per tile).
     """
     out = ["@njit(**_JIT)",
            f"def upd_{mk}x{nv}(A, abase, rows, astride, r0, r1, k0, k1, D, dbase, ldd, j0, P, pbase, ldw,"
-           " sgd, keep, G, gbase):",
+           " mode, keep, G, gbase):",
            "    VW = vwidth(D)",
            "    zero, c = vsplat(D, 0.0), vsplat(D, keep)",
            "    far = r1 - r0 >= PREFETCH_ROWS",
            f"    for k in range(k0, k1, {mk}):",
            "        o = pbase + k * ldw + j0",
            "        ahead = far and k + PREFETCH < astride  # past the row's end: another row, not the next one",
-           "        if sgd:"]
+           "        if mode == TO_P:"]
     for m in range(mk):
         out += ["            " + "; ".join(f"a{m}_{v} = vmul(c, vload(P, o + {m} * ldw + {v} * VW))"
                                           for v in range(nv))]
@@ -92,7 +94,7 @@ def _upd_tile(mk, nv):
     for m in range(mk):
         out += [f"            s = vbroadcast(A, p + {m})",
                 "            " + "; ".join(f"a{m}_{v} = vfma(s, d{v}, a{m}_{v})" for v in range(nv))]
-    out += ["        if sgd:"]
+    out += ["        if mode != TO_G:"]
     out += ["            " + "; ".join(f"vstore(P, o + {m} * ldw + {v} * VW, a{m}_{v})" for v in range(nv))
             for m in range(mk)]
     out += ["        else:"]
@@ -134,7 +136,7 @@ def _step_tile():
             test = "if" if i == 0 else "elif" if i < len(WIDTHS) - 1 else "else"
             lines += [f"    {test} nv == {nv}:" if test != "else" else "    else:",
                       f"        upd_{mk}x{nv}(A, abase, rows, astride, rt(0), nrows, t0, kn, D, dbase, ldd, v * VW,"
-                      " P, pbase, ldw, sgd, keep, G, gbase)"]
+                      " P, pbase, ldw, rt(TO_G), keep, G, gbase)"]
     return lines
 
 
@@ -180,8 +182,8 @@ def source(cache=True):
     for mk, placeholder in ((MK, "MK"), (1, "1")):
         bounds = "k0, kmain" if mk == MK else "kmain, k1"
         drivers = _filled(drivers, f"# <<UPDATE {placeholder}>>", _indent(_dispatch(
-            f"upd_{mk}x", f"A, abase, rows, astride, r0, r1, {bounds}, D, dbase, ldd, v * VW, P, pbase, "
-            "ldw, sgd, keep, G, gbase"), 12))
+            f"upd_{mk}x", f"A, abase, rows, astride, r0, r1, {bounds}, D, dbase, ldd, v * VW, dest, pbase, "
+            "ldw, mode, keep, G, gbase"), 12))
     drivers = _filled(drivers, "# <<STEP TILE>>", _indent(_step_tile(), 12))
     drivers = _filled(drivers, "WIDEST_FITTING", _widest("v + NV <= v1"))
     drivers = _filled(drivers, "# <<FORWARD>>", _indent(

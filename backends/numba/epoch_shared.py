@@ -18,11 +18,15 @@ returning to Python per batch).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from fastnn.notices import waiting
+
+from . import cache as numba_cache
 from . import epoch_codegen as codegen
 from . import epoch_ops
 from .epoch import LONG_WAIT_CYCLES, _read_only
@@ -105,6 +109,19 @@ class DataParallelSteps:
         staged X is gathered and converted in Python, batch by batch)."""
         return self.P == 1 and not self.staged
 
+    def ranks_ready(self) -> bool:
+        """Whether :meth:`ranks_epoch` starts without a compile: its kernel is built in this process or
+        in the disk cache; or compiling was not to be deferred (``FASTNN_DEFER_COMPILE=0``: it then
+        compiles at its first call, saying so)."""
+        name = self.dtype.name
+        return (name in _ranks_built or numba_cache.is_cached(numba_cache.RANKS, name)
+                or not self.trainer.net.backend.defer_compile)
+
+    def ranks_later(self) -> bool:
+        """Start compiling :meth:`ranks_epoch`'s kernel in the background, for the next run (once per
+        machine: ~11 s, longer than most fits would gain); True when a compile was started."""
+        return numba_cache.start_background(self.dtype.name, (numba_cache.RANKS,))
+
     def state(self) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
         """The flat parameters and the two optimizer slots the steps hold between
         :meth:`begin_epoch` and :meth:`end_epoch` (the slots one value long where the rule has none)."""
@@ -129,6 +146,12 @@ class DataParallelSteps:
                 and sync.shape[0] >= 8 * (ranks + 2) and sync.flags.c_contiguous and sync.flags.writeable):
             raise ValueError(f"data-parallel steps: sync must be a writable, C-contiguous 1-D int64 array of at "
                              f"least {8 * (ranks + 2)} values")
+        if self.dtype.name not in _ranks_built:  # (loaded from the cache: silent; a compile: said, on rank 0)
+            told = waiting(f"numba: compiling the data-parallel epoch for {self.dtype.name} (once per machine, "
+                           f"about {numba_cache.COMPILE_SECONDS[numba_cache.RANKS]:.0f} s)...") if rank == 0 \
+                else contextlib.nullcontext()
+            with told:
+                warmup_ranks((self.dtype.name,))
         out = buf.out[0]
         kern.ranks_epoch(self.X.reshape(-1), self.T.reshape(-1), self.labels,
                          _read_only(np.ascontiguousarray(order, dtype=np.int64)), self.trainer._ids_for(self.n),
@@ -175,7 +198,24 @@ def warmup(dtypes=("float32", "float64")) -> None:
     for dtype in dtypes:
         flat = np.zeros(1, dtype=dtype)
         kern.apply_gradient(flat, flat, flat, flat, lay, np.zeros(epoch_ops.H_WIDTH))
+
+
+#: dtypes whose ``ranks_epoch`` this process has compiled or loaded
+_ranks_built: set[str] = set()
+
+
+def warmup_ranks(dtypes=("float32", "float64")) -> None:
+    """Compile (or load from the disk cache) ``ranks_epoch``, the whole epoch of the ranks of one
+    machine, and record it as cached: apart from ``warmup`` (only an MPI fit needs it, and its
+    compile, which links and so optimizes the whole epoch again, takes as long as the epoch's own)."""
+    kern = codegen.load()
+    lay = np.zeros(kern.REC0 + kern.REC + 1, dtype=np.int64)
+    lay[kern.H_L] = 1
+    for dtype in dtypes:
+        flat = np.zeros(1, dtype=dtype)
         data, ints, h = _read_only(flat), np.zeros(1, dtype=np.int64), np.zeros(epoch_ops.H_WIDTH)
         rows, no_rows = _read_only(ints), _read_only(ints[:0])  # (an empty order: no batch to run)
         kern.ranks_epoch(data, data, rows, no_rows, rows, _read_only(np.zeros(0)), 1, 0, flat, flat, flat, flat, 0,
                          flat, flat, ints, lay, h, h, ints, np.zeros(8), ints, 0, 1)
+        _ranks_built.add(np.dtype(dtype).name)
+        numba_cache.mark_cached(numba_cache.RANKS, np.dtype(dtype).name)

@@ -44,7 +44,8 @@ _INLINE = dict(_JIT, inline="always")
 MR = 0  # rows of the batch per tile (set by the generator)
 MK = 0  # rows of W per update tile (set by the generator)
 DK = 0  # columns of dX per dX tile (set by the generator)
-ROW_CHUNK = 64  # rows of the batch per pass of a plain SGD update
+ROW_CHUNK = 64  # rows of the batch per pass of a plain SGD update (and of a data-parallel gradient)
+TO_P, NEW_P, TO_G = range(3)  # an update tile's modes: add to P, overwrite P, write the scratch G
 # dX of a layer with at most DX_VIA_FORWARD_NV output vectors, for at least DX_VIA_FORWARD_ROWS rows of
 # the batch: forward tiles on Wᵀ (fewer rows: transposing W's block each batch costs more than it saves;
 # more vectors: the dX tiles' horizontal sums are then few enough)
