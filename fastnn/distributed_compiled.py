@@ -59,7 +59,9 @@ def whole_epochs(ranks, job) -> bool:
                             and steps.whole_epochs):
         return False
     if ranks.everywhere(steps.ranks_ready()):
-        return True
+        ranks.run(steps.join_ranks, batch_sum.slots, batch_sum.stride, batch_sum.shared, batch_sum.sync,
+                  batch_sum.me, batch_sum.here)
+        return ranks.everywhere(ranks.error is None)  # (a rank that failed: raised at the next agreement)
     # its kernel would compile first (~11 s, once per machine): longer than most fits gain, so this
     # one loops per batch while the machine compiles it in the background for the next
     if batch_sum.me == 0 and steps.ranks_later() and ranks.rank == 0:
@@ -119,8 +121,7 @@ def _whole_epoch(ranks, job, order, epoch) -> tuple[float, int]:
             for shared, mine in zip(batch_sum.shared, own):
                 shared[:len(mine)] = mine
         batch_sum.meet()
-        loss, correct, bad = steps.ranks_epoch(order, batch_sum.slots, batch_sum.stride, batch_sum.shared,
-                                               batch_sum.sync, batch_sum.me, batch_sum.here)
+        loss, correct, bad = steps.ranks_epoch(order)
         for shared, mine in zip(batch_sum.shared, own):
             mine[:] = shared[:len(mine)]
         batch_sum.meet()  # every rank took its copy before the next epoch puts the state there

@@ -123,6 +123,8 @@ def _two_ranks_whole(net_factory, X, y, w, optimizer, batch, epochs):
     slots = np.zeros(RANKS * stride, dtype=nets[0].dtype)
     shared = tuple(np.zeros(len(a), dtype=nets[0].dtype) for a in steps[0].state())
     sync = np.zeros(8 * (RANKS + 2), dtype=np.int64)
+    for rank, s in enumerate(steps):
+        s.join_ranks(slots, stride, shared, sync, rank, RANKS)
     sums = []
     for _ in range(epochs):
         for s in steps:
@@ -132,7 +134,7 @@ def _two_ranks_whole(net_factory, X, y, w, optimizer, batch, epochs):
         results = [None] * RANKS
 
         def rank_runs(rank):
-            results[rank] = steps[rank].ranks_epoch(np.arange(len(y)), slots, stride, shared, sync, rank, RANKS)
+            results[rank] = steps[rank].ranks_epoch(np.arange(len(y)))
 
         workers = [threading.Thread(target=rank_runs, args=(rank,)) for rank in range(RANKS)]
         for worker in workers:
@@ -174,11 +176,18 @@ def test_whole_epochs_need_one_thread_and_x_passed_whole():
         steps = trainer.data_parallel(Xh, T, y.astype(np.int64), None, 16, threads)
         assert steps.P == threads and steps.whole_epochs == whole  # (float64 X: converted per batch)
     steps = trainer.data_parallel(X, T, y.astype(np.int64), None, 16, 1)
-    steps.begin_epoch()
     with pytest.raises(RuntimeError, match="needs one thread"):
-        steps.ranks_epoch(np.arange(1611), np.zeros(2 * steps.size, np.float32), steps.size, steps.state(),
-                          np.zeros(32, np.int64), 0, 2)
-    steps.end_epoch()
+        steps.join_ranks(np.zeros(2 * steps.size, np.float32), steps.size, steps.state(), np.zeros(32, np.int64), 0, 2)
+    whole = trainer.data_parallel(X.astype(np.float32), T, y.astype(np.int64), None, 16, 1)
+    with pytest.raises(RuntimeError, match="before join_ranks"):
+        whole.ranks_epoch(np.arange(1611))
+    buffers = dict(slots=np.zeros(2 * whole.size, np.float32), stride=whole.size, shared=whole.state(),
+                   sync=np.zeros(32, np.int64), rank=0, ranks=2)
+    for name, bad, message in (("slots", np.zeros(whole.size, np.float32), "slots buffer must be"),
+                               ("shared", (whole.state()[0][:-1],) + whole.state()[1:], "shared state must be"),
+                               ("sync", np.zeros(31, np.int64), "sync must be")):
+        with pytest.raises(ValueError, match=message):
+            whole.join_ranks(**{**buffers, name: bad})
 
 
 @pytest.mark.parametrize("bad", ["float64", "short", "strided", "read-only", "list"])

@@ -124,6 +124,25 @@ WORKER = COMMON + textwrap.dedent("""
         except Exception as error:
             report["mixed_threads"] = f"{type(error).__name__}: {error}"
 
+    # the whole-epoch set-up failing on rank 1 alone (its buffers, its compile): every rank raises, no
+    # rank waits at the kernel's barriers for it
+    if "numba_sgd64" in cases:
+        from fastnn.backends.numba import epoch_shared
+        joins = epoch_shared.DataParallelSteps.join_ranks
+
+        def join_fails_on_rank_1(self, *args):
+            if rank == 1:
+                raise MemoryError("no room to join on rank 1")
+            return joins(self, *args)
+
+        epoch_shared.DataParallelSteps.join_ranks = join_fails_on_rank_1
+        try:
+            net("float64", backend="numba").fit(*data(23)[:2], epochs=2, batch_size=batch, comm=comm)
+            report["join_error"] = None
+        except RuntimeError as error:
+            report["join_error"] = str(error)
+        epoch_shared.DataParallelSteps.join_ranks = joins
+
     # a fit that diverges: its traceback's frames (as a debugger reads them) hold views of the
     # shared window, which must still be there (a freed one crashes the process here)
     diverging = {"numpy": "numpy", **({"numba": "numba"} if "numba_sgd64" in cases else {})}
@@ -317,6 +336,14 @@ def test_a_whole_epoch_per_call_gives_the_weights_of_the_per_batch_loop(ran):
         assert report["whole_epoch_path"] == "compiled epoch, one native call per epoch, over 2 MPI ranks (data parallel)"
         assert report["per_batch_path"] == "compiled epoch, one native call per batch, over 2 MPI ranks (data parallel)"
         assert report["whole_epoch_equal"] is True
+
+
+def test_a_whole_epoch_set_up_failing_on_one_rank_raises_on_every_rank(ran):
+    if not NUMBA[0]:
+        pytest.skip(f"numba backend unavailable: {NUMBA[1]}")
+    _, reports = ran
+    for report in reports:
+        assert "rank 1" in report["join_error"] and "no room to join on rank 1" in report["join_error"]
 
 
 def test_the_batch_sum_adds_every_ranks_buffer_on_one_machine_and_across_machines(tmp_path):

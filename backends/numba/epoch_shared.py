@@ -56,6 +56,7 @@ class DataParallelSteps:
         self.size, self.dtype = trainer.layout.params.shape[0], np.dtype(trainer.dtype)
         self._none = aligned(1, trainer.dtype)
         self._h = aligned(self.P * epoch_ops.H_WIDTH, np.float64).reshape(self.P, epoch_ops.H_WIDTH)
+        self._ranks: tuple[Any, ...] | None = None  # what join_ranks set up for ranks_epoch
 
     def begin_epoch(self) -> None:
         """The model's parameters, optimizer state and this epoch's Dropout masks into the buffers."""
@@ -128,18 +129,16 @@ class DataParallelSteps:
         layout = self.trainer.layout
         return layout.params, layout.S1, layout.S2
 
-    def ranks_epoch(self, order: NDArray[Any], slots: NDArray[Any], stride: int,
-                    shared: tuple[NDArray[Any], NDArray[Any], NDArray[Any]], sync: NDArray[Any], rank: int,
-                    ranks: int) -> tuple[float, int, int]:
-        """A whole epoch of ``order`` as rank ``rank`` of ``ranks`` on one machine, every rank calling
-        this at once (the kernel ``ranks_epoch``: its barriers wait for them all), on ``shared``
-        (parameters and optimizer slots, holding the model's state), ``slots`` (rank k's gradient at
-        ``k × stride``) and ``sync`` (zero at the fit's start), all in memory the ranks share.
-        Returns ``(loss sum, correct, bad)`` of this rank's rows: ``bad`` ≥ 0, the global batch whose
-        loss was NaN/inf on some rank (none of it applied), else -1. Needs :attr:`whole_epochs`."""
+    def join_ranks(self, slots: NDArray[Any], stride: int, shared: tuple[NDArray[Any], NDArray[Any], NDArray[Any]],
+                   sync: NDArray[Any], rank: int, ranks: int) -> None:
+        """Make :meth:`ranks_epoch` run as rank ``rank`` of ``ranks`` on one machine, on ``shared``
+        (parameters and optimizer slots: the model's state goes there before each epoch), ``slots``
+        (rank k's gradient at ``k × stride``) and ``sync`` (zero), all in memory the ranks share; the
+        buffers checked and the kernel compiled (told, on rank 0) or loaded here, so that nothing of
+        an epoch can fail on one rank alone while the others wait at its barriers. Needs
+        :attr:`whole_epochs`."""
         if not self.whole_epochs:
             raise RuntimeError("data-parallel steps: a whole epoch per call needs one thread and X passed whole")
-        kern, buf = self.kern, self.trainer.layout
         params, S1, S2 = (self._checked_flat(a, len(own), "shared state") for a, own in zip(shared, self.state()))
         slots = self._checked_flat(slots, (ranks - 1) * stride + self.size, "slots buffer")
         if not (isinstance(sync, np.ndarray) and sync.dtype == np.int64 and sync.ndim == 1
@@ -152,11 +151,22 @@ class DataParallelSteps:
                 else contextlib.nullcontext()
             with told:
                 warmup_ranks((self.dtype.name,))
+        self._ranks = (params, S1, S2, slots, int(stride), sync, int(rank), int(ranks))
+
+    def ranks_epoch(self, order: NDArray[Any]) -> tuple[float, int, int]:
+        """A whole epoch of ``order`` as :meth:`join_ranks` set it up, every rank calling this at once
+        (the kernel ``ranks_epoch``: its barriers wait for them all). Returns ``(loss sum, correct,
+        bad)`` of this rank's rows: ``bad`` ≥ 0, the global batch whose loss was NaN/inf on some rank
+        (none of it applied), else -1."""
+        if self._ranks is None:
+            raise RuntimeError("data-parallel steps: ranks_epoch before join_ranks")
+        params, S1, S2, slots, stride, sync, rank, ranks = self._ranks
+        kern, buf = self.kern, self.trainer.layout
         out = buf.out[0]
         kern.ranks_epoch(self.X.reshape(-1), self.T.reshape(-1), self.labels,
                          _read_only(np.ascontiguousarray(order, dtype=np.int64)), self.trainer._ids_for(self.n),
-                         self.wts, self.bs, self.size, params, S1, S2, slots, int(stride), self._none, buf.work,
-                         buf.iwork, buf.lay, self._h[0], buf.h[0], buf.sync, out, sync, int(rank), int(ranks))
+                         self.wts, self.bs, self.size, params, S1, S2, slots, stride, self._none, buf.work,
+                         buf.iwork, buf.lay, self._h[0], buf.h[0], buf.sync, out, sync, rank, ranks)
         self.steps += int(out[kern.OUT_APPLIED])
         return float(out[kern.OUT_LOSS]), int(out[kern.OUT_CORRECT]), int(out[kern.OUT_BAD])
 
