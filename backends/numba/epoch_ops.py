@@ -1,6 +1,6 @@
 """The compiled epoch's element-wise pieces, generated from the op tables: ``act`` / ``act_grad``
-(one branch per activation of ``fastnn.ops.activations``), ``apply_step`` (one branch per update
-rule of ``fastnn.ops.optimizers``), ``step_scalars`` and the codes, in SIMD vectors
+(one branch per activation of ``fastnn.ops.activations``), ``apply_step`` and ``apply_summed_step``
+(one branch per update rule of ``fastnn.ops.optimizers``), ``step_scalars`` and the codes, in SIMD vectors
 (``simd.py``). ``epoch_codegen`` puts this text where the template says ``# <<OPS>>``."""
 from __future__ import annotations
 
@@ -72,8 +72,11 @@ def _activations():
             *head, *_branches(grad, 4)]
 
 
-def _apply_step():
+def _apply_step(summed=False):
+    """``apply_step``; ``summed``: ``apply_summed_step``, whose gradient is the sum of ``parts``
+    blocks ``gstride`` apart in G (the ranks' slots), added in their order as it goes."""
     cases = []
+    load = "vload(G, gbase + (m * nv + v) * VW)"
     for rule in optimizers.RULES:
         inputs = {name: var(f"h_{name}") for name in rule.inputs}
         slots = {name: var(f"s_{name}") for name in rule.slots}
@@ -83,19 +86,26 @@ def _apply_step():
                 for i, name in enumerate(rule.inputs)]
         body += ["for m in range(rows):", "    for v in range(nv):",
                  "        o = pbase + m * ldp + v * VW",
-                 "        g = vload(G, gbase + (m * nv + v) * VW)",
+                 f"        g = {load}",
+                 *(["        for k in range(1, parts):",
+                    f"            g = vadd(g, {load.replace('gbase', 'gbase + k * gstride')})"] if summed else []),
                  "        w = vload(P, o)",
                  *[f"        s_{name} = vload(S{i + 1}, o)" for i, name in enumerate(rule.slots)],
                  *[f"        {n} = {t}" for n, t in statements],
                  *[f"        vstore(S{i + 1}, o, {out[name]})" for i, name in enumerate(rule.slots)],
                  f"        vstore(P, o, {out['w']})"]
         cases.append((rule.code, rule.name, body))
-    cases.append((OPT_GRADIENT, "the gradient itself, into S1", [
-        "for m in range(rows):", "    for v in range(nv):",
-        "        vstore(S1, pbase + m * ldp + v * VW, vload(G, gbase + (m * nv + v) * VW))"]))
-    return ["@njit(**_JIT)", "def apply_step(P, S1, S2, pbase, ldp, G, gbase, rows, nv, h, decays):",
-            '    """The optimizer step on the block P[rows, nv vectors] from the gradient block G (rows of nv',
-            '    vectors, contiguous); ``decays``: weight decay applies here (weights, not biases)."""',
+    if summed:
+        head = ["def apply_summed_step(P, S1, S2, pbase, ldp, G, gbase, gstride, parts, rows, nv, h, decays):",
+                '    """``apply_step`` from the gradient Σ_k G[gbase + k·gstride + ...] over k < parts."""']
+    else:
+        cases.append((OPT_GRADIENT, "the gradient itself, into S1", [
+            "for m in range(rows):", "    for v in range(nv):",
+            f"        vstore(S1, pbase + m * ldp + v * VW, {load})"]))
+        head = ["def apply_step(P, S1, S2, pbase, ldp, G, gbase, rows, nv, h, decays):",
+                '    """The optimizer step on the block P[rows, nv vectors] from the gradient block G (rows of nv',
+                '    vectors, contiguous); ``decays``: weight decay applies here (weights, not biases)."""']
+    return ["@njit(**_JIT)", *head,
             "    VW = vwidth(P)",
             "    like = P",
             "    code = int(h[HY_KIND])",
@@ -134,4 +144,5 @@ def constants():
 
 def source():
     """The generated functions' text."""
-    return "\n\n\n".join("\n".join(block) for block in (_activations(), _apply_step(), _step_scalars())) + "\n"
+    return "\n\n\n".join("\n".join(block) for block in (_activations(), _apply_step(), _apply_step(summed=True),
+                                                        _step_scalars())) + "\n"

@@ -281,5 +281,5 @@ def apply_gradient(params, S1, S2, G, lay, h):
     data-parallel step, after the processes summed their shares (epoch's OPT_GRADIENT calls)."""
     t = h[HY_T0] + 1
     step_scalars(h, t)
-    _step_range(params, S1, S2, G, lay, h, rt(0), params.shape[0])
+    _step_range(params, S1, S2, G, rt(0), rt(1), lay, h, rt(0), params.shape[0])
     h[HY_T0] = t
