@@ -60,7 +60,7 @@ import numpy as np
 from . import notices
 from . import validation as check
 from .history import History
-from .distributed_compiled import compiled_epoch, compiled_steps, diverged, whole_epochs
+from .distributed_compiled import compiled_epoch, compiled_steps, could_run_whole_epochs, diverged, whole_epochs
 from .mpi_ranks import Ranks, share
 from .mpi_sum import BatchSum
 
@@ -160,10 +160,11 @@ def _train(net, ranks, job) -> History:
         # after the checkpoint: the steps take the optimizer (and its state) it gave the model
         job.steps = compiled_steps(net, ranks, job, job.epochs - first_epoch, machine.Get_size())
         job.device = ranks.everywhere(device_buffers(net.backend))  # the same way on every rank
+        could = not job.device and could_run_whole_epochs(ranks, job, machine.Get_size())
         job.batch_sum = None if job.device else BatchSum(
             ranks, _gradient_values(net, job) + 2, net.dtype, machine,  # the gradients, two flags
-            state=0 if job.steps is None else job.steps.size)
-        job.whole_epochs = whole_epochs(ranks, job)
+            state=job.steps.size if could else 0)  # (room for the parameters only where they go there)
+        job.whole_epochs = could and whole_epochs(ranks, job)
         history.path = path_in_words(ranks.size, job.steps is not None, job.whole_epochs)
         if loud:
             print(f"fit: backend {net.backend.name}, {history.path}", file=sys.stderr)
@@ -172,6 +173,8 @@ def _train(net, ranks, job) -> History:
     # the shared window among them (a debugger reading them after a free would crash); after an
     # error the window stays until MPI finalizes.
     if job.batch_sum is not None:
+        if job.whole_epochs:
+            job.steps.leave_ranks()  # (its views of the window go first)
         job.batch_sum.free()
     machine.Free()
     return history

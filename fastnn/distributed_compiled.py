@@ -48,26 +48,37 @@ def _local_steps(net, job, epochs_left, threads):
     return trainer.data_parallel(job.X, job.T, job.labels, job.weights, job.batch_size, threads)
 
 
-def whole_epochs(ranks, job) -> bool:
-    """Collective: whether every epoch runs as one native call per rank (``ranks_epoch``): every
-    rank on one machine with the shared window's state (``BatchSum.shared``), one thread per rank,
-    X passed whole. The batches then sum and step in the window with spin barriers, never returning
-    to Python, which cost ~30 µs a batch of the per-batch loop (network B at 64 rows per rank: a
-    tenth of an epoch) and a separate step of every parameter on every rank."""
-    steps, batch_sum = job.steps, job.batch_sum
-    if not ranks.everywhere(steps is not None and batch_sum is not None and batch_sum.shared is not None
-                            and steps.whole_epochs):
+def could_run_whole_epochs(ranks, job, ranks_here) -> bool:
+    """Collective: whether every epoch could run as one native call per rank (``ranks_epoch``): every
+    rank on one machine, one thread per rank, X passed whole, the kernel compiled (or loaded) on
+    this machine; where only the compile is missing, it starts in the background for the next run.
+    The batches then sum and step in the window with spin barriers, never returning to Python, which
+    cost ~30 µs a batch of the per-batch loop (network B at 64 rows per rank: a tenth of an epoch)
+    and a separate step of every parameter on every rank."""
+    steps = job.steps
+    if not ranks.everywhere(steps is not None and steps.whole_epochs and ranks_here == ranks.size):
         return False
     if ranks.everywhere(steps.ranks_ready()):
-        ranks.run(steps.join_ranks, batch_sum.slots, batch_sum.stride, batch_sum.shared, batch_sum.sync,
-                  batch_sum.me, batch_sum.here)
-        return ranks.everywhere(ranks.error is None)  # (a rank that failed: raised at the next agreement)
-    # its kernel would compile first (~11 s, once per machine): longer than most fits gain, so this
-    # one loops per batch while the machine compiles it in the background for the next
-    if batch_sum.me == 0 and steps.ranks_later() and ranks.rank == 0:
-        logger.info("fit over MPI: the ranks' whole-epoch kernel is not compiled on this machine yet: this fit "
-                    "returns to Python at every batch; it compiles in the background for the next run")
+        return True
+    # its kernel would compile first (~11 s, once per machine): longer than most fits gain
+    if ranks.rank == 0:
+        later = ("it compiles in the background for the next run" if steps.ranks_later() else
+                 "FASTNN_DEFER_COMPILE=0 compiles it at the start of a fit")
+        logger.info(f"fit over MPI: the ranks' whole-epoch kernel is not compiled on this machine yet: this fit "
+                    f"returns to Python at every batch; {later}")
     return False
+
+
+def whole_epochs(ranks, job) -> bool:
+    """Collective, after ``could_run_whole_epochs`` and the window: True when every rank joined the
+    whole epochs (``steps.join_ranks``: the window holds the state; the buffers checked, the kernel
+    loaded); a rank that failed makes every rank loop per batch, and raise at its first agreement."""
+    batch_sum, steps = job.batch_sum, job.steps
+    if not ranks.everywhere(batch_sum.shared is not None):  # (no room for the state in /dev/shm)
+        return False
+    ranks.run(steps.join_ranks, batch_sum.slots, batch_sum.stride, batch_sum.shared, batch_sum.sync,
+              batch_sum.me, batch_sum.here)
+    return ranks.everywhere(ranks.error is None)
 
 
 def compiled_epoch(net, ranks, job, order, epoch, saved) -> tuple[float, int]:

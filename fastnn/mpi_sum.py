@@ -11,7 +11,8 @@ Every rank reads the same total, added in the same order, so the weights stay id
 
 ``FASTNN_MPI_SHARED_SUM=0`` turns the shared window off (a plain Allreduce per batch). So does a
 ``/dev/shm`` with too little free room for it (a container's default is 64 MB; the window takes
-ranks-on-the-machine + 1 times the gradient's bytes), with a warning: MPI libraries on Linux keep
+ranks-on-the-machine + 1 times the gradient's bytes, and, for ranks that run whole epochs in it,
+three times the parameters' more where there is room), with a warning: MPI libraries on Linux keep
 the window there, and a page they cannot back ends the process with SIGBUS, not an error.
 """
 from __future__ import annotations
@@ -67,9 +68,12 @@ class BatchSum:
         here, me = node.Get_size(), node.Get_rank()
         slot = -(-self.size * self.dtype.itemsize // ALIGN) * ALIGN
         one_machine = comm.Get_size() == here > 1
-        state_bytes = -(-int(state) * self.dtype.itemsize // ALIGN) * ALIGN if one_machine else 0
-        sync_bytes = 8 * 8 * (here + 2) if state_bytes else 0
-        window_bytes = (here + 1) * slot + 3 * state_bytes + sync_bytes + ALIGN
+        state_bytes = -(-int(state) * self.dtype.itemsize // ALIGN) * ALIGN
+        # the state only where every rank is on one machine and there is room for it too (without it,
+        # the sum still goes through the window)
+        if not ranks.everywhere(one_machine and room_for(self._bytes(here, slot, state_bytes), warn=False)):
+            state_bytes = 0
+        window_bytes = self._bytes(here, slot, state_bytes)
         switched_on = os.environ.get(SHARED_SUM, "").strip() != "0"
         fits = here == 1 or room_for(window_bytes, warn=me == 0)  # (one warning per machine)
         wanted = ranks.everywhere(switched_on and fits)  # every rank takes the same way
@@ -102,13 +106,23 @@ class BatchSum:
                 self.shared = tuple(raw[at + k * state_bytes: at + k * state_bytes + int(state) * self.dtype.itemsize]
                                     .view(self.dtype) for k in range(3))  # type: ignore[assignment]
                 at += 3 * state_bytes
-                self.sync = raw[at: at + sync_bytes].view(np.int64)
+                self.sync = raw[at: at + self._sync_bytes(here)].view(np.int64)
                 if me == 0:
                     self.sync[:] = 0
                 self.meet()  # the counts zero before any rank reads them
             self._lo, self._hi = self.size * me // here, self.size * (me + 1) // here
         if not self._plain and comm.Get_size() > here:  # other machines: their totals through the leaders
             self.leaders = comm.Split(0 if me == 0 else MPI.UNDEFINED, comm.Get_rank())
+
+    @staticmethod
+    def _sync_bytes(here: int) -> int:
+        return 8 * 8 * (here + 2)  # a cache line of int64 per rank, and two more (see ``sync``)
+
+    @classmethod
+    def _bytes(cls, here: int, slot: int, state_bytes: int) -> int:
+        """The window's bytes: a slot per rank and the total, the state and ``sync`` (where asked),
+        and room to align the first slot."""
+        return (here + 1) * slot + (3 * state_bytes + cls._sync_bytes(here) if state_bytes else 0) + ALIGN
 
     def sum(self) -> np.ndarray:
         """Collective: ``total`` = every rank's ``mine`` added (returned)."""

@@ -104,7 +104,7 @@ def test_two_shares_summed_train_as_one_process_at_twice_the_batch(name, threads
     assert got.optimizer.t == one.optimizer.t  # Adam's bias corrections count the same steps
 
 
-def _two_ranks_whole(net_factory, X, y, w, optimizer, batch, epochs):
+def _two_ranks_whole(net_factory, X, y, w, optimizer, batch, epochs, results_of=None):
     """As ``_two_ranks``, each epoch one ``ranks_epoch`` call per "rank", the two on two threads at
     once (the kernel releases the GIL), on parameters, slots and barrier counts they share as the
     ranks of one machine share ``fastnn.mpi_sum``'s window."""
@@ -141,7 +141,10 @@ def _two_ranks_whole(net_factory, X, y, w, optimizer, batch, epochs):
             worker.start()
         for worker in workers:
             worker.join()
-        assert all(result is not None and result[2] == -1 for result in results)
+        if results_of is not None:
+            results_of.append((list(results), sync.copy()))
+        else:
+            assert all(result is not None and result[2] == -1 for result in results)
         for s, net in zip(steps, nets):
             for own, values in zip(s.state(), shared):
                 own[:] = values[:len(own)]
@@ -165,6 +168,35 @@ def test_whole_epochs_of_ranks_sharing_memory_step_as_the_per_batch_sum(name):
     assert whole.optimizer.t == per_batch.optimizer.t
 
 
+@pytest.mark.parametrize("rows, batch", [(97, 16), (300, 80)])
+def test_whole_epochs_of_ranks_over_empty_weightless_and_long_shares_train_as_one_process(rows, batch):
+    # 97 rows at 2 x 16: the last global batch of 1 row leaves rank 1 none, and rows 32-63 (global
+    # batch 1) weigh zero: no step; 300 rows at 2 x 80: more rows per rank than one pass of the
+    # gradient's row chunks
+    X, y, w = _data(rows)
+    w[32:64] = 0.0
+    factory = lambda: _net("float64", True, 1)  # noqa: E731
+    optimizer = lambda: fastnn.Adam(lr=0.01)  # noqa: E731
+    whole, _ = _two_ranks_whole(factory, X, y, w, optimizer, batch, 2)
+    one = factory()
+    one.fit(X, y, epochs=2, batch_size=RANKS * batch, optimizer=optimizer(), shuffle=False, sample_weight=w)
+    for a, b in zip(whole.dense_layers, one.dense_layers):
+        np.testing.assert_allclose(a.W, b.W, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(a.b, b.b, rtol=1e-12, atol=1e-12)
+    assert whole.optimizer.t == one.optimizer.t  # (no step for the batch weighing zero)
+
+
+def test_whole_epochs_of_ranks_stop_together_before_a_bad_batch():
+    X, y, _ = _data(130)
+    X[85, 3] = np.inf  # in rank 1's share (rows 80-95) of global batch 2 (rows 64-95)
+    factory = lambda: _net("float64", False, 1)  # noqa: E731
+    found = []
+    _two_ranks_whole(factory, X, y, None, lambda: fastnn.SGD(lr=0.1), 16, 1, results_of=found)
+    (results, sync), = found
+    assert [result[2] for result in results] == [2, 2]  # both ranks: global batch 2, none of it stepped
+    assert sync[0] == sync[8] == 2 * 2 + 1  # the same barriers passed: two per batch stepped, one more
+
+
 def test_whole_epochs_need_one_thread_and_x_passed_whole():
     net = _net("float32", False, 2)
     loss, opt = get_loss("cross_entropy"), fastnn.SGD(lr=0.1)
@@ -183,7 +215,8 @@ def test_whole_epochs_need_one_thread_and_x_passed_whole():
         whole.ranks_epoch(np.arange(1611))
     buffers = dict(slots=np.zeros(2 * whole.size, np.float32), stride=whole.size, shared=whole.state(),
                    sync=np.zeros(32, np.int64), rank=0, ranks=2)
-    for name, bad, message in (("slots", np.zeros(whole.size, np.float32), "slots buffer must be"),
+    for name, bad, message in (("stride", whole.size - 1, "at least"), ("rank", 2, "rank 2 of 2"),
+                               ("slots", np.zeros(whole.size, np.float32), "slots buffer must be"),
                                ("shared", (whole.state()[0][:-1],) + whole.state()[1:], "shared state must be"),
                                ("sync", np.zeros(31, np.int64), "sync must be")):
         with pytest.raises(ValueError, match=message):

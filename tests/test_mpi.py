@@ -266,6 +266,30 @@ SUMS = textwrap.dedent("""
             batch_sum.free()
         node.Free()
         done.append(layout)
+
+    # the whole-epoch state in the window: where every rank is on one machine and there is room for
+    # it (without room, the sum keeps its window); never across machines
+    from fastnn import mpi_sum
+    os.environ["FASTNN_MPI_SHARED_SUM"] = "1"
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    real = mpi_sum.room_for
+    for state, room, has_state in ((500, None, True), (10**6, 10**6, False)):
+        if room:
+            mpi_sum.room_for = lambda nbytes, warn=True: nbytes < room
+        batch_sum = BatchSum(Ranks(comm), 1001, np.float64, node=node, state=state)
+        mpi_sum.room_for = real
+        assert batch_sum.window is not None and (batch_sum.shared is not None) == has_state, state
+        if has_state:
+            assert [a.shape for a in batch_sum.shared] == [(state,)] * 3 and batch_sum.sync.shape[0] >= 8 * (size + 2)
+            assert not batch_sum.sync.any() and batch_sum.slots.shape[0] >= (size - 1) * batch_sum.stride + 1001
+        batch_sum.free()
+    pairs = comm.Split(rank // 2, rank)
+    batch_sum = BatchSum(Ranks(comm), 1001, np.float64, node=pairs, state=500)
+    assert batch_sum.window is not None and batch_sum.shared is None
+    batch_sum.free()
+    pairs.Free()
+    node.Free()
+    done.append("state")
     with open(f"{sys.argv[1]}/sums_{rank}.txt", "w") as f:
         f.write(",".join(done))
 """)
@@ -350,7 +374,7 @@ def test_the_batch_sum_adds_every_ranks_buffer_on_one_machine_and_across_machine
     done = _launch(tmp_path, f"LAYOUTS = {SUM_LAYOUTS}\n" + SUMS, str(tmp_path), timeout=60, ranks=4)
     assert done.returncode == 0, done.stdout + done.stderr
     for rank in range(4):
-        assert (tmp_path / f"sums_{rank}.txt").read_text() == ",".join(SUM_LAYOUTS)
+        assert (tmp_path / f"sums_{rank}.txt").read_text() == ",".join(SUM_LAYOUTS + ["state"])
 
 
 def test_after_a_diverged_fit_the_arrays_its_traceback_holds_can_still_be_read(ran):

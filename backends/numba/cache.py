@@ -47,7 +47,8 @@ PARTS = ("epoch", "layers")
 RANKS = "ranks"
 #: Seconds a cold compile of one part of one dtype takes, roughly (2 cores, Zen 3/4; AVX-512
 #: machines are faster): what a job must outlast before waiting for a compile pays.
-COMPILE_SECONDS = {"epoch": 13.0, "layers": 10.0, RANKS: 11.0}
+COMPILE_SECONDS = {"epoch": 13.0, "layers": 10.0}
+RANKS_COMPILE_SECONDS = 11.0
 LOCK, LOG = "background-compile.lock", "background-compile.json"
 #: The background compile waits this long at most for the job that started it to end (a short
 #: script: until it ends; a long session: a minute, then it compiles beside it, at idle priority).

@@ -139,6 +139,9 @@ class DataParallelSteps:
         :attr:`whole_epochs`."""
         if not self.whole_epochs:
             raise RuntimeError("data-parallel steps: a whole epoch per call needs one thread and X passed whole")
+        if not (0 <= rank < ranks and stride >= self.size):
+            raise ValueError(f"data-parallel steps: rank {rank} of {ranks} ranks, slots {stride} apart: needs "
+                             f"0 <= rank < ranks and slots at least {self.size} values apart")
         params, S1, S2 = (self._checked_flat(a, len(own), "shared state") for a, own in zip(shared, self.state()))
         slots = self._checked_flat(slots, (ranks - 1) * stride + self.size, "slots buffer")
         if not (isinstance(sync, np.ndarray) and sync.dtype == np.int64 and sync.ndim == 1
@@ -147,11 +150,18 @@ class DataParallelSteps:
                              f"least {8 * (ranks + 2)} values")
         if self.dtype.name not in _ranks_built:  # (loaded from the cache: silent; a compile: said, on rank 0)
             told = waiting(f"numba: compiling the data-parallel epoch for {self.dtype.name} (once per machine, "
-                           f"about {numba_cache.COMPILE_SECONDS[numba_cache.RANKS]:.0f} s)...") if rank == 0 \
+                           f"about {numba_cache.RANKS_COMPILE_SECONDS:.0f} s)...") if rank == 0 \
                 else contextlib.nullcontext()
             with told:
                 warmup_ranks((self.dtype.name,))
-        self._ranks = (params, S1, S2, slots, int(stride), sync, int(rank), int(ranks))
+        # (everything an epoch passes but the order, made here: nothing to fail between the ranks' meeting
+        # and the kernel)
+        self._ranks = (self.X.reshape(-1), self.T.reshape(-1), self.trainer._ids_for(self.n), params, S1, S2, slots,
+                       int(stride), sync, int(rank), int(ranks))
+
+    def leave_ranks(self) -> None:
+        """Drop what :meth:`join_ranks` kept (views of memory the ranks shared, freed after the fit)."""
+        self._ranks = None
 
     def ranks_epoch(self, order: NDArray[Any]) -> tuple[float, int, int]:
         """A whole epoch of ``order`` as :meth:`join_ranks` set it up, every rank calling this at once
@@ -160,11 +170,10 @@ class DataParallelSteps:
         (none of it applied), else -1."""
         if self._ranks is None:
             raise RuntimeError("data-parallel steps: ranks_epoch before join_ranks")
-        params, S1, S2, slots, stride, sync, rank, ranks = self._ranks
+        X, T, ids, params, S1, S2, slots, stride, sync, rank, ranks = self._ranks
         kern, buf = self.kern, self.trainer.layout
         out = buf.out[0]
-        kern.ranks_epoch(self.X.reshape(-1), self.T.reshape(-1), self.labels,
-                         _read_only(np.ascontiguousarray(order, dtype=np.int64)), self.trainer._ids_for(self.n),
+        kern.ranks_epoch(X, T, self.labels, _read_only(np.ascontiguousarray(order, dtype=np.int64)), ids,
                          self.wts, self.bs, self.size, params, S1, S2, slots, stride, self._none, buf.work,
                          buf.iwork, buf.lay, self._h[0], buf.h[0], buf.sync, out, sync, rank, ranks)
         self.steps += int(out[kern.OUT_APPLIED])
