@@ -2,7 +2,7 @@
 MNIST-shaped float32 rows (synthetic), at global batch 128 and 1024.
 
     python -m bench.mpi_scaling               # launches every run itself (mpiexec included)
-    python -m bench.mpi_scaling --epochs 3 --backend numpy
+    python -m bench.mpi_scaling --epochs 3 --rounds 5 --backend numpy
 
 Runs, each a fresh process (thread counts must be set before NumPy loads its BLAS):
 
@@ -13,7 +13,9 @@ Every run uses one backend (``--backend``): on ``numba`` (the default) one proce
 compiled whole epoch and the ranks with its data-parallel steps (one native call per epoch on each
 rank, on parameters the ranks share; ``FASTNN_MPI_SHARED_SUM=0``: one per batch, a plain
 Allreduce between); on ``numpy`` all of them train layer by layer. An epoch's time is the best of ``--epochs``
-(``History``'s ``seconds``; for MPI, the slower rank's). Ratios above 1: the 2-rank run is faster.
+(``History``'s ``seconds``; for MPI, the slower rank's). The three runs go in turns ``--rounds``
+times (default 3); each figure is the median over the rounds, with its range, and each ratio is
+taken within a round. Ratios above 1: the 2-rank run is faster.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 
@@ -69,6 +72,7 @@ def _launch(command: list[str], threads: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="the three runs in turns, this many times")
     parser.add_argument("--backend", choices=("numba", "numpy"), default="numba")
     parser.add_argument("--run", action="store_true", help=argparse.SUPPRESS)  # inside a launched process
     parser.add_argument("--mpi", action="store_true", help=argparse.SUPPRESS)
@@ -88,16 +92,28 @@ def main() -> None:
         warmup_ranks(("float32",))
         print(f"numba kernels compiled or loaded from the cache: {time.perf_counter() - started:.1f} s")
     me = [sys.executable, "-m", "bench.mpi_scaling", "--run", "--epochs", str(args.epochs), "--backend", args.backend]
-    runs = {"1 process, 1 thread": _launch(me, 1), "1 process, 2 threads": _launch(me, 2),
-            "2 ranks, 1 thread each": _launch([mpiexec, "-n", "2", *me, "--mpi"], 1)}
+    commands = {"1 process, 1 thread": (me, 1), "1 process, 2 threads": (me, 2),
+                "2 ranks, 1 thread each": ([mpiexec, "-n", "2", *me, "--mpi"], 1)}
+    # the three runs in turns, round after round: the machine drifts by tens of percent in minutes
+    rounds = [{name: _launch(*command) for name, command in commands.items()} for _ in range(args.rounds)]
     how = "compiled epoch" if args.backend == "numba" else "layer by layer"
-    print(f"network B {SHAPE}, {ROWS:,} rows float32, {args.backend} backend ({how}); seconds per epoch")
-    print(f"{'':<40}" + "".join(f"{f'global batch {b}':>19}" for b in BATCHES))
-    for name, seconds in runs.items():
-        print(f"{name:<40}" + "".join(f"{seconds[str(b)]:>18.3f}s" for b in BATCHES))
-    mpi = runs["2 ranks, 1 thread each"]
-    for name in ("1 process, 1 thread", "1 process, 2 threads"):
-        print(f"{'speed-up vs ' + name:<40}" + "".join(f"{runs[name][str(b)] / mpi[str(b)]:>18.2f}x" for b in BATCHES))
+    print(f"network B {SHAPE}, {ROWS:,} rows float32, {args.backend} backend ({how}); seconds per epoch, "
+          f"median of {args.rounds} round(s) [range]")
+    print(f"{'':<40}" + "".join(f"{f'global batch {b}':>24}" for b in BATCHES))
+    for name in commands:
+        print(f"{name:<40}" + "".join(_spread([r[name][str(b)] for r in rounds], "s") for b in BATCHES))
+    for name in ("1 process, 1 thread", "1 process, 2 threads"):  # each round's own ratio
+        print(f"{'speed-up vs ' + name:<40}" + "".join(
+            _spread([r[name][str(b)] / r["2 ranks, 1 thread each"][str(b)] for r in rounds], "x") for b in BATCHES))
+
+
+def _spread(values: list[float], unit: str) -> str:
+    """``median [low-high]`` in 24 columns."""
+    middle = statistics.median(values)
+    text = f"{middle:.3f}{unit}" if unit == "s" else f"{middle:.2f}{unit}"
+    if len(values) > 1:
+        text += f" [{min(values):.2f}-{max(values):.2f}]"
+    return f"{text:>24}"
 
 
 if __name__ == "__main__":
