@@ -197,6 +197,33 @@ def test_whole_epochs_of_ranks_stop_together_before_a_bad_batch():
     assert sync[0] == sync[8] == 2 * 2 + 1  # the same barriers passed: two per batch stepped, one more
 
 
+def test_an_interrupted_rank_stops_every_ranks_whole_epoch():
+    # Ctrl-C on one rank raises the abort flag in the shared sync: every rank's kernel stops at its
+    # next barrier, and every rank raises, none of the epoch taken
+    X, y, _ = _data(130)
+    nets, steps = [], []
+    loss = get_loss("cross_entropy")
+    T = np.eye(10)[y]
+    for _ in range(RANKS):
+        net = _net("float64", False, 1)
+        opt = fastnn.SGD(lr=0.1)
+        net.loss, net.optimizer = loss, opt
+        steps.append(net.backend.epoch_trainer(net, loss, opt).data_parallel(X, T, y.astype(np.int64), None, 16, 1))
+        nets.append(net)
+    stride = -(-steps[0].size // 16) * 16
+    slots, sync = np.zeros(RANKS * stride), np.zeros(8 * (RANKS + 2), dtype=np.int64)
+    shared = tuple(np.zeros(len(a)) for a in steps[0].state())
+    for rank, s in enumerate(steps):
+        s.join_ranks(slots, stride, shared, sync, rank, RANKS)
+        s.begin_epoch()
+    sync[8 * RANKS] = 1  # as _join raises it on Ctrl-C
+    for s in steps:
+        with pytest.raises(KeyboardInterrupt, match="interrupted"):
+            s.ranks_epoch(np.arange(130))
+        assert s.steps == 0
+        s.end_epoch()
+
+
 def test_whole_epochs_need_one_thread_and_x_passed_whole():
     net = _net("float32", False, 2)
     loss, opt = get_loss("cross_entropy"), fastnn.SGD(lr=0.1)

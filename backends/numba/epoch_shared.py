@@ -19,6 +19,7 @@ returning to Python per batch).
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ from fastnn.notices import waiting
 from . import cache as numba_cache
 from . import epoch_codegen as codegen
 from . import epoch_ops
-from .epoch import LONG_WAIT_CYCLES, _read_only
+from .epoch import LONG_WAIT_CYCLES, _join, _read_only
 from .epoch_layout import aligned
 
 #: A barrier wait that never counts as long: the threads of a rank do not hand the epoch to one
@@ -173,9 +174,17 @@ class DataParallelSteps:
         X, T, ids, params, S1, S2, slots, stride, sync, rank, ranks = self._ranks
         kern, buf = self.kern, self.trainer.layout
         out = buf.out[0]
-        kern.ranks_epoch(X, T, self.labels, _read_only(np.ascontiguousarray(order, dtype=np.int64)), ids,
-                         self.wts, self.bs, self.size, params, S1, S2, slots, stride, self._none, buf.work,
-                         buf.iwork, buf.lay, self._h[0], buf.h[0], buf.sync, out, sync, rank, ranks)
+        out[kern.OUT_STATUS] = kern.STATUS_ABORTED  # (what a kernel that never ran would leave)
+        args = (X, T, self.labels, _read_only(np.ascontiguousarray(order, dtype=np.int64)), ids, self.wts, self.bs,
+                self.size, params, S1, S2, slots, stride, self._none, buf.work, buf.iwork, buf.lay, self._h[0],
+                buf.h[0], buf.sync, out, sync, rank, ranks)
+        # in a thread: Ctrl-C reaches Python while the epoch runs, and its abort flag in the shared sync
+        # stops every rank's kernel at its next barrier (re-raised here: the epoch is not taken)
+        worker = threading.Thread(target=kern.ranks_epoch, args=args, name="fastnn-ranks-epoch", daemon=True)
+        worker.start()
+        _join([worker], sync, ranks)
+        if out[kern.OUT_STATUS] == kern.STATUS_ABORTED:
+            raise KeyboardInterrupt("fit over MPI: the epoch was interrupted (Ctrl-C on some rank)")
         self.steps += int(out[kern.OUT_APPLIED])
         return float(out[kern.OUT_LOSS]), int(out[kern.OUT_CORRECT]), int(out[kern.OUT_BAD])
 
