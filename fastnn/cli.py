@@ -200,6 +200,8 @@ def build_parser():
     p = sub.add_parser("warmup", help="compile the numba kernels now (once per install)",
                        description="Compile the numba backend's kernels (or load them from numba's disk "
                                    "cache) so that the first fit of every later process starts at once.")
+    p.add_argument("--mpi", action="store_true",
+                   help="also the whole epoch of MPI ranks on one machine (fit(comm=...); ~11 s per dtype)")
     p.set_defaults(run=cmd_warmup, error=p.error)
     return parser
 

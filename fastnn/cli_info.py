@@ -39,6 +39,8 @@ def cmd_warmup(args, parser_error):
     if reason:
         raise CLIError(f"nothing would be kept: {reason}")
     seconds = backend.warmup()  # seconds per part (whole-epoch trainer, layer kernels)
+    if args.mpi:
+        seconds[numba_cache.RANKS] = sum(backend.warm(numba_cache.RANKS, dtype) for dtype in ("float32", "float64"))
     _say(f"numba backend ready in {sum(seconds.values()):.1f} s: its compiled code is cached on disk, "
          f"so later runs start without compiling")
     return 0

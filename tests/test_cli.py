@@ -672,6 +672,24 @@ def test_warmup_compiles_the_numba_kernels(capsys, monkeypatch):
             for dtype in ("float32", "float64")} <= set(products)
 
 
+def test_warmup_mpi_also_makes_the_ranks_whole_epoch(capsys, monkeypatch):
+    available, reason = fastnn.available_backends()["numba"]
+    if not available:
+        pytest.skip(f"backend 'numba' unavailable: {reason}")
+    from fastnn.backends.numba import backend as numba_backend, cache as numba_cache
+    warmed = []
+    monkeypatch.setattr(numba_backend.NumbaBackend, "warmup", lambda self, *a: {"epoch": 0.0, "layers": 0.0})
+    real = numba_backend.NumbaBackend.warm
+    monkeypatch.setattr(numba_backend.NumbaBackend, "warm",
+                        lambda self, part, dtype: warmed.append((part, dtype)) or real(self, part, dtype))
+    assert run_main(capsys, "warmup")[0] == 0 and warmed == []  # a one-process install: not needed
+    status, out, _ = run_main(capsys, "warmup", "--mpi")
+    assert status == 0 and out.startswith("numba backend ready in ")
+    assert warmed == [(numba_cache.RANKS, "float32"), (numba_cache.RANKS, "float64")]
+    assert all(numba_cache.is_cached(numba_cache.RANKS, dtype) or not numba_cache.cacheable(numba_cache.RANKS)
+               for dtype in ("float32", "float64"))
+
+
 def test_warmup_without_numba_is_one_clear_line(capsys, monkeypatch):
     monkeypatch.setitem(fastnn.selection._BUILTIN, "numba", "fastnn_no_such_module_for_tests:NumbaBackend")
     monkeypatch.setattr(fastnn.selection, "_instances", {})
