@@ -181,9 +181,13 @@ def source(cache=True):
     drivers = _read(PARTS[0])
     for mk, placeholder in ((MK, "MK"), (1, "1")):
         bounds = "k0, kmain" if mk == MK else "kmain, k1"
-        drivers = _filled(drivers, f"# <<UPDATE {placeholder}>>", _indent(_dispatch(
-            f"upd_{mk}x", f"A, abase, rows, astride, r0, r1, {bounds}, D, dbase, ldd, v * VW, dest, pbase, "
-            "ldw, mode, keep, G, gbase"), 12))
+        for marker, into, mode, keep, indent in (("UPDATE", "P", "TO_P", "keep", 12),
+                                                 ("GRADIENT", "S1", "NEW_P", "rt(1.0)", 16),
+                                                 ("GRADIENT", "S1", "TO_P", "rt(1.0)", 16)):
+            drivers = _filled(drivers, f"# <<{marker} {placeholder}{'' if marker == 'UPDATE' else ' ' + mode}>>",
+                              _indent(_dispatch(f"upd_{mk}x", f"A, abase, rows, astride, r0, r1, {bounds}, D, dbase, "
+                                                f"ldd, v * VW, {into}, pbase, ldw, rt({mode}), {keep}, G, gbase"),
+                                      indent))
     drivers = _filled(drivers, "# <<STEP TILE>>", _indent(_step_tile(), 12))
     drivers = _filled(drivers, "WIDEST_FITTING", _widest("v + NV <= v1"))
     drivers = _filled(drivers, "# <<FORWARD>>", _indent(
