@@ -56,11 +56,12 @@ class BatchSum:
     ranks that share memory with this one (``comm.Split_type(MPI.COMM_TYPE_SHARED)``: this
     machine's; a test may split one machine into several); the caller frees it.
 
-    ``state`` > 0, where every rank is on one machine with another: the window also holds
-    ``shared`` (three arrays of ``state`` values: parameters and two optimizer slots) and ``sync``
-    (int64, ``8 × (ranks + 2)``, zeros), and ``slots`` is every rank's ``mine`` in one flat array
-    (rank k's at ``k × stride``): a compiled epoch's ranks sum and step there without MPI
-    (``distributed_compiled``). Otherwise ``shared`` is None."""
+    ``state`` (the same on every rank) > 0, where every rank is on one machine with another and
+    ``/dev/shm`` has room for it: the window also holds ``shared`` (three arrays of ``state``
+    values: parameters and two optimizer slots) and ``sync`` (int64, ``8 × (ranks + 2)``, zeros),
+    and ``slots`` is every rank's ``mine`` in one flat array (rank k's at ``k × stride``): a
+    compiled epoch's ranks sum and step there without MPI (``distributed_compiled``). Otherwise
+    ``shared`` is None."""
 
     def __init__(self, ranks: Any, size: int, dtype: Any, node: Any, state: int = 0) -> None:
         self.comm, self.MPI, self.size, self.dtype, self.node = ranks.comm, ranks.MPI, int(size), np.dtype(dtype), node
@@ -71,7 +72,8 @@ class BatchSum:
         state_bytes = -(-int(state) * self.dtype.itemsize // ALIGN) * ALIGN
         # the state only where every rank is on one machine and there is room for it too (without it,
         # the sum still goes through the window)
-        if not ranks.everywhere(one_machine and room_for(self._bytes(here, slot, state_bytes), warn=False)):
+        if state_bytes and not ranks.everywhere(one_machine and room_for(self._bytes(here, slot, state_bytes),
+                                                                         warn=False)):
             state_bytes = 0
         window_bytes = self._bytes(here, slot, state_bytes)
         switched_on = os.environ.get(SHARED_SUM, "").strip() != "0"

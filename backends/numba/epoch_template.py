@@ -279,7 +279,4 @@ def epoch(X, T, labels, order, ids, wts, first, nbatch, bs, params, S1, S2, work
 def apply_gradient(params, S1, S2, G, lay, h):
     """One step of h's rule on every parameter from the gradient G (laid out as params): the
     data-parallel step, after the processes summed their shares (epoch's OPT_GRADIENT calls)."""
-    t = h[HY_T0] + 1
-    step_scalars(h, t)
     _step_range(params, S1, S2, G, rt(0), rt(1), lay, h, rt(0), params.shape[0])
-    h[HY_T0] = t
